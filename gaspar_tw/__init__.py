@@ -1,0 +1,42 @@
+"""gaspar_tw: take CPU-heavy work off a Twisted reactor and spread it over worker processes.
+
+Public names are loaded lazily, so that a worker process (``python -m gaspar_tw.worker``)
+imports neither Twisted nor ZeroMQ glue it does not use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Producer": "gaspar_tw.producer",
+    "Consumer": "gaspar_tw.consumer",
+    "RemoteError": "gaspar_tw.errors",
+    "WorkerCrashed": "gaspar_tw.errors",
+    "Overloaded": "gaspar_tw.errors",
+    "ServiceStopped": "gaspar_tw.errors",
+    "GasparClient": "gaspar_tw.client",
+    "client": "gaspar_tw.client",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gaspar_tw import client
+    from gaspar_tw.client import GasparClient
+    from gaspar_tw.consumer import Consumer
+    from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped, WorkerCrashed
+    from gaspar_tw.producer import Producer
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'gaspar_tw' has no attribute {name!r}")
+    module = import_module(module_name)
+    value = module if module_name.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,98 @@
+"""The producer's ZeroMQ sockets, on txZMQ: one PULL for every reply, one PUSH per worker.
+
+txZMQ is imported here only, and only once a reactor is running, so that the twistd plugin
+can be discovered without installing the default reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+
+import zmq
+from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory
+from txzmq.connection import ZmqConnection
+
+#: At most this many messages are read from the reply socket per reactor turn, so that a
+#: stream of replies cannot starve timers and TCP connections.
+MAX_READS_PER_TURN = 64
+
+
+class ReplyChannel(ZmqConnection):
+    """The bound PULL socket every worker answers on; calls C{onMessage(frames)}."""
+
+    socketType = zmq.PULL
+
+    def __init__(self, factory: ZmqFactory, address: str, onMessage: Callable[[list], None]):
+        self.onMessage = onMessage
+        super().__init__(factory, ZmqEndpoint(ZmqEndpointType.bind, address))
+
+    def doRead(self) -> None:
+        # txZMQ's doRead drains the socket in one go; read a bounded number of messages and
+        # come back on the next reactor turn if more are waiting (the fd is edge-triggered).
+        if self.read_scheduled is not None:
+            if not self.read_scheduled.called:
+                self.read_scheduled.cancel()
+            self.read_scheduled = None
+        socket = self.socket
+        for _ in range(MAX_READS_PER_TURN):
+            if self.factory is None:
+                return
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.onMessage(frames)
+        if self.factory is not None:
+            self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+
+    def messageReceived(self, message: list) -> None:  # pragma: no cover - doRead bypasses it
+        self.onMessage(message)
+
+
+class WorkChannel(ZmqConnection):
+    """A PUSH socket connected to one worker's PULL; C{send(frames)} never blocks."""
+
+    socketType = zmq.PUSH
+    reconnectInterval = 10
+
+    def __init__(self, factory: ZmqFactory, address: str):
+        super().__init__(factory, ZmqEndpoint(ZmqEndpointType.connect, address))
+        self.socket.set(zmq.LINGER, 0)
+
+    def messageReceived(self, message: list) -> None:  # pragma: no cover - PUSH receives nothing
+        pass
+
+    def send(self, frames: list) -> None:
+        self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+
+
+class ChannelHub:
+    """Owns the ZeroMQ context and a private directory of ipc:// sockets for the workers."""
+
+    def __init__(self, onMessage: Callable[[list], None]) -> None:
+        self.directory = tempfile.mkdtemp(prefix="gaspar-tw-")
+        self.factory = ZmqFactory()
+        self.reply_address = f"ipc://{self.directory}/replies"
+        self.replies = ReplyChannel(self.factory, self.reply_address, onMessage)
+
+    def work_address(self, token: int) -> str:
+        return f"ipc://{self.directory}/work-{token}"
+
+    def connect_worker(self, token: int) -> WorkChannel:
+        return WorkChannel(self.factory, self.work_address(token))
+
+    def forget_worker(self, channel: WorkChannel | None, token: int) -> None:
+        """Close a worker's PUSH socket and remove its ipc file."""
+        if channel is not None and channel.socket is not None:
+            channel.shutdown()
+        try:
+            os.unlink(os.path.join(self.directory, f"work-{token}"))
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.factory.shutdown()
+        shutil.rmtree(self.directory, ignore_errors=True)

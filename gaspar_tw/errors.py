@@ -1,0 +1,37 @@
+"""Exceptions a caller of gaspar_tw can receive."""
+
+from __future__ import annotations
+
+
+class GasparError(Exception):
+    """Base class of every error gaspar_tw raises on purpose."""
+
+
+class RemoteError(GasparError):
+    """The handler raised inside a worker.
+
+    ``type``, ``message`` and ``traceback`` are the remote exception's class name, ``str()``
+    and formatted traceback text.
+    """
+
+    def __init__(self, type: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type}: {message}")
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+
+
+class WorkerCrashed(GasparError):
+    """The worker process holding the request died before answering it."""
+
+
+class Overloaded(GasparError):
+    """Too many requests are already waiting; this one was refused."""
+
+
+class ServiceStopped(GasparError):
+    """The producer is stopping or stopped and takes no more requests."""
+
+
+class HandlerError(GasparError, ValueError):
+    """A handler specification cannot be used (bad ``mod:fn``, not importable, not callable)."""

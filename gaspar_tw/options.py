@@ -1,0 +1,83 @@
+"""Command-line options of ``twistd gaspar``, with their defaults in one place."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+
+from gaspar_tw.protocol import DEFAULT_MAX_LENGTH
+
+DEFAULT_PORT = 10123
+
+
+def _positive_int(name: str):
+    def convert(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
+        if number < 1:
+            raise usage.UsageError(f"--{name} must be at least 1, not {number}")
+        return number
+
+    return convert
+
+
+class Options(usage.Options):
+    """Options for ``twistd gaspar``."""
+
+    synopsis = "--handler MODULE:FUNCTION [options]"
+    longdesc = (
+        "Serve a Python handler (bytes -> bytes) to gaspar clients: each TCP request (a 4-byte "
+        "big-endian length, then that many bytes) is run by one of several worker processes, and "
+        "the handler's reply is written back before the connection is closed. The current "
+        "directory is importable for --handler. Example: "
+        "twistd -n gaspar --handler gaspar_tw.examples:echo --port 10123"
+    )
+
+    optParameters = [
+        ["handler", "H", None, "The handler to run, as MODULE:FUNCTION (required)."],
+        [
+            "port",
+            "p",
+            DEFAULT_PORT,
+            "TCP port to listen on (all interfaces).",
+            _positive_int("port"),
+        ],
+        [
+            "endpoint",
+            "e",
+            None,
+            "Twisted server endpoint to listen on instead of --port, e.g. "
+            "tcp:10123:interface=127.0.0.1 or unix:/run/gaspar.sock.",
+        ],
+        [
+            "workers",
+            "w",
+            None,
+            "Number of worker processes [default: the CPUs available].",
+            _positive_int("workers"),
+        ],
+        [
+            "max-length",
+            None,
+            DEFAULT_MAX_LENGTH,
+            "Largest request accepted, in bytes; longer ones are closed unread.",
+            _positive_int("max-length"),
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["pythonpath"] = []
+
+    def opt_pythonpath(self, directory: str) -> None:
+        """A directory to add to the Python path to find the handler (repeatable)."""
+        self["pythonpath"].append(os.path.abspath(directory))
+
+    def postOptions(self) -> None:
+        if not self["handler"]:
+            raise usage.UsageError("--handler MODULE:FUNCTION is required")
+        if self["endpoint"] is None:
+            self["endpoint"] = f"tcp:{self['port']}"

@@ -1,0 +1,238 @@
+"""Worker processes: start them with C{spawnProcess}, know which are ready, replace the dead.
+
+Each worker gets a unique token. It says hello on the reply socket once its handler is
+imported; only then does the pool connect a PUSH socket to it and hand it to the dispatcher.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from itertools import count
+
+from twisted.internet import error
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gaspar_tw.channels import ChannelHub, WorkChannel
+from gaspar_tw.dispatch import Dispatcher, WorkerLink
+from gaspar_tw.worker import EXIT_HANDLER_ERROR
+
+log = Logger()
+childLog = Logger(namespace="gaspar_tw.worker")
+
+#: A worker that dies sooner than this after starting counts as failing to start.
+QUICK_DEATH_SECONDS = 1.0
+#: Longest wait before starting a worker again after repeated failures to start.
+MAX_RESPAWN_DELAY = 10.0
+
+
+class WorkerProcess(ProcessProtocol):
+    """One child process: forwards its output to the log and tells the pool when it ends."""
+
+    def __init__(self, pool: WorkerPool, slot: int, token: int) -> None:
+        self.pool = pool
+        self.slot = slot
+        self.token = token
+        self.pid: int | None = None
+        self.started = pool.reactor.seconds()
+        self.channel: WorkChannel | None = None
+        self.ready = False
+        self.ended: Deferred = Deferred()
+        self._partial = {1: b"", 2: b""}
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
+        self._partial[childFD] = lines.pop()
+        for line in lines:
+            self._logLine(childFD, line)
+
+    def _logLine(self, childFD: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip()
+        if text:
+            emit = childLog.info if childFD == 1 else childLog.warn
+            emit("worker {slot} (pid {pid}): {line}", slot=self.slot, pid=self.pid, line=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd, rest in self._partial.items():
+            if rest:
+                self._logLine(fd, rest)
+        self.pool._ended(self, reason)
+        self.ended.callback(None)
+
+    def signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
+
+
+class WorkerPool:
+    """Start C{size} workers running C{handler_spec}, and keep that many alive."""
+
+    def __init__(
+        self,
+        reactor,
+        handler_spec: str,
+        size: int,
+        dispatcher: Dispatcher,
+        pythonpath: Sequence[str] = (),
+    ) -> None:
+        self.reactor = reactor
+        self.handler_spec = handler_spec
+        self.size = size
+        self.dispatcher = dispatcher
+        self.pythonpath = [os.path.abspath(p) for p in pythonpath]
+        self.processes: dict[int, WorkerProcess] = {}
+        self.hub: ChannelHub | None = None
+        self.stopping = False
+        self.restarts = 0
+        self._tokens = count(1)
+        self._failures = [0] * size
+        self._respawns: dict[int, object] = {}
+        self._readyWaiters: list[Deferred] = []
+
+    def start(self, hub: ChannelHub) -> None:
+        self.hub = hub
+        for slot in range(self.size):
+            self._spawn(slot)
+
+    def whenReady(self) -> Deferred:
+        """Fires once every slot has a ready worker."""
+        if self.readyCount() >= self.size:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._readyWaiters.append(d)
+        return d
+
+    def readyCount(self) -> int:
+        return sum(1 for process in self.processes.values() if process.ready)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes.values() if p.pid is not None]
+
+    def _spawn(self, slot: int) -> None:
+        self._respawns.pop(slot, None)
+        token = next(self._tokens)
+        process = WorkerProcess(self, slot, token)
+        argv = [
+            sys.executable,
+            "-m",
+            "gaspar_tw.worker",
+            "--handler",
+            self.handler_spec,
+            "--token",
+            str(token),
+            "--work",
+            self.hub.work_address(token),
+            "--reply",
+            self.hub.reply_address,
+        ]
+        for directory in self.pythonpath:
+            argv += ["--pythonpath", directory]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.processes[token] = process
+        self.reactor.spawnProcess(
+            process, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
+        )
+
+    def hello(self, token: int, pid: int) -> None:
+        """A worker imported its handler and bound its socket: give it work."""
+        process = self.processes.get(token)
+        if process is None or process.ready or self.stopping:
+            return
+        process.ready = True
+        process.channel = self.hub.connect_worker(token)
+        log.info("worker {slot} ready (pid {pid})", slot=process.slot, pid=pid)
+        self.dispatcher.workerReady(WorkerLink(token, pid, process.channel.send))
+        if self.readyCount() >= self.size and self._readyWaiters:
+            waiters, self._readyWaiters = self._readyWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _ended(self, process: WorkerProcess, reason: Failure) -> None:
+        self.processes.pop(process.token, None)
+        self.dispatcher.workerLost(process.token)
+        if self.hub is not None:
+            self.hub.forget_worker(process.channel, process.token)
+        if self.stopping:
+            return
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        lived = self.reactor.seconds() - process.started
+        how = f"signal {sig}" if sig else f"exit status {code}"
+        if lived < QUICK_DEATH_SECONDS or code == EXIT_HANDLER_ERROR:
+            self._failures[process.slot] += 1
+        else:
+            self._failures[process.slot] = 0
+        failures = self._failures[process.slot]
+        delay = 0.0 if failures == 0 else min(0.1 * 2 ** (failures - 1), MAX_RESPAWN_DELAY)
+        if code == EXIT_HANDLER_ERROR:
+            log.error(
+                "worker {slot} (pid {pid}) cannot load handler {spec!r}; retrying in {delay:.1f}s",
+                slot=process.slot,
+                pid=process.pid,
+                spec=self.handler_spec,
+                delay=delay,
+            )
+        elif failures > 1:
+            log.error(
+                "worker {slot} (pid {pid}) died {n} times in a row soon after start ({how});"
+                " next start in {delay:.1f}s",
+                slot=process.slot,
+                pid=process.pid,
+                n=failures,
+                how=how,
+                delay=delay,
+            )
+        else:
+            log.warn(
+                "worker {slot} (pid {pid}) ended unexpectedly ({how}); starting a new one",
+                slot=process.slot,
+                pid=process.pid,
+                how=how,
+            )
+        self.restarts += 1
+        self._respawns[process.slot] = self.reactor.callLater(delay, self._spawn, process.slot)
+
+    def stop(self, grace: float = 5.0) -> Deferred:
+        """Stop every worker: close its stdin, then SIGTERM after C{grace}, SIGKILL after 2x.
+
+        Fires once every worker process has ended and been reaped.
+        """
+        self.stopping = True
+        for call in self._respawns.values():
+            if call.active():
+                call.cancel()
+        self._respawns.clear()
+        processes = list(self.processes.values())
+        for process in processes:
+            process.transport.closeStdin()
+        timers = [
+            self.reactor.callLater(grace, self._signalAll, "TERM"),
+            self.reactor.callLater(grace * 2, self._signalAll, "KILL"),
+        ]
+
+        def cancelTimers(result):
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            return result
+
+        return DeferredList([p.ended for p in processes]).addBoth(cancelTimers)
+
+    def _signalAll(self, name: str) -> None:
+        for process in list(self.processes.values()):
+            log.warn(
+                "worker {slot} (pid {pid}) did not stop; sending SIG{name}",
+                slot=process.slot,
+                pid=process.pid,
+                name=name,
+            )
+            process.signal(name)

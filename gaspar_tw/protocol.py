@@ -1,0 +1,133 @@
+"""The gaspar wire protocol: one length-prefixed request per connection, raw reply, close.
+
+A request is a 4-byte unsigned big-endian length and that many bytes. The reply is the
+handler's bytes, written raw, then the server closes the connection: a client reads to EOF.
+A failed request (handler error, timeout, overload) is a close with no reply bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from gaspar_tw.errors import GasparError, RemoteError
+
+log = Logger()
+
+#: Default largest request body accepted, in bytes.
+DEFAULT_MAX_LENGTH = 16 * 1024 * 1024
+
+Submit = Callable[[bytes], Deferred]
+
+
+class GasparProtocol(Int32StringReceiver):
+    """Serve one request: read the frame, submit it, write the reply, close.
+
+    The body is collected as a list of chunks (the base class re-joins its whole buffer on
+    every read, which is quadratic for multi-megabyte requests). Bytes after the first
+    request are ignored: a gaspar connection carries exactly one request.
+    """
+
+    _length: int | None = None
+    _pending: Deferred | None = None
+    _done = False
+
+    def connectionMade(self) -> None:
+        self.MAX_LENGTH = self.factory.maxLength
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        self._chunks.append(data)
+        self._received += len(data)
+        if self._length is None:
+            if self._received < 4:
+                return
+            buffered = b"".join(self._chunks)
+            (self._length,) = struct.unpack_from("!I", buffered)
+            if self._length > self.MAX_LENGTH:
+                self._done = True
+                self.lengthLimitExceeded(self._length)
+                return
+            self._chunks = [buffered[4:]]
+            self._received -= 4
+        if self._received >= self._length:
+            body = b"".join(self._chunks)
+            self._chunks = []
+            self._done = True
+            self.stringReceived(body[: self._length])
+
+    def stringReceived(self, request: bytes) -> None:
+        self._pending = self.factory.submit(request)
+        self._pending.addCallbacks(self._reply, self._failed)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        log.warn(
+            "closing {peer}: request of {length} bytes is over the {limit}-byte limit",
+            peer=_peer(self.transport),
+            length=length,
+            limit=self.MAX_LENGTH,
+        )
+        self.transport.loseConnection()
+
+    def _reply(self, reply: bytes) -> None:
+        self._pending = None
+        self.transport.write(reply)
+        self.transport.loseConnection()
+
+    def _failed(self, failure: Failure) -> None:
+        self._pending = None
+        if failure.check(CancelledError):
+            return
+        if failure.check(RemoteError):
+            error = failure.value
+            log.error(
+                "handler raised {type}: {message} (request from {peer})\n{traceback}",
+                type=error.type,
+                message=error.message,
+                peer=_peer(self.transport),
+                traceback=error.traceback,
+            )
+        elif failure.check(GasparError):
+            log.warn(
+                "request from {peer} failed: {error}",
+                peer=_peer(self.transport),
+                error=failure.value,
+            )
+        else:
+            log.failure("request from {peer} failed", failure, peer=_peer(self.transport))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+
+
+class GasparFactory(Factory):
+    """Builds L{GasparProtocol}s that hand each request to C{submit}."""
+
+    protocol = GasparProtocol
+    noisy = False
+
+    def __init__(self, submit: Submit, maxLength: int = DEFAULT_MAX_LENGTH) -> None:
+        self.submit = submit
+        self.maxLength = maxLength
+
+
+def _peer(transport) -> str:
+    try:
+        address = transport.getPeer()
+    except Exception:
+        return "?"
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(getattr(address, "name", address))

@@ -1,0 +1,10 @@
+"""The ``twistd gaspar`` plugin. Imports nothing heavy: gaspar_tw.tap is loaded on use."""
+
+from twisted.application.service import ServiceMaker
+
+gaspar = ServiceMaker(
+    "gaspar",
+    "gaspar_tw.tap",
+    "Run a bytes->bytes handler in worker processes behind a gaspar TCP port.",
+    "gaspar",
+)
