@@ -1,0 +1,374 @@
+"""Benchmark gaspar_tw against its peers, side by side: ``python bench/run.py [--quick] [--json]``.
+
+Each row (gaspar_tw over TCP, over the framed protocol, through submit(); ampoule;
+ProcessPoolExecutor; a raw txZMQ round trip; a bare Twisted server) runs in its own process
+(bench/server.py). Every row of a workload is started, then measured in turn, several rounds,
+the order rotated each round. Ratios between rows are computed round by round and the median
+is reported, because the machine's speed drifts. TCP rows are driven by bench/loadgen.c (a
+one-thread C epoll client compiled here with gcc), in-process rows by a driver in the row's own
+reactor. Outputs go to bench/results/ (latest.json, bench.png, server logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(BENCH, "results")
+CONCURRENCY = 64
+FRAMED_CONNECTIONS = 8
+KIB = 1024
+MIB = 1024 * 1024
+
+ROW_NAMES = {
+    "gaspar-tcp": "gaspar_tw TCP (gaspar format, 1 conn/request)",
+    "framed": "gaspar_tw framed (8 conns x 8 pipelined)",
+    "submit": "gaspar_tw submit()",
+    "ampoule": "ampoule (recycleAfter=0)",
+    "ppe": "ProcessPoolExecutor + callFromThread",
+    "txzmq": "raw txZMQ PUSH/PULL round trip",
+    "bare": "bare Twisted Int32StringReceiver (TCP ceiling)",
+}
+TCP_ROWS = {"gaspar-tcp", "framed", "bare"}
+
+
+def workloads() -> list[dict]:
+    """Each workload: a handler, a payload size and its rows as (row, workers)."""
+    return [
+        {
+            "name": "echo 100 B",
+            "handler": "echo",
+            "size": 100,
+            "rows": [
+                (r, 2)
+                for r in ("submit", "txzmq", "ppe", "ampoule", "framed", "gaspar-tcp", "bare")
+            ],
+        },
+        {
+            "name": "echo 64 KiB",
+            "handler": "echo",
+            "size": 64 * KIB,
+            "rows": [(r, 2) for r in ("submit", "txzmq", "ppe", "framed", "gaspar-tcp")],
+        },
+        {
+            "name": "echo 1 MiB",
+            "handler": "echo",
+            "size": MIB,
+            "rows": [(r, 2) for r in ("submit", "txzmq", "ppe", "framed")],
+        },
+        {
+            "name": "cpu 5 ms",
+            "handler": "cpu",
+            "size": 100,
+            "rows": [(r, w) for r in ("submit", "ampoule", "ppe") for w in (1, 2)],
+        },
+    ]
+
+
+def row_key(row: str, workers: int) -> str:
+    return f"{row} w{workers}"
+
+
+class Row:
+    """A row's server process and the pipe we talk to it through."""
+
+    def __init__(self, row: str, handler: str, workers: int, log_dir: str) -> None:
+        self.row, self.workers = row, workers
+        self.log = open(os.path.join(log_dir, f"{handler}-{row}-w{workers}.log"), "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(BENCH, "server.py"), row, handler, str(workers)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            cwd=RESULTS,
+        )
+        self.port = None
+
+    def read(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            raise RuntimeError(f"{self.row}: no answer within {timeout}s (see {self.log.name})")
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.row}: server exited (see {self.log.name})")
+        return json.loads(line)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        message = self.read(timeout)
+        if not message.get("ready"):
+            raise RuntimeError(f"{self.row} failed to start:\n{message.get('error')}")
+        self.port = message["port"]
+
+    def send(self, command: str) -> None:
+        self.process.stdin.write(command.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def close(self, timeout: float = 20.0) -> None:
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.log.close()
+
+
+def build_loadgen() -> str:
+    """Compile bench/loadgen.c with gcc into bench/results/."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise SystemExit("bench needs gcc (or cc) to build the C load generator bench/loadgen.c")
+    binary = os.path.join(RESULTS, "loadgen")
+    subprocess.run(
+        [compiler, "-O2", "-o", binary, os.path.join(BENCH, "loadgen.c")],
+        check=True,
+    )
+    return binary
+
+
+def measure(row: Row, size: int, seconds: float, loadgen: str) -> dict:
+    """One measurement of one row: requests/s, latencies, parent CPU, reactor lag."""
+    if row.row in TCP_ROWS:
+        mode = "framed" if row.row == "framed" else "oneshot"
+        row.send("start")
+        out = subprocess.run(
+            [
+                loadgen,
+                "127.0.0.1",
+                str(row.port),
+                mode,
+                str(CONCURRENCY),
+                str(FRAMED_CONNECTIONS),
+                str(seconds),
+                str(size),
+            ],
+            capture_output=True,
+            check=True,
+            timeout=seconds + 30,
+        )
+        result = json.loads(out.stdout)
+        row.send("stop")
+        result.update(row.read(10))
+    else:
+        row.send(f"run {seconds} {size} {CONCURRENCY}")
+        result = row.read(seconds + 30)
+    done = max(1, result["completed"])
+    result["rps"] = result["requests"] / result["seconds"]
+    result["mib_s"] = result["rps"] * size / MIB
+    result["cpu_us"] = result["cpu_s"] / done * 1e6
+    return result
+
+
+def run_workload(work: dict, rounds: int, seconds: float, warmup: float, loadgen: str) -> dict:
+    print(f"== {work['name']}: {rounds} rounds x {seconds}s per row", file=sys.stderr)
+    rows = [Row(r, work["handler"], w, RESULTS) for r, w in work["rows"]]
+    try:
+        for row in rows:
+            row.wait_ready()
+        for row in rows:
+            measure(row, work["size"], warmup, loadgen)
+        samples: dict[str, list[dict]] = {row_key(r.row, r.workers): [] for r in rows}
+        for round_number in range(rounds):
+            shift = round_number % len(rows)
+            for row in rows[shift:] + rows[:shift]:
+                result = measure(row, work["size"], seconds, loadgen)
+                samples[row_key(row.row, row.workers)].append(result)
+                print(
+                    f"   round {round_number + 1} {row_key(row.row, row.workers):14s}"
+                    f" {result['rps']:9.0f} req/s  p99 {result['p99_ms']:7.2f} ms"
+                    f"  lag p99 {result['lag_p99_ms']:6.2f} ms  errors {result['errors']}",
+                    file=sys.stderr,
+                )
+    finally:
+        for row in rows:
+            row.close()
+    return {"name": work["name"], "size": work["size"], "samples": samples}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio(samples: dict, a: str, b: str) -> float | None:
+    """Median over rounds of rps(a)/rps(b), each ratio taken within one round."""
+    if a not in samples or b not in samples:
+        return None
+    pairs = zip(samples[a], samples[b], strict=False)
+    values = [x["rps"] / y["rps"] for x, y in pairs if y["rps"] > 0]
+    return median(values) if values else None
+
+
+def summarize(result: dict) -> list[dict]:
+    rows = []
+    for key, samples in result["samples"].items():
+        rows.append(
+            {
+                "row": key,
+                "name": ROW_NAMES[key.split()[0]] + f", {key.split()[1][1:]} worker(s)",
+                "rps": median([s["rps"] for s in samples]),
+                "mib_s": median([s["mib_s"] for s in samples]),
+                "p50_ms": median([s["p50_ms"] for s in samples]),
+                "p99_ms": median([s["p99_ms"] for s in samples]),
+                "cpu_us": median([s["cpu_us"] for s in samples]),
+                "lag_p99_ms": median([s["lag_p99_ms"] for s in samples]),
+                "errors": sum(s["errors"] for s in samples),
+                "vs_submit": ratio(result["samples"], "submit w2", key),
+            }
+        )
+    return rows
+
+
+def targets(results: dict) -> list[tuple[str, float | None, float, str]]:
+    """(target, measured, goal, unit) for each target of issue 4."""
+    by_name = {r["name"]: r["samples"] for r in results}
+    echo = by_name.get("echo 100 B", {})
+    cpu = by_name.get("cpu 5 ms", {})
+    big = by_name.get("echo 1 MiB", {})
+    lags = [
+        s["lag_p99_ms"]
+        for r in results
+        for key, samples in r["samples"].items()
+        if key.split()[0] in ("submit", "gaspar-tcp", "framed")
+        for s in samples
+    ]
+    gaspar_p99 = median([s["p99_ms"] for s in echo.get("gaspar-tcp w2", [])])
+    big_rate = median([s["mib_s"] for s in big.get("submit w2", [])])
+    return [
+        ("submit() echo vs ampoule", ratio(echo, "submit w2", "ampoule w2"), 8.0, "x"),
+        ("submit() echo vs ProcessPoolExecutor", ratio(echo, "submit w2", "ppe w2"), 7.0, "x"),
+        ("submit() echo vs raw txZMQ", ratio(echo, "submit w2", "txzmq w2"), 1.5, "x"),
+        ("framed echo vs gaspar TCP", ratio(echo, "framed w2", "gaspar-tcp w2"), 4.0, "x"),
+        ("gaspar TCP vs bare Twisted", ratio(echo, "gaspar-tcp w2", "bare w2"), 0.85, "x"),
+        ("gaspar TCP p99 (ms, at most)", gaspar_p99, 20.0, "ms"),
+        ("cpu 5 ms: submit() 2 workers vs 1", ratio(cpu, "submit w2", "submit w1"), 1.9, "x"),
+        ("reactor lag p99, worst gaspar_tw row (ms, at most)", max(lags, default=None), 5.0, "ms"),
+        ("1 MiB echo through submit() (MiB/s)", big_rate, 1000.0, "MiB/s"),
+    ]
+
+
+def render(results: dict, meta: dict) -> str:
+    lines = [
+        f"Command: {meta['command']}",
+        f"Machine: {meta['machine']}; {meta['rounds']} rounds x {meta['seconds']}s per row, "
+        f"{CONCURRENCY} requests in flight; medians over rounds; ratios taken round by round.",
+        f"TCP load generator: {meta['loadgen']}.",
+        "",
+    ]
+    header = (
+        "| row | req/s | MiB/s | p50 ms | p99 ms | parent CPU µs/req | lag p99 ms | errors "
+        "| submit() w2 / row |"
+    )
+    for result in results:
+        lines += [f"### {result['name']}", "", header, "|" + "---|" * 9]
+        for r in summarize(result):
+            vs = f"{r['vs_submit']:.2f}x" if r["vs_submit"] else "-"
+            lines.append(
+                f"| {r['name']} | {r['rps']:,.0f} | {r['mib_s']:,.1f} | {r['p50_ms']:.2f} "
+                f"| {r['p99_ms']:.2f} | {r['cpu_us']:.0f} | {r['lag_p99_ms']:.2f} "
+                f"| {r['errors']} | {vs} |"
+            )
+        lines.append("")
+    lines += ["### Targets (issue 4)", "", "| target | measured | goal | met |"]
+    lines.append("|---|---|---|---|")
+    for name, value, goal, unit in targets(results):
+        if value is None or value != value:
+            lines.append(f"| {name} | n/a | {goal} {unit} | - |")
+            continue
+        at_most = "at most" in name
+        met = value <= goal if at_most else value >= goal
+        lines.append(
+            f"| {name} | {value:,.2f} {unit} | {goal:,} {unit} | {'yes' if met else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 5))
+    for ax, result in zip(axes, results, strict=False):
+        rows = summarize(result)
+        names = [r["row"] for r in rows]
+        values = [r["rps"] for r in rows]
+        colors = [
+            "tab:green" if n.split()[0] in TCP_ROWS | {"submit"} else "tab:gray" for n in names
+        ]
+        ax.barh(names, values, color=colors)
+        ax.set_title(result["name"])
+        ax.set_xlabel("requests/s (median)")
+        ax.invert_yaxis()
+    fig.suptitle("gaspar_tw vs peers (green: gaspar_tw and the TCP ceiling)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (under 30 s)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--rounds", type=int, help="rounds per workload")
+    parser.add_argument("--seconds", type=float, help="seconds per measurement")
+    parser.add_argument(
+        "--only", action="append", help="run only workloads whose name contains this"
+    )
+    parser.add_argument("--rows", help="comma-separated rows to run (default: all)")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (2 if args.quick else 3)
+    seconds = args.seconds or (0.3 if args.quick else 0.8)
+    warmup = 0.1 if args.quick else 0.3
+    os.makedirs(RESULTS, exist_ok=True)
+    loadgen = build_loadgen()
+    started = time.monotonic()
+    chosen = [w for w in workloads() if not args.only or any(o in w["name"] for o in args.only)]
+    if args.rows:
+        wanted = set(args.rows.split(","))
+        for w in chosen:
+            w["rows"] = [(r, n) for r, n in w["rows"] if r in wanted]
+        chosen = [w for w in chosen if w["rows"]]
+    results = [run_workload(w, rounds, seconds, warmup, loadgen) for w in chosen]
+    meta = {
+        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or '?'}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        "rounds": rounds,
+        "seconds": seconds,
+        "loadgen": "one-thread C epoll client (bench/loadgen.c, gcc -O2), "
+        "on the same 2 cores as the server",
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    table = render(results, meta)
+    with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+        f.write(table + "\n")
+    document = {"meta": meta, "workloads": results, "targets": targets(results)}
+    with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+        json.dump(document, f, indent=1)
+    try:
+        plot(results, os.path.join(RESULTS, "bench.png"))
+    except ImportError:
+        print("matplotlib not installed (pip install '.[bench]'): no PNG", file=sys.stderr)
+    if args.json:
+        print(json.dumps(document, indent=1))
+    else:
+        print(table)
+    print(f"({meta['wall_seconds']} s; outputs in {RESULTS})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""One benchmark row in its own process: a reactor, the system under test, and its meters.
+
+    python bench/server.py ROW HANDLER WORKERS
+
+ROW is one of gaspar-tcp, framed, submit, ampoule, ppe, txzmq, bare. The process prints
+``{"ready": true, "port": N}`` once it can take load, then obeys lines on stdin:
+
+- ``run SECONDS BYTES CONCURRENCY``: drive in-process load (submit, ampoule, ppe, txzmq) and
+  print the measurements as one JSON line;
+- ``start`` / ``stop``: open / close a measurement window while an outside load generator
+  drives the TCP port (gaspar-tcp, framed, bare); ``stop`` prints the measurements.
+
+Measured here: the parent process's CPU time (C{time.process_time}: every thread of this
+process, no child) and how late a 5 ms C{LoopingCall} fires (reactor lag).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from itertools import count
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH)
+sys.path.insert(1, os.path.dirname(BENCH))
+
+from twisted.internet import epollreactor  # noqa: E402
+
+epollreactor.install()
+
+from twisted.internet import reactor, stdio, task  # noqa: E402
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks  # noqa: E402
+from twisted.internet.endpoints import serverFromString  # noqa: E402
+from twisted.internet.protocol import Factory  # noqa: E402
+from twisted.protocols.basic import Int32StringReceiver, LineReceiver  # noqa: E402
+
+LISTEN = "tcp:0:interface=127.0.0.1:backlog=1024"
+LAG_INTERVAL = 0.005
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+class Meters:
+    """Parent CPU time and reactor lag over a window.
+
+    Lag: a C{LoopingCall} every 5 ms; each call's lateness is measured against the grid time
+    it was scheduled for (the first multiple of 5 ms after the previous call), so a call that
+    is 44 ms late counts as 44 ms, not as 44 mod 5.
+    """
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.loop = task.LoopingCall(self._tick)
+        self.cpu0 = 0.0
+
+    def start(self) -> None:
+        self.lags = []
+        self.cpu0 = time.process_time()
+        self.loop.start(LAG_INTERVAL, now=False)
+        self.target = self.loop.starttime + LAG_INTERVAL
+
+    def _tick(self) -> None:
+        now = reactor.seconds()
+        self.lags.append(max(0.0, now - self.target))
+        start = self.loop.starttime
+        self.target = start + (int((now - start) / LAG_INTERVAL) + 1) * LAG_INTERVAL
+
+    def stop(self) -> dict:
+        cpu = time.process_time() - self.cpu0
+        if self.loop.running:
+            self.loop.stop()
+        return {
+            "cpu_s": cpu,
+            "lag_p99_ms": percentile(self.lags, 0.99) * 1e3,
+            "lag_max_ms": max(self.lags, default=0.0) * 1e3,
+        }
+
+
+def drive(call, payload: bytes, concurrency: int, seconds: float) -> Deferred:
+    """Keep C{concurrency} calls in flight for C{seconds}; fire with the counts and latencies."""
+    done: Deferred = Deferred()
+    latencies: list[float] = []
+    state = {"requests": 0, "completed": 0, "errors": 0, "inflight": 0, "first_error": None}
+    deadline = time.perf_counter() + seconds
+    expected = len(payload)
+    clock = time.perf_counter
+
+    def issue() -> None:
+        state["inflight"] += 1
+        started = clock()
+        d = call(payload)
+        d.addCallbacks(finished, failed, callbackArgs=(started,), errbackArgs=(started,))
+
+    def finished(reply, started) -> None:
+        now = clock()
+        if len(reply) == expected:
+            latencies.append(now - started)
+            state["completed"] += 1
+            if now <= deadline:
+                state["requests"] += 1
+        else:
+            state["errors"] += 1
+        again(now)
+
+    def failed(failure, started) -> None:
+        state["errors"] += 1
+        if state["first_error"] is None:
+            state["first_error"] = repr(failure.value)
+        again(clock())
+
+    def again(now: float) -> None:
+        state["inflight"] -= 1
+        if now < deadline:
+            issue()
+        elif state["inflight"] == 0 and not done.called:
+            done.callback(
+                {
+                    "requests": state["requests"],
+                    "completed": state["completed"],
+                    "errors": state["errors"],
+                    "first_error": state["first_error"],
+                    "seconds": seconds,
+                    "p50_ms": percentile(latencies, 0.50) * 1e3,
+                    "p99_ms": percentile(latencies, 0.99) * 1e3,
+                }
+            )
+
+    for _ in range(concurrency):
+        issue()
+    return done
+
+
+# -- the rows ------------------------------------------------------------------------------
+
+
+@inlineCallbacks
+def start_producer(handler: str, workers: int, endpoint=None, framed=None):
+    from gaspar_tw.consumer import Consumer
+    from gaspar_tw.producer import Producer
+
+    kwargs = {"framed_endpoint": framed} if framed else {}
+    producer = Producer(
+        Consumer("bench_handlers:" + handler),
+        endpoint,
+        workers,
+        pythonpath=[BENCH],
+        max_pending=100_000,
+        **kwargs,
+    )
+    producer.privilegedStartService()
+    producer.startService()
+    yield producer.whenReady()
+    port = None
+    if framed:
+        port = producer.framedPort.getHost().port
+    elif endpoint:
+        port = producer.port.getHost().port
+    return {"call": producer.submit, "port": port, "stop": producer.stopService}
+
+
+@inlineCallbacks
+def start_ampoule(handler: str, workers: int):
+    import amp_child
+    from ampoule import main, pool
+
+    starter = main.ProcessStarter(
+        packages=("twisted", "ampoule"),
+        env={"PYTHONPATH": os.pathsep.join([BENCH, os.path.dirname(BENCH)])},
+        childReactor="epoll",
+    )
+    processes = pool.ProcessPool(
+        amp_child.BenchChild, min=workers, max=workers, recycleAfter=0, starter=starter
+    )
+    yield processes.start()
+    command = amp_child.Echo if handler == "echo" else amp_child.Cpu
+
+    def call(payload: bytes) -> Deferred:
+        return processes.doWork(command, data=payload).addCallback(lambda r: r["data"])
+
+    return {"call": call, "port": None, "stop": processes.stop}
+
+
+@inlineCallbacks
+def start_ppe(handler: str, workers: int):
+    from concurrent.futures import ProcessPoolExecutor
+
+    import bench_handlers
+
+    function = getattr(bench_handlers, handler)
+    executor = ProcessPoolExecutor(max_workers=workers)
+
+    def call(payload: bytes) -> Deferred:
+        d: Deferred = Deferred()
+
+        def relay(future) -> None:
+            error = future.exception()
+            if error is None:
+                reactor.callFromThread(d.callback, future.result())
+            else:
+                reactor.callFromThread(d.errback, error)
+
+        executor.submit(function, payload).add_done_callback(relay)
+        return d
+
+    # Start every process before measuring.
+    for _ in range(workers * 4):
+        yield call(b"warm")
+
+    def stop():
+        executor.shutdown(wait=True)
+
+    return {"call": call, "port": None, "stop": stop}
+
+
+@inlineCallbacks
+def start_txzmq(handler: str, workers: int):
+    from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory, ZmqPullConnection, ZmqPushConnection
+
+    directory = tempfile.mkdtemp(prefix="gaspar-bench-")
+    work_address = f"ipc://{directory}/work"
+    reply_address = f"ipc://{directory}/reply"
+    factory = ZmqFactory()
+    push = ZmqPushConnection(factory, ZmqEndpoint(ZmqEndpointType.bind, work_address))
+    pull = ZmqPullConnection(factory, ZmqEndpoint(ZmqEndpointType.bind, reply_address))
+    waiting: dict[bytes, Deferred] = {}
+    hellos: list[Deferred] = [Deferred() for _ in range(workers)]
+
+    def onPull(message: list) -> None:
+        rid, payload = message
+        d = waiting.pop(rid, None)
+        if d is not None:
+            d.callback(payload)
+        elif rid == b"hello":
+            next(h for h in hellos if not h.called).callback(None)
+
+    pull.onPull = onPull
+    children = []
+    from twisted.internet.protocol import ProcessProtocol
+
+    for _ in range(workers):
+        protocol = ProcessProtocol()
+        ended: Deferred = Deferred()
+        protocol.processEnded = ended.callback
+        reactor.spawnProcess(
+            protocol,
+            sys.executable,
+            [
+                sys.executable,
+                os.path.join(BENCH, "zmq_worker.py"),
+                work_address,
+                reply_address,
+                handler,
+            ],
+            env=dict(os.environ),
+            childFDs={0: "w", 1: 1, 2: 2},
+        )
+        children.append((protocol, ended))
+    yield gatherResults(hellos)
+    ids = count()
+
+    def call(payload: bytes) -> Deferred:
+        rid = b"%d" % next(ids)
+        d: Deferred = Deferred()
+        waiting[rid] = d
+        push.push([rid, payload])
+        return d
+
+    @inlineCallbacks
+    def stop():
+        for protocol, _ in children:
+            protocol.transport.closeStdin()
+        for _, ended in children:
+            yield ended
+        factory.shutdown()
+
+    return {"call": call, "port": None, "stop": stop}
+
+
+class Bare(Int32StringReceiver):
+    """The TCP ceiling: write the request back and close, no workers."""
+
+    MAX_LENGTH = 1 << 30
+
+    def stringReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.transport.loseConnection()
+
+
+@inlineCallbacks
+def start_bare(handler: str, workers: int):
+    port = yield serverFromString(reactor, LISTEN).listen(Factory.forProtocol(Bare))
+    return {"call": None, "port": port.getHost().port, "stop": port.stopListening}
+
+
+def starter(row: str):
+    if row == "gaspar-tcp":
+        return lambda h, w: start_producer(h, w, endpoint=LISTEN)
+    if row == "framed":
+        return lambda h, w: start_producer(h, w, framed=LISTEN)
+    if row == "submit":
+        return lambda h, w: start_producer(h, w)
+    return {
+        "ampoule": start_ampoule,
+        "ppe": start_ppe,
+        "txzmq": start_txzmq,
+        "bare": start_bare,
+    }[row]
+
+
+class Control(LineReceiver):
+    """Commands from the benchmark runner on stdin, answers on stdout."""
+
+    delimiter = b"\n"
+
+    def __init__(self, row: str, handler: str, workers: int) -> None:
+        self.row, self.handler, self.workers = row, handler, workers
+        self.system = None
+        self.meters = Meters()
+
+    def connectionMade(self) -> None:
+        d = starter(self.row)(self.handler, self.workers)
+        d.addCallbacks(self._started, self._failed)
+
+    def _started(self, system: dict) -> None:
+        self.system = system
+        self.say({"ready": True, "port": system["port"], "pid": os.getpid()})
+
+    def _failed(self, failure) -> None:
+        self.say({"ready": False, "error": failure.getTraceback()})
+        reactor.stop()
+
+    def say(self, message: dict) -> None:
+        self.transport.write(json.dumps(message).encode() + b"\n")
+
+    def lineReceived(self, line: bytes) -> None:
+        words = line.decode().split()
+        if not words:
+            return
+        if words[0] == "start":
+            self.meters.start()
+        elif words[0] == "stop":
+            self.say(self.meters.stop())
+        elif words[0] == "run":
+            seconds, size, concurrency = float(words[1]), int(words[2]), int(words[3])
+            payload = bytes(size)
+            self.meters.start()
+            d = drive(self.system["call"], payload, concurrency, seconds)
+            d.addCallback(lambda result: self.say({**self.meters.stop(), **result}))
+
+    def connectionLost(self, reason) -> None:
+        d = Deferred()
+        if self.system is not None:
+            d.addCallback(lambda _: self.system["stop"]())
+        d.addBoth(lambda _: reactor.stop())
+        d.callback(None)
+
+
+def main() -> None:
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    row, handler, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    stdio.StandardIO(Control(row, handler, workers))
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
