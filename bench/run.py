@@ -300,8 +300,8 @@ def plot(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 5))
-    for ax, result in zip(axes, results, strict=False):
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 5), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=False):
         rows = summarize(result)
         names = [r["row"] for r in rows]
         values = [r["rps"] for r in rows]

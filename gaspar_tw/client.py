@@ -2,19 +2,24 @@
 
 - L{pack}: frame a request, for any framework (asyncio, tornado: write it, read to EOF).
 - L{request}: blocking, plain C{socket}, so eventlet and gevent can make it green.
-- L{GasparClient}: Twisted; C{request()} returns a Deferred.
+- L{GasparClient}: Twisted; C{request()} returns a Deferred. With C{framed=True} it speaks
+  the framed persistent protocol (L{gaspar_tw.framed}) over a small pool of connections.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+from collections import deque
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+
+from gaspar_tw import framed
+from gaspar_tw.errors import Overloaded, RemoteError, RequestTimeout
 
 MAX_MESSAGE = 0xFFFFFFFF
 
@@ -74,21 +79,167 @@ class _OneRequest(Protocol):
             finished.errback(reason)
 
 
+def _framed_error(status: int, text: bytes) -> Exception:
+    """The exception a framed reply's non-zero status stands for."""
+    message = text.decode("utf-8", "replace")
+    if status == framed.TIMEOUT:
+        return RequestTimeout(message)
+    if status == framed.REFUSED:
+        return Overloaded(message)
+    kind, sep, detail = message.partition(": ")
+    return RemoteError(kind, detail) if sep else RemoteError("Exception", message)
+
+
+class _FramedConnection(Protocol):
+    """One persistent framed connection: requests written as they come, replies in order."""
+
+    def __init__(self, pool: _FramedPool) -> None:
+        self.pool = pool
+        self.waiting: deque[Deferred] = deque()
+        self._buffer = bytearray()
+
+    def send(self, message: bytes) -> Deferred:
+        d: Deferred = Deferred()
+        self.waiting.append(d)
+        self.transport.writeSequence([struct.pack("!I", len(message)), message])
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset, end = 0, len(buffer)
+        while end - offset >= 5:
+            length, status = struct.unpack_from("!IB", buffer, offset)
+            if end - offset - 4 < length:
+                break
+            payload = bytes(buffer[offset + 5 : offset + 4 + length])
+            offset += 4 + length
+            if not self.waiting:
+                self.transport.abortConnection()  # a reply nobody asked for: out of sync
+                return
+            d = self.waiting.popleft()
+            if d.called:
+                continue  # timed out or cancelled already
+            if status == framed.OK:
+                d.callback(payload)
+            else:
+                d.errback(_framed_error(status, payload))
+        del buffer[:offset]
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.pool.lost(self)
+        waiting, self.waiting = self.waiting, deque()
+        for d in waiting:
+            if not d.called:
+                d.errback(ConnectionLost("framed connection lost before the reply"))
+
+
+class _FramedPool:
+    """Up to C{size} framed connections; each request goes to the least busy one."""
+
+    def __init__(self, endpoint, size: int) -> None:
+        self.endpoint = endpoint
+        self.size = size
+        self.connections: list[_FramedConnection] = []
+        self.connecting = 0
+        self.queued: deque[tuple[bytes, Deferred]] = deque()
+
+    def request(self, message: bytes) -> Deferred:
+        best = min(self.connections, key=lambda c: len(c.waiting), default=None)
+        if best is not None and (not best.waiting or self._full()):
+            return best.send(message)
+        d: Deferred = Deferred()
+        self.queued.append((message, d))
+        if not self._full():
+            self._connect()
+        return d
+
+    def _full(self) -> bool:
+        return len(self.connections) + self.connecting >= self.size
+
+    def _connect(self) -> None:
+        self.connecting += 1
+        d = self.endpoint.connect(Factory.forProtocol(lambda: _FramedConnection(self)))
+        d.addCallbacks(self._connected, self._connectFailed)
+
+    def _connected(self, connection: _FramedConnection) -> None:
+        self.connecting -= 1
+        self.connections.append(connection)
+        self._sendQueued()
+
+    def _connectFailed(self, failure: Failure) -> None:
+        self.connecting -= 1
+        if self.connections or self.connecting:
+            self._sendQueued()
+            return
+        queued, self.queued = self.queued, deque()
+        for _, d in queued:
+            if not d.called:
+                d.errback(failure)
+
+    def _sendQueued(self) -> None:
+        while self.queued and self.connections:
+            message, d = self.queued.popleft()
+            if not d.called:
+                best = min(self.connections, key=lambda c: len(c.waiting))
+                best.send(message).chainDeferred(d)
+
+    def lost(self, connection: _FramedConnection) -> None:
+        if connection in self.connections:
+            self.connections.remove(connection)
+
+    def close(self) -> Deferred:
+        closing = []
+        for connection in list(self.connections):
+            done: Deferred = Deferred()
+            lost = connection.connectionLost
+
+            def connectionLost(reason, lost=lost, done=done):
+                lost(reason)
+                done.callback(None)
+
+            connection.connectionLost = connectionLost
+            connection.transport.loseConnection()
+            closing.append(done)
+        return gatherResults(closing) if closing else succeed(None)
+
+
 class GasparClient:
     """A Twisted client: C{GasparClient(reactor, "tcp:host:port").request(b"...")}.
 
     C{endpoint} is a Twisted client endpoint description (``tcp:127.0.0.1:10123``,
     ``unix:/run/gaspar.sock``). Each request uses its own connection, as the gaspar
-    format requires.
+    format requires. With C{framed=True}, C{endpoint} is a framed endpoint
+    (``--framed-endpoint``): requests are pipelined over up to C{connections} persistent
+    connections, and a failed request fails its Deferred with L{gaspar_tw.RemoteError},
+    L{gaspar_tw.RequestTimeout} or L{gaspar_tw.Overloaded}. Call L{close} when done.
     """
 
-    def __init__(self, reactor, endpoint: str, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        reactor,
+        endpoint: str,
+        timeout: float | None = 30.0,
+        *,
+        framed: bool = False,
+        connections: int = 4,
+    ) -> None:
         self.reactor = reactor
         self.endpoint = clientFromString(reactor, endpoint)
         self.timeout = timeout
+        self._pool = _FramedPool(self.endpoint, connections) if framed else None
+
+    def close(self) -> Deferred:
+        """Close the framed connections (a no-op for the gaspar format)."""
+        return self._pool.close() if self._pool is not None else succeed(None)
 
     def request(self, message: bytes) -> Deferred:
-        """Send C{message}; the Deferred fires with the reply bytes (read to EOF)."""
+        """Send C{message}; the Deferred fires with the reply bytes."""
+        if self._pool is not None:
+            result = self._pool.request(bytes(message))
+            if self.timeout is not None:
+                result.addTimeout(self.timeout, self.reactor)
+            return result
         finished: Deferred = Deferred()
         connecting = self.endpoint.connect(
             Factory.forProtocol(lambda: _OneRequest(message, finished))

@@ -53,6 +53,13 @@ class Options(usage.Options):
             "tcp:10123:interface=127.0.0.1 or unix:/run/gaspar.sock.",
         ],
         [
+            "framed-endpoint",
+            None,
+            None,
+            "Also serve the framed persistent protocol (pipelined requests, replies with a"
+            " status byte) on this Twisted server endpoint, e.g. tcp:10124.",
+        ],
+        [
             "workers",
             "w",
             None,

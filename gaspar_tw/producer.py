@@ -17,6 +17,7 @@ from gaspar_tw import wire
 from gaspar_tw.consumer import Consumer
 from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import ServiceStopped
+from gaspar_tw.framed import FramedFactory
 from gaspar_tw.handler import Handler
 from gaspar_tw.pool import WorkerPool
 from gaspar_tw.protocol import DEFAULT_MAX_LENGTH, GasparFactory
@@ -47,8 +48,10 @@ class Producer(service.Service):
 
     C{endpoint} is a port number, a server endpoint string (``"tcp:10123"``,
     ``"unix:/run/gaspar.sock"``), an L{IStreamServerEndpoint}, or C{None} for no listener
-    (in-process L{submit} only). Use it as a service (C{startService}/C{stopService}, e.g.
-    under a C{MultiService} or twistd), or call L{start} to run a reactor until stopped.
+    (in-process L{submit} only). C{framed_endpoint}, if given, also serves the framed
+    persistent protocol (L{gaspar_tw.framed}) there. Use it as a service (C{startService}/
+    C{stopService}, e.g. under a C{MultiService} or twistd), or call L{start} to run a
+    reactor until stopped.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Producer(service.Service):
         retry_on_crash: bool = True,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         pythonpath: Sequence[str] = (),
+        framed_endpoint: int | str | IStreamServerEndpoint | None = None,
         reactor=None,
     ) -> None:
         if reactor is None:
@@ -84,6 +88,10 @@ class Producer(service.Service):
         )
         self.factory = GasparFactory(self.dispatcher.submit, max_length)
         self.port: IListeningPort | None = None
+        self.framed_endpoint = framed_endpoint
+        self.framedFactory = FramedFactory(self.dispatcher.submit, max_length)
+        self.framedPort: IListeningPort | None = None
+        self._framedListening: Deferred | None = None
         self.hub = None
         self._listening: Deferred | None = None
 
@@ -100,10 +108,10 @@ class Producer(service.Service):
 
     def whenReady(self) -> Deferred:
         """Fires when every worker is ready and the listener (if any) is bound."""
-        listening = self._listening
         d = self.pool.whenReady()
-        if listening is not None:
-            d.addCallback(lambda _: _chain(listening))
+        for listening in (self._listening, self._framedListening):
+            if listening is not None:
+                d.addCallback(lambda _, listening=listening: _chain(listening))
         return d.addCallback(lambda _: self)
 
     def workerPids(self) -> list[int]:
@@ -133,22 +141,34 @@ class Producer(service.Service):
             self._listen()
 
     def _listen(self) -> None:
-        if self.endpoint is None or self._listening is not None:
-            return
-        endpoint = self.endpoint
+        if self.endpoint is not None and self._listening is None:
+            self._listening = self._listenOn(self.endpoint, self.factory, self._listened)
+        if self.framed_endpoint is not None and self._framedListening is None:
+            self._framedListening = self._listenOn(
+                self.framed_endpoint, self.framedFactory, self._framedListened
+            )
+
+    def _listenOn(self, endpoint, factory, listened) -> Deferred:
         if not IStreamServerEndpoint.providedBy(endpoint):
             endpoint = serverFromString(self.reactor, endpoint_description(endpoint))
-        d = endpoint.listen(self.factory)
+        d = endpoint.listen(factory)
         failures = []
         d.addErrback(failures.append)
         if failures:  # synchronous failure (port in use, bad address): raise it to the caller
             failures[0].raiseException()
-        d.addCallback(self._listened)
-        self._listening = d
+        return d.addCallback(listened)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         log.info("gaspar_tw producer listening on {address}", address=_describe(port.getHost()))
+        return port
+
+    def _framedListened(self, port: IListeningPort) -> IListeningPort:
+        self.framedPort = port
+        log.info(
+            "gaspar_tw producer listening on {address} (framed protocol)",
+            address=_describe(port.getHost()),
+        )
         return port
 
     def _onWorkerMessage(self, frames: list) -> None:
@@ -171,6 +191,13 @@ class Producer(service.Service):
             if port is not None:
                 yield port.stopListening()
             self.port = None
+        if self._framedListening is not None:
+            listening, self._framedListening = self._framedListening, None
+            listening.addErrback(lambda f: None)
+            port = yield listening
+            if port is not None:
+                yield port.stopListening()
+            self.framedPort = None
         self.dispatcher.stopAccepting()
         if self.dispatcher.pending:
             log.info("draining {n} pending requests", n=self.dispatcher.pending)

@@ -32,4 +32,5 @@ def makeService(options: Options) -> IService:
         options["workers"],
         max_length=options["max-length"],
         pythonpath=pythonpath,
+        framed_endpoint=options["framed-endpoint"],
     )

@@ -1,0 +1,176 @@
+"""The framed protocol: a persistent connection carrying pipelined requests, replies in order.
+
+A request is ``[u32 length][payload]``; each reply is ``[u32 length][u8 status][payload]``,
+where C{length} counts the status byte and the payload (both big-endian, like gaspar's).
+Replies come back in the order the requests were sent. Status:
+
+- L{OK} (0): the payload is the handler's reply;
+- L{HANDLER_ERROR} (1): the handler raised (or its worker died); the payload is
+  ``"Type: message"`` in UTF-8;
+- L{TIMEOUT} (2): the request was not answered in time;
+- L{REFUSED} (3): the producer is overloaded or stopping; the request was not run.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped
+from gaspar_tw.protocol import DEFAULT_MAX_LENGTH, Submit, _peer
+
+log = Logger()
+
+OK = 0
+HANDLER_ERROR = 1
+TIMEOUT = 2
+REFUSED = 3
+
+#: Requests one connection may have in flight before we stop reading from it.
+MAX_IN_FLIGHT = 1024
+
+_LENGTH = struct.Struct("!I")
+_HEADER = struct.Struct("!IB")
+
+
+def encode_request(payload: bytes) -> bytes:
+    """Frame one request: C{[u32 length][payload]}."""
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def reply_header(status: int, payload_length: int) -> bytes:
+    """The C{[u32 length][u8 status]} that precedes a reply's payload."""
+    return _HEADER.pack(payload_length + 1, status)
+
+
+def status_of(failure: Failure) -> tuple[int, bytes]:
+    """Map a failed request to its reply status and error text."""
+    error = failure.value
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, RemoteError):
+        text = f"{error.type}: {error.message}"
+        return HANDLER_ERROR, text.encode("utf-8", "replace")
+    if isinstance(error, Overloaded | ServiceStopped):
+        return REFUSED, text.encode("utf-8", "replace")
+    if isinstance(error, TimeoutError) or failure.check(
+        "twisted.internet.defer.TimeoutError", "twisted.internet.error.TimeoutError"
+    ):
+        return TIMEOUT, text.encode("utf-8", "replace")
+    return HANDLER_ERROR, text.encode("utf-8", "replace")
+
+
+class FramedProtocol(Protocol):
+    """Read pipelined requests, submit each, write the replies back in request order."""
+
+    factory: FramedFactory
+
+    def connectionMade(self) -> None:
+        self._buffer = bytearray()
+        self._sent = 0  # requests submitted on this connection
+        self._written = 0  # replies written
+        self._done: dict[int, tuple[int, bytes]] = {}  # finished, waiting for earlier ones
+        self._pending: dict[int, Deferred] = {}
+        self._paused = False
+        self._closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        end = len(buffer)
+        limit = self.factory.maxLength
+        submit = self.factory.submit
+        while end - offset >= 4:
+            (length,) = _LENGTH.unpack_from(buffer, offset)
+            if length > limit:
+                self._tooLong(length)
+                return
+            if end - offset - 4 < length:
+                break
+            start = offset + 4
+            offset = start + length
+            index = self._sent
+            self._sent = index + 1
+            d = submit(bytes(buffer[start:offset]))
+            if not d.called:
+                self._pending[index] = d
+            d.addCallbacks(self._succeeded, self._failed, (index,), None, (index,))
+            if self._closed:
+                return
+        if offset:
+            del buffer[:offset]
+        if not self._paused and self._sent - self._written >= MAX_IN_FLIGHT:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _succeeded(self, reply: bytes, index: int) -> None:
+        self._finish(index, OK, reply)
+
+    def _failed(self, failure: Failure, index: int) -> None:
+        if failure.check(CancelledError) and self._closed:
+            return
+        status, text = status_of(failure)
+        if status == HANDLER_ERROR and failure.check(RemoteError):
+            error = failure.value
+            log.error(
+                "handler raised {type}: {message} (request from {peer})\n{traceback}",
+                type=error.type,
+                message=error.message,
+                peer=_peer(self.transport),
+                traceback=error.traceback,
+            )
+        self._finish(index, status, text)
+
+    def _finish(self, index: int, status: int, payload: bytes) -> None:
+        self._pending.pop(index, None)
+        if self._closed:
+            return
+        if index != self._written:
+            self._done[index] = (status, payload)
+            return
+        out = [reply_header(status, len(payload)), payload]
+        written = index + 1
+        done = self._done
+        while written in done:
+            status, payload = done.pop(written)
+            out += (reply_header(status, len(payload)), payload)
+            written += 1
+        self._written = written
+        self.transport.writeSequence(out)
+        if self._paused and self._sent - written < MAX_IN_FLIGHT // 2:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _tooLong(self, length: int) -> None:
+        log.warn(
+            "closing framed connection from {peer}: request of {length} bytes is over the"
+            " {limit}-byte limit",
+            peer=_peer(self.transport),
+            length=length,
+            limit=self.factory.maxLength,
+        )
+        self._closed = True
+        self._buffer = bytearray()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._closed = True
+        self._done.clear()
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.cancel()
+
+
+class FramedFactory(Factory):
+    """Builds L{FramedProtocol}s that hand each request to C{submit}."""
+
+    protocol = FramedProtocol
+    noisy = False
+
+    def __init__(self, submit: Submit, maxLength: int = DEFAULT_MAX_LENGTH) -> None:
+        self.submit = submit
+        self.maxLength = maxLength

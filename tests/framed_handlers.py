@@ -1,0 +1,11 @@
+"""Handlers for the framed-protocol tests: b"fail..." raises, b"sleep:S" sleeps S seconds."""
+
+import time
+
+
+def mixed(message: bytes) -> bytes:
+    if message.startswith(b"fail"):
+        raise ValueError("asked to fail: " + message.decode())
+    if message.startswith(b"sleep:"):
+        time.sleep(float(message[6:]))
+    return message

@@ -1,0 +1,121 @@
+"""The framed persistent protocol: a real daemon, pipelining, order, statuses, bad input."""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+
+import pytest
+import pytest_twisted
+from conftest import TESTS, pid_alive
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+
+from gaspar_tw import GasparClient, Overloaded, Producer, RemoteError
+from gaspar_tw.client import request
+from gaspar_tw.framed import HANDLER_ERROR, OK
+
+FRAMED = re.compile(rb"listening on tcp ([\d.]+):(\d+) \(framed protocol\)")
+
+
+def framed_daemon(daemon_factory, *args: str):
+    daemon = daemon_factory(
+        "--handler",
+        "framed_handlers:mixed",
+        "--framed-endpoint",
+        "tcp:0:interface=127.0.0.1",
+        *args,
+    )
+    host, port = daemon.wait_for(FRAMED.pattern)[0]
+    return daemon, (host.decode(), int(port))
+
+
+def send_all(sock: socket.socket, messages: list[bytes]) -> None:
+    sock.sendall(b"".join(struct.pack("!I", len(m)) + m for m in messages))
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def read_reply(sock: socket.socket) -> tuple[int, bytes]:
+    length, status = struct.unpack("!IB", read_exactly(sock, 5))
+    return status, read_exactly(sock, length - 1)
+
+
+def test_pipelined_replies_come_back_in_request_order(daemon_factory):
+    daemon, address = framed_daemon(daemon_factory)
+    # The first request sleeps on one worker while the others finish on the other one:
+    # they must still be answered after it, in the order they were sent.
+    messages = [b"sleep:0.3"] + [b"fast-%d" % i for i in range(200)] + [b"fail-now", b"last"]
+    with socket.create_connection(address, timeout=15) as sock:
+        send_all(sock, messages)
+        replies = [read_reply(sock) for _ in messages]
+        # The connection stays open for more requests.
+        send_all(sock, [b"again"])
+        assert read_reply(sock) == (OK, b"again")
+    assert [r for r in replies[:-2]] == [(OK, m) for m in messages[:-2]]
+    assert replies[-2] == (HANDLER_ERROR, b"ValueError: asked to fail: fail-now")
+    assert replies[-1] == (OK, b"last")
+    # The gaspar port beside it still serves gaspar clients.
+    assert request(daemon.address, b"plain", timeout=10) == b"plain"
+
+
+def test_bad_input_on_the_framed_port_closes_only_that_connection(daemon_factory):
+    daemon, address = framed_daemon(daemon_factory, "--max-length", "1000")
+    with socket.create_connection(address, timeout=15) as sock:
+        sock.sendall(struct.pack("!I", 1001) + b"x" * 10)
+        assert sock.recv(100) == b""  # closed, nothing answered
+    for garbage in [b"\xff\xff\xff\xff", b"\x00\x00", b"\x00\x00\x00\x05ab", b"\x00" * 3]:
+        with socket.create_connection(address, timeout=15) as sock:
+            sock.sendall(garbage)
+    with socket.create_connection(address, timeout=15) as sock:
+        send_all(sock, [b"still here", b""])
+        assert read_reply(sock) == (OK, b"still here")
+        assert read_reply(sock) == (OK, b"")
+    assert b"over the 1000-byte limit" in daemon.log()
+    assert daemon.process.poll() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_pipelines_over_its_pool_and_maps_statuses():
+    producer = Producer(
+        "framed_handlers:mixed",
+        None,
+        2,
+        max_pending=3,
+        pythonpath=[str(TESTS)],
+        framed_endpoint="tcp:0:interface=127.0.0.1",
+    )
+    producer.privilegedStartService()
+    producer.startService()
+    client = None
+    try:
+        await producer.whenReady().addTimeout(15, reactor)
+        port = producer.framedPort.getHost().port
+        client = GasparClient(reactor, f"tcp:127.0.0.1:{port}", timeout=15, framed=True)
+        for batch in range(5):
+            messages = [b"m-%d-%d" % (batch, i) for i in range(3)]
+            assert await gatherResults([client.request(m) for m in messages]) == messages
+        assert len(client._pool.connections) <= 4
+        with pytest.raises(RemoteError) as caught:
+            await client.request(b"fail-please")
+        assert caught.value.type == "ValueError"
+        # max_pending=3: a fourth request in flight is refused (status 3) at once.
+        slow = [client.request(b"sleep:0.5") for _ in range(3)]
+        with pytest.raises(Overloaded):
+            await client.request(b"one too many")
+        assert await gatherResults(slow) == [b"sleep:0.5"] * 3
+    finally:
+        if client is not None:
+            await client.close()
+        pids = producer.workerPids()
+        await producer.stopService()
+        assert not any(pid_alive(pid) for pid in pids)
