@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 
 import zmq
 from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory
 from txzmq.connection import ZmqConnection
 
-#: At most this many messages are read from the reply socket per reactor turn, so that a
-#: stream of replies cannot starve timers and TCP connections.
+#: Replies are read from the reply socket for at most this long per reactor turn (and at
+#: most L{MAX_READS_PER_TURN} messages), so that a stream of replies cannot starve timers
+#: and TCP connections: the rest is read on the next turn.
+READ_SECONDS_PER_TURN = 0.002
 MAX_READS_PER_TURN = 64
 
 
@@ -37,6 +40,9 @@ class ReplyChannel(ZmqConnection):
                 self.read_scheduled.cancel()
             self.read_scheduled = None
         socket = self.socket
+        onMessage = self.onMessage
+        clock = time.monotonic
+        deadline = clock() + READ_SECONDS_PER_TURN
         for _ in range(MAX_READS_PER_TURN):
             if self.factory is None:
                 return
@@ -44,7 +50,9 @@ class ReplyChannel(ZmqConnection):
                 frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.onMessage(frames)
+            onMessage(frames)
+            if clock() > deadline:
+                break
         if self.factory is not None:
             self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
 
@@ -53,7 +61,7 @@ class ReplyChannel(ZmqConnection):
 
 
 class WorkChannel(ZmqConnection):
-    """A PUSH socket connected to one worker's PULL; C{send(frames)} never blocks."""
+    """A PUSH socket connected to one worker's PULL; C{send(messages)} never blocks."""
 
     socketType = zmq.PUSH
     reconnectInterval = 10
@@ -65,8 +73,11 @@ class WorkChannel(ZmqConnection):
     def messageReceived(self, message: list) -> None:  # pragma: no cover - PUSH receives nothing
         pass
 
-    def send(self, frames: list) -> None:
-        self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+    def send(self, messages: list[list]) -> None:
+        """Send L{gaspar_tw.wire.encode_work}'s messages (large frames without a copy)."""
+        send = self.socket.send_multipart
+        for frames in messages:
+            send(frames, zmq.NOBLOCK, copy=False)
 
 
 class ChannelHub:

@@ -174,9 +174,9 @@ class Producer(service.Service):
     def _onWorkerMessage(self, frames: list) -> None:
         kind, token = wire.frame_kind(frames[0])
         if kind == wire.REPLIES:
-            self.dispatcher.repliesReceived(
-                token, wire.unpack_ids(frames[1]), frames[2], frames[3:]
-            )
+            ids, statuses, payloads = wire.decode_replies(frames)
+            self.dispatcher.handlerTime(len(ids), wire.busy_seconds(frames[0]))
+            self.dispatcher.repliesReceived(token, ids, statuses, payloads)
         elif kind == wire.HELLO:
             self.pool.hello(token, int(frames[1]))
 

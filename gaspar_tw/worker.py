@@ -76,39 +76,61 @@ class Worker:
         self.replies.send_multipart(wire.encode_hello(self.token, os.getpid()))
         poller = zmq.Poller()
         poller.register(self.work, zmq.POLLIN)
-        poller.register(sys.stdin.fileno(), zmq.POLLIN)
         stdin = sys.stdin.fileno()
+        poller.register(stdin, zmq.POLLIN)
+        work = self.work
         while True:
-            for socket, _ in poller.poll():
-                if socket == stdin:
-                    if not os.read(stdin, 4096):
+            try:
+                frames = work.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                # Idle: sleep until work arrives or the producer closes our stdin.
+                for socket, _ in poller.poll():
+                    if socket == stdin and not os.read(stdin, 4096):
                         return
-                else:
-                    self.answer(self.work.recv_multipart(copy=True))
+                continue
+            self.answer(frames)
 
     def answer(self, frames: list) -> None:
-        """Run the handler on each request of a batch, sending replies at least every ms."""
-        ids, payloads = wire.decode_work(frames)
+        """Answer a batch, and any batch already waiting behind it, in few reply messages.
+
+        Replies go out once they are L{FLUSH_AFTER_SECONDS} old or L{wire.MESSAGE_BYTES}
+        large, and when no more work is waiting: a fast handler's replies to several
+        batches share one message, a slow handler's are sent one by one.
+        """
         handler = self.handler
+        clock = time.monotonic
         done_ids: list[int] = []
         statuses = bytearray()
         results: list[bytes] = []
-        started = time.monotonic()
-        for rid, payload in zip(ids, payloads, strict=False):
-            status, result = call_handler(handler, payload)
-            done_ids.append(rid)
-            statuses.append(status)
-            results.append(result)
-            if time.monotonic() - started > FLUSH_AFTER_SECONDS and len(done_ids) < len(ids):
-                self.send(done_ids, statuses, results)
-                done_ids, statuses, results = [], bytearray(), []
-                started = time.monotonic()
+        size = 0
+        busy = 0.0
+        oldest = 0.0
+        while frames is not None:
+            ids, payloads = wire.decode_work(frames)
+            for rid, payload in zip(ids, payloads, strict=False):
+                started = clock()
+                status, result = call_handler(handler, payload)
+                now = clock()
+                if not done_ids:
+                    oldest = started
+                busy += now - started
+                done_ids.append(rid)
+                statuses.append(status)
+                results.append(result)
+                size += len(result)
+                if size >= wire.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
+                    self.send(done_ids, statuses, results, busy)
+                    done_ids, statuses, results, size, busy = [], bytearray(), [], 0, 0.0
+            try:
+                frames = self.work.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                frames = None
         if done_ids:
-            self.send(done_ids, statuses, results)
+            self.send(done_ids, statuses, results, busy)
 
-    def send(self, ids: list[int], statuses: bytearray, results: list[bytes]) -> None:
+    def send(self, ids: list[int], statuses: bytearray, results: list[bytes], busy: float) -> None:
         self.replies.send_multipart(
-            wire.encode_replies(self.token, ids, bytes(statuses), results), copy=False
+            wire.encode_replies(self.token, ids, bytes(statuses), results, busy), copy=False
         )
 
     def close(self) -> None:
