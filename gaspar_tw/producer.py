@@ -20,6 +20,7 @@ from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.handler import Handler
 from gaspar_tw.pool import WorkerPool
 from gaspar_tw.protocol import DEFAULT_MAX_LENGTH, GasparFactory
+from gaspar_tw.stats import Stats
 
 log = Logger()
 
@@ -76,13 +77,19 @@ class Producer(service.Service):
         self.drain_timeout = drain_timeout
         if max_pending is None:
             max_pending = max(1024, 64 * self.workers)
+        #: Counters of everything this producer does (read by gaspar_tw.metrics).
+        self.stats = Stats()
         self.dispatcher = Dispatcher(
-            reactor, window=window, max_pending=max_pending, retry_on_crash=retry_on_crash
+            reactor,
+            window=window,
+            max_pending=max_pending,
+            retry_on_crash=retry_on_crash,
+            stats=self.stats,
         )
         self.pool = WorkerPool(
-            reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath
+            reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath, self.stats
         )
-        self.factory = GasparFactory(self.dispatcher.submit, max_length)
+        self.factory = GasparFactory(self.dispatcher.submit, max_length, self.stats)
         self.port: IListeningPort | None = None
         self.hub = None
         self._listening: Deferred | None = None
