@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 
 from gaspar_tw.options import Options
 
@@ -13,7 +13,7 @@ __all__ = ["Options", "makeService"]
 
 
 def makeService(options: Options) -> IService:
-    """Build the producer; a handler that cannot be loaded is a one-line error and exit 1."""
+    """Build the producer (and its metrics port); a bad handler is a one-line error and exit 1."""
     from gaspar_tw.consumer import Consumer
     from gaspar_tw.errors import HandlerError
     from gaspar_tw.producer import Producer
@@ -26,10 +26,17 @@ def makeService(options: Options) -> IService:
         consumer = Consumer(options["handler"])
     except HandlerError as e:
         raise SystemExit(f"twistd gaspar: {e}") from None
-    return Producer(
+    producer = Producer(
         consumer,
         options["endpoint"],
         options["workers"],
         max_length=options["max-length"],
         pythonpath=pythonpath,
     )
+    top = MultiService()
+    producer.setServiceParent(top)
+    if options["metrics"]:
+        from gaspar_tw.metrics import MetricsService
+
+        MetricsService(producer, options["metrics"]).setServiceParent(top)
+    return top
