@@ -132,6 +132,8 @@ class WorkerPool:
             self.handler_spec,
             "--token",
             str(token),
+            "--slot",
+            str(slot),
             "--work",
             self.hub.work_address(token),
             "--reply",

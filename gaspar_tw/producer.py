@@ -19,6 +19,7 @@ from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.handler import Handler
 from gaspar_tw.pool import WorkerPool
+from gaspar_tw.proctitle import producer_title, set_title
 from gaspar_tw.protocol import DEFAULT_MAX_LENGTH, GasparFactory
 from gaspar_tw.stats import Stats
 
@@ -64,6 +65,7 @@ class Producer(service.Service):
         retry_on_crash: bool = True,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         pythonpath: Sequence[str] = (),
+        proctitle: bool = False,
         reactor=None,
     ) -> None:
         if reactor is None:
@@ -75,6 +77,8 @@ class Producer(service.Service):
             raise ValueError(f"workers must be at least 1, not {self.workers}")
         self.endpoint = endpoint
         self.drain_timeout = drain_timeout
+        #: Set the process title (C{gaspar-tw producer :10123}); for a process of our own.
+        self.proctitle = proctitle
         if max_pending is None:
             max_pending = max(1024, 64 * self.workers)
         #: Counters of everything this producer does (read by gaspar_tw.metrics).
@@ -138,6 +142,8 @@ class Producer(service.Service):
         )
         if self._listening is None:
             self._listen()
+        if self.proctitle and self.endpoint is None:
+            set_title(producer_title())
 
     def _listen(self) -> None:
         if self.endpoint is None or self._listening is not None:
@@ -156,6 +162,8 @@ class Producer(service.Service):
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         log.info("gaspar_tw producer listening on {address}", address=_describe(port.getHost()))
+        if self.proctitle:
+            set_title(producer_title(port.getHost()))
         return port
 
     def _onWorkerMessage(self, frames: list) -> None:
@@ -207,6 +215,7 @@ class Producer(service.Service):
         globalLogBeginner.beginLoggingTo(
             [textFileLogObserver(sys.stderr)], redirectStandardIO=False
         )
+        self.proctitle = True
         self.reactor.callWhenRunning(self._startOrStop)
         self.reactor.addSystemEventTrigger("before", "shutdown", self._stopIfRunning)
         self.reactor.run()

@@ -32,6 +32,7 @@ def makeService(options: Options) -> IService:
         options["workers"],
         max_length=options["max-length"],
         pythonpath=pythonpath,
+        proctitle=True,
     )
     top = MultiService()
     producer.setServiceParent(top)
