@@ -12,6 +12,19 @@ from gaspar_tw.options import Options
 __all__ = ["Options", "makeService"]
 
 
+class GasparService(MultiService):
+    """The producer and its metrics port; hands twistd its log observer, if it has one."""
+
+    logObserver = None
+
+    def setServiceParent(self, parent) -> None:
+        if self.logObserver is not None:
+            from gaspar_tw.logs import useForApplication
+
+            useForApplication(parent, self.logObserver)  # twistd's Application
+        super().setServiceParent(parent)
+
+
 def makeService(options: Options) -> IService:
     """Build the producer (and its metrics port); a bad handler is a one-line error and exit 1."""
     from gaspar_tw.consumer import Consumer
@@ -34,7 +47,11 @@ def makeService(options: Options) -> IService:
         pythonpath=pythonpath,
         proctitle=True,
     )
-    top = MultiService()
+    top = GasparService()
+    if options["log-format"] == "json":
+        from gaspar_tw.logs import jsonLinesObserver, twistdLogFile
+
+        top.logObserver = jsonLinesObserver(twistdLogFile(getattr(options, "parent", None) or {}))
     producer.setServiceParent(top)
     if options["metrics"]:
         from gaspar_tw.metrics import MetricsService
