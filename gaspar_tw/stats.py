@@ -34,6 +34,11 @@ LATENCY_BUCKETS = (
 OUTCOMES = ("ok", "error", "timeout", "refused", "bad_input")
 
 
+def latency_bucket(seconds: float) -> int:
+    """The index in L{LATENCY_BUCKETS} of the bucket counting a latency of C{seconds}."""
+    return bisect_left(LATENCY_BUCKETS, seconds)
+
+
 @dataclass(eq=False)
 class WorkerStats:
     """One ready worker process: its slot in the pool, pid, and requests it answered."""
@@ -65,7 +70,7 @@ class Stats:
 
     def observe(self, seconds: float) -> None:
         """Count one answered request's latency, from submit to reply."""
-        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_counts[latency_bucket(seconds)] += 1
         self.latency_sum += seconds
 
     def requestTimedOut(self) -> None:
