@@ -7,6 +7,7 @@ C{text}, the formatted message (with the traceback, for a failure).
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import IO
 
@@ -36,7 +37,16 @@ def twistdLogFile(config) -> IO[str]:
         if logfile == "-" and not config.get("nodaemon"):
             raise SystemExit("Daemons cannot log to stdout, exiting!")
         return sys.stdout
-    return LogFile.fromFullPath(logfile or "twistd.log")
+    logFile = LogFile.fromFullPath(logfile or "twistd.log")
+    if not signal.getsignal(signal.SIGUSR1):  # rotate on SIGUSR1, as twistd's text log does
+
+        def rotate(signum, frame):
+            from twisted.internet import reactor
+
+            reactor.callFromThread(logFile.rotate)
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return logFile
 
 
 def useForApplication(application, observer: ILogObserver) -> None:
