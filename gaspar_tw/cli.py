@@ -98,9 +98,9 @@ def bench_command(args: argparse.Namespace) -> int:
     async def run(reactor) -> None:
         from tqdm import tqdm
 
-        from gaspar_tw.loadgen import GasparSender, LoadRun
+        from gaspar_tw.loadgen import LoadRun, gasparSender
 
-        sender = GasparSender(reactor, endpoint, timeout=args.timeout)
+        sender = gasparSender(reactor, endpoint, timeout=args.timeout)
         load = LoadRun(
             reactor,
             sender,

@@ -2,7 +2,7 @@
 
 L{LoadRun} is the engine of ``gaspar-tw bench`` and of the benchmark suite: it keeps
 C{concurrency} requests in flight until C{requests} have been sent (or C{max_seconds} have
-passed), through any C{send(payload) -> Deferred[bytes]}. L{GasparSender} is the gaspar
+passed), through any C{send(payload) -> Deferred[bytes]}. L{gasparSender} is the gaspar
 format: one connection per request, read the reply to EOF.
 """
 
@@ -13,11 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from gaspar_tw.client import _OneRequest
+from gaspar_tw.client import GasparClient
 
 Send = Callable[[bytes], Deferred]
 
@@ -141,33 +139,6 @@ class LoadRun:
                 done.callback(result)
 
 
-class GasparSender:
+def gasparSender(reactor, endpoint: str, timeout: float | None = 30.0) -> Send:
     """C{send(payload)}: one gaspar request on its own connection to a client endpoint."""
-
-    def __init__(self, reactor, endpoint: str, timeout: float | None = 30.0) -> None:
-        self.reactor = reactor
-        self.endpoint = clientFromString(reactor, endpoint)
-        self.timeout = timeout
-
-    def __call__(self, payload: bytes) -> Deferred:
-        finished: Deferred = Deferred()
-        protocol = _OneRequest(payload, finished)
-        connecting = self.endpoint.connect(Factory.forProtocol(lambda: protocol))
-        connecting.addErrback(finished.errback)
-        if self.timeout is not None:
-            timer = self.reactor.callLater(self.timeout, self._expire, protocol, connecting)
-            finished.addBoth(_cancelTimer, timer)
-        return finished
-
-    @staticmethod
-    def _expire(protocol: _OneRequest, connecting: Deferred) -> None:
-        if protocol.transport is not None:
-            protocol.transport.abortConnection()  # connectionLost fails the request
-        else:
-            connecting.cancel()
-
-
-def _cancelTimer(result, timer):
-    if timer.active():
-        timer.cancel()
-    return result
+    return GasparClient(reactor, endpoint, timeout=timeout).request

@@ -8,13 +8,14 @@ import struct
 
 import pytest
 import pytest_twisted
-from conftest import TESTS, pid_alive
+from test_producer import producers as producers  # noqa: F401 - the fixture, shared
+from test_producer import started
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from gaspar_tw import Overloaded, Producer, RemoteError
+from gaspar_tw import Overloaded, RemoteError
 from gaspar_tw.stats import LATENCY_BUCKETS, Stats
 
 
@@ -27,16 +28,6 @@ def test_observe_puts_latencies_in_their_buckets():
     assert sum(stats.latency_counts) == 4 and stats.latency_sum == pytest.approx(99.0036)
 
 
-async def started(handler: str, workers: int = 2, **kwargs) -> Producer:
-    producer = Producer(
-        handler, "tcp:0:interface=127.0.0.1", workers, pythonpath=[str(TESTS)], **kwargs
-    )
-    producer.privilegedStartService()
-    producer.startService()
-    await producer.whenReady().addTimeout(15, reactor)
-    return producer
-
-
 class _Closed(Protocol):
     def connectionMade(self):
         from twisted.internet.defer import Deferred
@@ -45,17 +36,6 @@ class _Closed(Protocol):
 
     def connectionLost(self, reason):
         self.closed.callback(None)
-
-
-@pytest.fixture
-def producers():
-    made: list[Producer] = []
-    yield made
-    for producer in made:
-        pids = producer.workerPids()
-        if producer.running:
-            pytest_twisted.blockon(producer.stopService())
-        assert not any(pid_alive(pid) for pid in pids)
 
 
 @pytest_twisted.ensureDeferred
