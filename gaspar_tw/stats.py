@@ -1,8 +1,9 @@
 """What the producer has done so far: plain counters, cheap to bump and read at scrape time.
 
-Every update is an integer increment on the reactor thread: no locks, no timers, nothing
-allocated per request. Readers (the metrics collector, in a web thread) take L{snapshot}s;
-each value read is atomic under the GIL, which is all a monitoring scrape needs.
+Updates are integer increments (and a float sum of latencies) on the reactor thread: no
+locks, no timers, no objects of their own per request. Readers (the metrics collector, in a
+web thread) read the fields as they are; each read is atomic under the GIL, which is all a
+monitoring scrape needs.
 """
 
 from __future__ import annotations
@@ -62,16 +63,12 @@ class Stats:
         self.worker_restarts = 0
         #: Ready workers by token.
         self.workers: dict[int, WorkerStats] = {}
-        #: Requests per latency bucket (not cumulative), and the sum of their latencies.
+        #: Answered requests per L{LATENCY_BUCKETS} bucket (not cumulative; the dispatcher
+        #: counts them), and the sum of their latencies in seconds.
         self.latency_counts = [0] * len(LATENCY_BUCKETS)
         self.latency_sum = 0.0
 
     # -- request outcomes ------------------------------------------------------------------
-
-    def observe(self, seconds: float) -> None:
-        """Count one answered request's latency, from submit to reply."""
-        self.latency_counts[latency_bucket(seconds)] += 1
-        self.latency_sum += seconds
 
     def requestTimedOut(self) -> None:
         """A request got no answer in time."""
@@ -106,18 +103,3 @@ class Stats:
 
     def outcomes(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in OUTCOMES}
-
-    def snapshot(self) -> dict:
-        """The counters as plain data (safe to call from another thread)."""
-        return {
-            "started": self.started,
-            "uptime": time.time() - self.started,
-            "requests": self.outcomes(),
-            "worker_restarts": self.worker_restarts,
-            "workers": [
-                {"slot": w.slot, "pid": w.pid, "served": w.served}
-                for w in sorted(list(self.workers.values()), key=lambda w: w.slot)
-            ],
-            "latency_counts": list(self.latency_counts),
-            "latency_sum": self.latency_sum,
-        }
