@@ -26,6 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from gaspar_tw.dispatch import Dispatcher
+from gaspar_tw.proctitle import address_text
 from gaspar_tw.stats import LATENCY_BUCKETS, OUTCOMES, Stats
 
 log = Logger()
@@ -113,7 +114,7 @@ def status(producer) -> dict:
     return {
         "pid": os.getpid(),
         "handler": producer.consumer.spec,
-        "address": _address(port.getHost()) if port is not None else None,
+        "address": address_text(port.getHost()) if port is not None else None,
         "started": stats.started,
         "uptime": round(now - stats.started, 3),
         "pending": producer.dispatcher.pending,
@@ -193,7 +194,7 @@ class MetricsService(service.Service):
         self.port = port
         log.info(
             "gaspar_tw metrics on http://{address}/metrics (status: /status)",
-            address=_address(port.getHost()),
+            address=address_text(port.getHost()),
         )
 
     def stopService(self):
@@ -203,10 +204,3 @@ class MetricsService(service.Service):
         if port is not None:
             return port.stopListening()
         return None
-
-
-def _address(address) -> str:
-    host = getattr(address, "host", None)
-    if host is None:
-        return str(getattr(address, "name", address))
-    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"

@@ -26,12 +26,15 @@ def producer_title(address=None) -> str:
     """C{gaspar-tw producer HOST:PORT}; the host is left out when bound to every interface."""
     if address is None:
         return "gaspar-tw producer"
+    return f"gaspar-tw producer {address_text(address, hide_wildcard=True)}"
+
+
+def address_text(address, *, hide_wildcard: bool = False) -> str:
+    """C{127.0.0.1:10123}, C{[::1]:10123}, or a unix socket's path (C{:10123} if hidden)."""
     host = getattr(address, "host", None)
     if host is None:
         name = getattr(address, "name", address)
-        return f"gaspar-tw producer {os.fsdecode(name) if isinstance(name, bytes) else name}"
-    if host in ("0.0.0.0", "::", ""):
-        host = ""
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"gaspar-tw producer {host}:{address.port}"
+        return os.fsdecode(name) if isinstance(name, bytes) else str(name)
+    if hide_wildcard and host in ("0.0.0.0", "::", ""):
+        return f":{address.port}"
+    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"

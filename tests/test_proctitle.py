@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gaspar_tw.proctitle import producer_title
+from gaspar_tw.proctitle import address_text, producer_title
 
 
 def cmdline(pid: int) -> str:
@@ -22,3 +22,5 @@ def test_producer_title_leaves_out_a_wildcard_host():
     assert producer_title(IPv4Address("TCP", "0.0.0.0", 10123)) == "gaspar-tw producer :10123"
     assert producer_title(IPv6Address("TCP", "::1", 5)) == "gaspar-tw producer [::1]:5"
     assert producer_title(UNIXAddress(b"/run/g.sock")) == "gaspar-tw producer /run/g.sock"
+    assert address_text(IPv4Address("TCP", "0.0.0.0", 10123)) == "0.0.0.0:10123"
+    assert address_text(UNIXAddress(b"/run/g.sock")) == "/run/g.sock"
