@@ -77,38 +77,43 @@ def client_endpoint(target: str) -> str:
 
 def format_result(summary: dict, endpoint: str, size: int, concurrency: int) -> str:
     latency = "  ".join(f"{name} {value:.2f}" for name, value in summary["latency_ms"].items())
-    return "\n".join(
-        [
-            f"{summary['sent']} requests to {endpoint} ({size} bytes, {concurrency} concurrent):"
-            f" {summary['ok']} ok, {summary['empty']} empty replies, {summary['errors']} errors"
-            f" in {summary['elapsed']:.2f} s",
-            f"throughput: {summary['throughput']:,.0f} requests/s",
-            f"latency (ms): {latency}",
-        ]
-    )
+    lines = [
+        f"{summary['sent']} requests to {endpoint} ({size} bytes, {concurrency} concurrent):"
+        f" {summary['ok']} ok, {summary['empty']} empty replies, {summary['errors']} errors"
+        f" in {summary['elapsed']:.2f} s",
+        f"throughput: {summary['throughput']:,.0f} requests/s",
+        f"latency (ms): {latency}",
+    ]
+    if summary["first_error"]:
+        lines.append(f"first error: {summary['first_error']}")
+    return "\n".join(lines)
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from twisted.internet import task
+    from twisted.internet import reactor, task
     from twisted.internet.defer import ensureDeferred
 
+    from gaspar_tw.loadgen import LoadRun, gasparSender
+
     endpoint = client_endpoint(args.endpoint)
-    outcome: dict = {}
+    try:
+        sender = gasparSender(reactor, endpoint, timeout=args.timeout)
+    except (ValueError, TypeError, KeyError) as e:
+        print(f"gaspar-tw bench: bad endpoint {args.endpoint!r}: {e}", file=sys.stderr)
+        return 2
+    load = LoadRun(
+        reactor,
+        sender,
+        os.urandom(args.size),
+        args.requests,
+        args.concurrency,
+        max_seconds=args.max_seconds,
+    )
+    results: list = []
 
     async def run(reactor) -> None:
         from tqdm import tqdm
 
-        from gaspar_tw.loadgen import LoadRun, gasparSender
-
-        sender = gasparSender(reactor, endpoint, timeout=args.timeout)
-        load = LoadRun(
-            reactor,
-            sender,
-            os.urandom(args.size),
-            args.requests,
-            args.concurrency,
-            max_seconds=args.max_seconds,
-        )
         bar = tqdm(
             total=args.requests,
             unit="req",
@@ -118,19 +123,18 @@ def bench_command(args: argparse.Namespace) -> int:
         ticker = task.LoopingCall(lambda: bar.update(load.finished - bar.n))
         ticker.start(0.1)
         try:
-            result = await load.start()
+            results.append(await load.start())
         finally:
             ticker.stop()
             bar.update(load.finished - bar.n)
             bar.close()
-        outcome["summary"] = result.summary()
 
     try:
         task.react(lambda reactor: ensureDeferred(run(reactor)))
     except SystemExit as e:
         if e.code:
             return int(e.code)
-    summary = outcome["summary"]
+    summary = results[0].summary()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -35,6 +35,8 @@ class LoadResult:
     errors: int = 0
     elapsed: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    #: What went wrong with the first request that failed on the network, if one did.
+    first_error: str | None = None
 
     @property
     def sent(self) -> int:
@@ -69,6 +71,7 @@ class LoadResult:
             "elapsed": round(self.elapsed, 4),
             "throughput": round(self.throughput, 1),
             "latency_ms": latency_ms,
+            "first_error": self.first_error,
         }
 
 
@@ -125,6 +128,8 @@ class LoadRun:
 
     def _failed(self, failure: Failure) -> None:
         self.result.errors += 1
+        if self.result.first_error is None:
+            self.result.first_error = failure.getErrorMessage() or failure.type.__name__
 
     def _finishedOne(self, _) -> None:
         self.finished += 1

@@ -45,6 +45,14 @@ def test_bench_counts_failed_requests_and_exits_non_zero(daemon_factory):
     assert summary["ok"] == 0 and summary["empty"] == 20
 
 
+def test_bench_against_a_closed_port_reports_the_error_and_a_bad_endpoint_is_refused():
+    result = gaspar_tw("bench", "127.0.0.1:1", "-n", "5", "--timeout", "10")
+    assert result.returncode == 1
+    assert "0 ok, 0 empty replies, 5 errors" in result.stdout and "refused" in result.stdout
+    bad = gaspar_tw("bench", "tcp:127.0.0.1", "-n", "5")
+    assert bad.returncode == 2 and bad.stderr.startswith("gaspar-tw bench: bad endpoint")
+
+
 def test_status_prints_workers_pids_and_counters(daemon_factory):
     daemon = daemon_factory(
         "--handler", "gaspar_tw.examples:echo", "--metrics", "tcp:0:interface=127.0.0.1"
