@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
+from time import monotonic
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -18,6 +19,7 @@ from twisted.logger import Logger
 
 from gaspar_tw import wire
 from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped, WorkerCrashed
+from gaspar_tw.stats import Stats, latency_bucket
 
 log = Logger()
 
@@ -41,13 +43,14 @@ class WorkerLink:
 
 
 class _Request:
-    __slots__ = ("rid", "payload", "deferred", "attempts")
+    __slots__ = ("rid", "payload", "deferred", "attempts", "queued")
 
-    def __init__(self, rid: int, payload: bytes, deferred: Deferred) -> None:
+    def __init__(self, rid: int, payload: bytes, deferred: Deferred, queued: float) -> None:
         self.rid = rid
         self.payload = payload
         self.deferred = deferred
         self.attempts = 0
+        self.queued = queued
 
 
 class Dispatcher:
@@ -60,8 +63,10 @@ class Dispatcher:
         window: int = 32,
         max_pending: int | None = None,
         retry_on_crash: bool = True,
+        stats: Stats | None = None,
     ) -> None:
         self._reactor = reactor
+        self.stats = Stats() if stats is None else stats
         self.window = window
         self.max_pending = max_pending
         self.retry_on_crash = retry_on_crash
@@ -71,6 +76,9 @@ class Dispatcher:
         self._links: dict[int, WorkerLink] = {}
         self._flush_call = None
         self._idle_waiters: list[Deferred] = []
+        # monotonic() read once per reactor turn: the submit time of every request queued
+        # until the next flush (kept only while a flush is scheduled).
+        self._turn_time: float | None = None
         self.accepting = True
         #: Handler seconds per request, a moving average of what workers report.
         self.handler_time = 0.0
@@ -85,22 +93,31 @@ class Dispatcher:
         L{ServiceStopped} once the producer stops. Cancelling it drops a queued request.
         """
         if not self.accepting:
+            self.stats.requestRefused()
             return fail(ServiceStopped("gaspar_tw producer is not running"))
         if self.max_pending is not None and len(self._requests) >= self.max_pending:
+            self.stats.requestRefused()
             return fail(Overloaded(f"{len(self._requests)} requests already pending"))
         rid = next(self._ids)
-        request = _Request(rid, bytes(payload), Deferred(self._cancel))
+        queued = self._turn_time or monotonic()
+        request = _Request(rid, bytes(payload), Deferred(self._cancel), queued)
         request.deferred.rid = rid  # type: ignore[attr-defined]
         self._requests[rid] = request
         self._queue.append(request)
         if self._flush_call is None and self._links:
             self._flush_call = self._reactor.callLater(0, self._flush)
+        self._turn_time = queued if self._flush_call is not None else None
         return request.deferred
 
     @property
     def pending(self) -> int:
         """Requests accepted and not yet answered."""
         return len(self._requests)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker with room."""
+        return len(self._queue)
 
     def whenIdle(self) -> Deferred:
         """A Deferred that fires once no request is pending."""
@@ -119,6 +136,7 @@ class Dispatcher:
         self._queue.clear()
         for link in self._links.values():
             link.outstanding.clear()
+        self.stats.error += len(requests)
         for request in requests.values():
             request.deferred.errback(reason)
         self._checkIdle()
@@ -153,6 +171,7 @@ class Dispatcher:
                 retry.append(request)
             else:
                 del self._requests[rid]
+                self.stats.error += 1
                 request.deferred.errback(
                     WorkerCrashed(f"worker pid {link.pid} died while handling the request")
                 )
@@ -184,14 +203,29 @@ class Dispatcher:
         link = self._links.get(token)
         outstanding = link.outstanding if link is not None else set()
         requests = self._requests
+        stats = self.stats
+        stats.served(token, len(ids))
+        # Latency: one clock read per batch; requests queued in the same reactor turn share
+        # their submit time, so their histogram bucket is found once.
+        now = monotonic()
+        latency_counts = stats.latency_counts
+        last_queued = None
         for rid, status, payload in zip(ids, statuses, payloads, strict=False):
             outstanding.discard(rid)
             request = requests.pop(rid, None)
             if request is None:
                 continue  # cancelled, or answered by a retry already
+            if request.queued is not last_queued:
+                last_queued = request.queued
+                seconds = now - last_queued
+                bucket = latency_bucket(seconds)
+            latency_counts[bucket] += 1
+            stats.latency_sum += seconds
             if status == wire.OK:
+                stats.ok += 1
                 request.deferred.callback(payload)
             else:
+                stats.error += 1
                 info = wire.decode_error(payload)
                 request.deferred.errback(
                     RemoteError(info["type"], info["message"], info["traceback"])
@@ -209,6 +243,7 @@ class Dispatcher:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
+        self._turn_time = None
         queue = self._queue
         window = self._window()
         while queue:

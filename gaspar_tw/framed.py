@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped
 from gaspar_tw.protocol import DEFAULT_MAX_LENGTH, Submit, _peer
+from gaspar_tw.stats import Stats
 
 log = Logger()
 
@@ -153,6 +154,7 @@ class FramedProtocol(Protocol):
             length=length,
             limit=self.factory.maxLength,
         )
+        self.factory.stats.badInput()
         self._closed = True
         self._buffer = bytearray()
         self.transport.loseConnection()
@@ -171,6 +173,9 @@ class FramedFactory(Factory):
     protocol = FramedProtocol
     noisy = False
 
-    def __init__(self, submit: Submit, maxLength: int = DEFAULT_MAX_LENGTH) -> None:
+    def __init__(
+        self, submit: Submit, maxLength: int = DEFAULT_MAX_LENGTH, stats: Stats | None = None
+    ) -> None:
         self.submit = submit
         self.maxLength = maxLength
+        self.stats = Stats() if stats is None else stats

@@ -24,6 +24,15 @@ def _positive_int(name: str):
     return convert
 
 
+def _choice(name: str, choices: tuple[str, ...]):
+    def convert(value: str) -> str:
+        if value not in choices:
+            raise usage.UsageError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return convert
+
+
 class Options(usage.Options):
     """Options for ``twistd gaspar``."""
 
@@ -72,6 +81,20 @@ class Options(usage.Options):
             DEFAULT_MAX_LENGTH,
             "Largest request accepted, in bytes; longer ones are closed unread.",
             _positive_int("max-length"),
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus /metrics and JSON /status on this endpoint, e.g. "
+            "tcp:9100:interface=127.0.0.1 [default: off].",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "Log as 'text' (one line an event) or 'json' (one JSON object a line).",
+            _choice("log-format", ("text", "json")),
         ],
     ]
 

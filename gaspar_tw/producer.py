@@ -20,7 +20,9 @@ from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.framed import FramedFactory
 from gaspar_tw.handler import Handler
 from gaspar_tw.pool import WorkerPool
+from gaspar_tw.proctitle import producer_title, set_title
 from gaspar_tw.protocol import DEFAULT_MAX_LENGTH, GasparFactory
+from gaspar_tw.stats import Stats
 
 log = Logger()
 
@@ -67,6 +69,7 @@ class Producer(service.Service):
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         pythonpath: Sequence[str] = (),
         framed_endpoint: int | str | IStreamServerEndpoint | None = None,
+        proctitle: bool = False,
         reactor=None,
     ) -> None:
         if reactor is None:
@@ -78,18 +81,26 @@ class Producer(service.Service):
             raise ValueError(f"workers must be at least 1, not {self.workers}")
         self.endpoint = endpoint
         self.drain_timeout = drain_timeout
+        #: Set the process title (C{gaspar-tw producer :10123}); for a process of our own.
+        self.proctitle = proctitle
         if max_pending is None:
             max_pending = max(1024, 64 * self.workers)
+        #: Counters of everything this producer does (read by gaspar_tw.metrics).
+        self.stats = Stats()
         self.dispatcher = Dispatcher(
-            reactor, window=window, max_pending=max_pending, retry_on_crash=retry_on_crash
+            reactor,
+            window=window,
+            max_pending=max_pending,
+            retry_on_crash=retry_on_crash,
+            stats=self.stats,
         )
         self.pool = WorkerPool(
-            reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath
+            reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath, self.stats
         )
-        self.factory = GasparFactory(self.dispatcher.submit, max_length)
+        self.factory = GasparFactory(self.dispatcher.submit, max_length, self.stats)
         self.port: IListeningPort | None = None
         self.framed_endpoint = framed_endpoint
-        self.framedFactory = FramedFactory(self.dispatcher.submit, max_length)
+        self.framedFactory = FramedFactory(self.dispatcher.submit, max_length, self.stats)
         self.framedPort: IListeningPort | None = None
         self._framedListening: Deferred | None = None
         self.hub = None
@@ -139,6 +150,8 @@ class Producer(service.Service):
         )
         if self._listening is None:
             self._listen()
+        if self.proctitle and self.endpoint is None:
+            set_title(producer_title())
 
     def _listen(self) -> None:
         if self.endpoint is not None and self._listening is None:
@@ -161,6 +174,8 @@ class Producer(service.Service):
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         log.info("gaspar_tw producer listening on {address}", address=_describe(port.getHost()))
+        if self.proctitle:
+            set_title(producer_title(port.getHost()))
         return port
 
     def _framedListened(self, port: IListeningPort) -> IListeningPort:
@@ -227,6 +242,7 @@ class Producer(service.Service):
         globalLogBeginner.beginLoggingTo(
             [textFileLogObserver(sys.stderr)], redirectStandardIO=False
         )
+        self.proctitle = True
         self.reactor.callWhenRunning(self._startOrStop)
         self.reactor.addSystemEventTrigger("before", "shutdown", self._stopIfRunning)
         self.reactor.run()

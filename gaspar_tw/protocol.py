@@ -17,6 +17,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from gaspar_tw.errors import GasparError, RemoteError
+from gaspar_tw.stats import Stats
 
 log = Logger()
 
@@ -70,6 +71,7 @@ class GasparProtocol(Int32StringReceiver):
         self._pending.addCallbacks(self._reply, self._failed)
 
     def lengthLimitExceeded(self, length: int) -> None:
+        self.factory.stats.badInput()
         log.warn(
             "closing {peer}: request of {length} bytes is over the {limit}-byte limit",
             peer=_peer(self.transport),
@@ -118,9 +120,12 @@ class GasparFactory(Factory):
     protocol = GasparProtocol
     noisy = False
 
-    def __init__(self, submit: Submit, maxLength: int = DEFAULT_MAX_LENGTH) -> None:
+    def __init__(
+        self, submit: Submit, maxLength: int = DEFAULT_MAX_LENGTH, stats: Stats | None = None
+    ) -> None:
         self.submit = submit
         self.maxLength = maxLength
+        self.stats = Stats() if stats is None else stats
 
 
 def _peer(transport) -> str:

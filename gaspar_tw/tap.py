@@ -5,15 +5,28 @@ from __future__ import annotations
 import os
 import sys
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 
 from gaspar_tw.options import Options
 
 __all__ = ["Options", "makeService"]
 
 
+class GasparService(MultiService):
+    """The producer and its metrics port; hands twistd its log observer, if it has one."""
+
+    logObserver = None
+
+    def setServiceParent(self, parent) -> None:
+        if self.logObserver is not None:
+            from gaspar_tw.logs import useForApplication
+
+            useForApplication(parent, self.logObserver)  # twistd's Application
+        super().setServiceParent(parent)
+
+
 def makeService(options: Options) -> IService:
-    """Build the producer; a handler that cannot be loaded is a one-line error and exit 1."""
+    """Build the producer (and its metrics port); a bad handler is a one-line error and exit 1."""
     from gaspar_tw.consumer import Consumer
     from gaspar_tw.errors import HandlerError
     from gaspar_tw.producer import Producer
@@ -26,11 +39,23 @@ def makeService(options: Options) -> IService:
         consumer = Consumer(options["handler"])
     except HandlerError as e:
         raise SystemExit(f"twistd gaspar: {e}") from None
-    return Producer(
+    producer = Producer(
         consumer,
         options["endpoint"],
         options["workers"],
         max_length=options["max-length"],
         pythonpath=pythonpath,
         framed_endpoint=options["framed-endpoint"],
+        proctitle=True,
     )
+    top = GasparService()
+    if options["log-format"] == "json":
+        from gaspar_tw.logs import jsonLinesObserver, twistdLogFile
+
+        top.logObserver = jsonLinesObserver(twistdLogFile(getattr(options, "parent", None) or {}))
+    producer.setServiceParent(top)
+    if options["metrics"]:
+        from gaspar_tw.metrics import MetricsService
+
+        MetricsService(producer, options["metrics"]).setServiceParent(top)
+    return top

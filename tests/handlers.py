@@ -25,3 +25,10 @@ def slow(message: bytes) -> bytes:
     """Sleep for the number of seconds in the request, then answer."""
     time.sleep(float(message or b"0"))
     return message
+
+
+def echo_or_fail(message: bytes) -> bytes:
+    """Echo the request, except b"boom", which raises."""
+    if message == b"boom":
+        raise ValueError("boom requested")
+    return message
