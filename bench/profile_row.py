@@ -53,7 +53,20 @@ def main() -> int:
         before = {p: cpu_seconds(p) for p in watched}
         raw = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name
         spy = subprocess.Popen(
-            [pyspy, "record", "-f", "raw", "-o", raw, "-d", str(int(args.seconds)), "-p", str(pid)],
+            [
+                pyspy,
+                "record",
+                "-r",
+                "500",
+                "-f",
+                "raw",
+                "-o",
+                raw,
+                "-d",
+                str(int(args.seconds)),
+                "-p",
+                str(pid),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -96,7 +96,7 @@ class _FramedConnection(Protocol):
     def __init__(self, pool: _FramedPool) -> None:
         self.pool = pool
         self.waiting: deque[Deferred] = deque()
-        self._buffer = bytearray()
+        self._frames = framed.FrameSplitter()
 
     def send(self, message: bytes) -> Deferred:
         d: Deferred = Deferred()
@@ -105,26 +105,18 @@ class _FramedConnection(Protocol):
         return d
 
     def dataReceived(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        offset, end = 0, len(buffer)
-        while end - offset >= 5:
-            length, status = struct.unpack_from("!IB", buffer, offset)
-            if end - offset - 4 < length:
-                break
-            payload = bytes(buffer[offset + 5 : offset + 4 + length])
-            offset += 4 + length
-            if not self.waiting:
+        for buffer, start, end in self._frames.feed(data):
+            if not self.waiting or end == start:
                 self.transport.abortConnection()  # a reply nobody asked for: out of sync
                 return
             d = self.waiting.popleft()
             if d.called:
                 continue  # timed out or cancelled already
+            status = buffer[start]
             if status == framed.OK:
-                d.callback(payload)
+                d.callback(buffer[start + 1 : end])
             else:
-                d.errback(_framed_error(status, payload))
-        del buffer[:offset]
+                d.errback(_framed_error(status, buffer[start + 1 : end]))
 
     def connectionLost(self, reason: Failure) -> None:
         self.pool.lost(self)

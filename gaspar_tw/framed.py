@@ -64,13 +64,70 @@ def status_of(failure: Failure) -> tuple[int, bytes]:
     return HANDLER_ERROR, text.encode("utf-8", "replace")
 
 
+class FrameTooLong(ValueError):
+    """A frame announced more bytes than allowed."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(f"frame of {length} bytes is over the limit")
+        self.length = length
+
+
+class FrameSplitter:
+    """Cut a byte stream into C{[u32 length][body]} frames.
+
+    A frame split over many reads is kept as a list of chunks and joined once, when
+    complete: no buffer that grows, or moves, with every read.
+    """
+
+    def __init__(self, limit: int = 0xFFFFFFFF) -> None:
+        self.limit = limit
+        self._partial: list[bytes] = []
+        self._partialSize = 0
+        self._need = 4  # bytes the incomplete frame needs before it can be parsed
+
+    def feed(self, data: bytes) -> list[tuple[bytes, int, int]]:
+        """The complete frames now available, as C{(buffer, start, end)} of their bodies.
+
+        Raises L{FrameTooLong} for a frame longer than C{limit}; the stream cannot be
+        parsed further.
+        """
+        if self._partial:
+            self._partial.append(data)
+            self._partialSize += len(data)
+            if self._partialSize < self._need:
+                return []
+            data = b"".join(self._partial)
+            self._partial = []
+            self._partialSize = 0
+        frames = []
+        offset = 0
+        end = len(data)
+        need = 4
+        while end - offset >= 4:
+            (length,) = _LENGTH.unpack_from(data, offset)
+            if length > self.limit:
+                raise FrameTooLong(length)
+            start = offset + 4
+            if end - start < length:
+                need = 4 + length
+                break
+            offset = start + length
+            frames.append((data, start, offset))
+        if offset < end:
+            rest = data[offset:] if offset else data
+            self._partial = [rest]
+            self._partialSize = len(rest)
+            self._need = need
+        return frames
+
+
 class FramedProtocol(Protocol):
     """Read pipelined requests, submit each, write the replies back in request order."""
 
     factory: FramedFactory
 
     def connectionMade(self) -> None:
-        self._buffer = bytearray()
+        self._frames = FrameSplitter(self.factory.maxLength)
         self._sent = 0  # requests submitted on this connection
         self._written = 0  # replies written
         self._done: dict[int, tuple[int, bytes]] = {}  # finished, waiting for earlier ones
@@ -79,31 +136,19 @@ class FramedProtocol(Protocol):
         self._closed = False
 
     def dataReceived(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        offset = 0
-        end = len(buffer)
-        limit = self.factory.maxLength
+        try:
+            frames = self._frames.feed(data)
+        except FrameTooLong as e:
+            self._tooLong(e.length)  # the connection closes: its requests get no reply
+            return
         submit = self.factory.submit
-        while end - offset >= 4:
-            (length,) = _LENGTH.unpack_from(buffer, offset)
-            if length > limit:
-                self._tooLong(length)
-                return
-            if end - offset - 4 < length:
-                break
-            start = offset + 4
-            offset = start + length
+        for buffer, start, end in frames:
             index = self._sent
             self._sent = index + 1
-            d = submit(bytes(buffer[start:offset]))
+            d = submit(buffer[start:end])
             if not d.called:
                 self._pending[index] = d
             d.addCallbacks(self._succeeded, self._failed, (index,), None, (index,))
-            if self._closed:
-                return
-        if offset:
-            del buffer[:offset]
         if not self._paused and self._sent - self._written >= MAX_IN_FLIGHT:
             self._paused = True
             self.transport.pauseProducing()
@@ -156,7 +201,6 @@ class FramedProtocol(Protocol):
         )
         self.factory.stats.badInput()
         self._closed = True
-        self._buffer = bytearray()
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:

@@ -9,12 +9,14 @@ import struct
 import pytest
 import pytest_twisted
 from conftest import TESTS, pid_alive
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
 from gaspar_tw import GasparClient, Overloaded, Producer, RemoteError
 from gaspar_tw.client import request
-from gaspar_tw.framed import HANDLER_ERROR, OK
+from gaspar_tw.framed import HANDLER_ERROR, OK, FrameSplitter, FrameTooLong
 
 FRAMED = re.compile(rb"listening on tcp ([\d.]+):(\d+) \(framed protocol\)")
 
@@ -119,3 +121,24 @@ async def test_client_pipelines_over_its_pool_and_maps_statuses():
         pids = producer.workerPids()
         await producer.stopService()
         assert not any(pid_alive(pid) for pid in pids)
+
+
+@given(
+    st.lists(st.binary(max_size=300), max_size=20),
+    st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=50),
+)
+def test_frame_splitter_finds_every_frame_however_the_stream_is_cut(bodies, cuts):
+    stream = b"".join(struct.pack("!I", len(b)) + b for b in bodies)
+    splitter = FrameSplitter()
+    found, offset, i = [], 0, 0
+    while offset < len(stream):
+        chunk = stream[offset : offset + cuts[i % len(cuts)]]
+        offset += len(chunk)
+        i += 1
+        found += [buffer[start:end] for buffer, start, end in splitter.feed(chunk)]
+    assert found == bodies
+
+
+def test_frame_splitter_refuses_a_frame_over_its_limit():
+    with pytest.raises(FrameTooLong):
+        FrameSplitter(limit=10).feed(struct.pack("!I", 11))
