@@ -69,6 +69,7 @@ def workloads() -> list[dict]:
             "name": "cpu 5 ms",
             "handler": "cpu",
             "size": 100,
+            "concurrency": 16,
             "rows": [(r, w) for r in ("submit", "ampoule", "ppe") for w in (1, 2)],
         },
     ]
@@ -81,9 +82,9 @@ def row_key(row: str, workers: int) -> str:
 class Row:
     """A row's server process and the pipe we talk to it through."""
 
-    def __init__(self, row: str, handler: str, workers: int, log_dir: str) -> None:
+    def __init__(self, row: str, handler: str, workers: int, log_name: str) -> None:
         self.row, self.workers = row, workers
-        self.log = open(os.path.join(log_dir, f"{handler}-{row}-w{workers}.log"), "wb")
+        self.log = open(os.path.join(RESULTS, log_name), "wb")
         self.process = subprocess.Popen(
             [sys.executable, os.path.join(BENCH, "server.py"), row, handler, str(workers)],
             stdin=subprocess.PIPE,
@@ -108,15 +109,19 @@ class Row:
             raise RuntimeError(f"{self.row} failed to start:\n{message.get('error')}")
         self.port = message["port"]
 
+    def stop(self) -> None:
+        """Ask the row to stop (close its stdin); L{close} waits for it."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+
     def send(self, command: str) -> None:
         self.process.stdin.write(command.encode() + b"\n")
         self.process.stdin.flush()
 
     def close(self, timeout: float = 20.0) -> None:
-        try:
-            self.process.stdin.close()
-        except OSError:
-            pass
+        self.stop()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -138,7 +143,9 @@ def build_loadgen() -> str:
     return binary
 
 
-def measure(row: Row, size: int, seconds: float, loadgen: str) -> dict:
+def measure(
+    row: Row, size: int, seconds: float, loadgen: str, concurrency: int = CONCURRENCY
+) -> dict:
     """One measurement of one row: requests/s, latencies, parent CPU, reactor lag."""
     if row.row in TCP_ROWS:
         mode = "framed" if row.row == "framed" else "oneshot"
@@ -149,7 +156,7 @@ def measure(row: Row, size: int, seconds: float, loadgen: str) -> dict:
                 "127.0.0.1",
                 str(row.port),
                 mode,
-                str(CONCURRENCY),
+                str(concurrency),
                 str(FRAMED_CONNECTIONS),
                 str(seconds),
                 str(size),
@@ -162,7 +169,7 @@ def measure(row: Row, size: int, seconds: float, loadgen: str) -> dict:
         row.send("stop")
         result.update(row.read(10))
     else:
-        row.send(f"run {seconds} {size} {CONCURRENCY}")
+        row.send(f"run {seconds} {size} {concurrency}")
         result = row.read(seconds + 30)
     done = max(1, result["completed"])
     result["rps"] = result["requests"] / result["seconds"]
@@ -171,30 +178,43 @@ def measure(row: Row, size: int, seconds: float, loadgen: str) -> dict:
     return result
 
 
-def run_workload(work: dict, rounds: int, seconds: float, warmup: float, loadgen: str) -> dict:
-    print(f"== {work['name']}: {rounds} rounds x {seconds}s per row", file=sys.stderr)
-    rows = [Row(r, work["handler"], w, RESULTS) for r, w in work["rows"]]
-    try:
-        for row in rows:
-            row.wait_ready()
-        for row in rows:
-            measure(row, work["size"], warmup, loadgen)
-        samples: dict[str, list[dict]] = {row_key(r.row, r.workers): [] for r in rows}
-        for round_number in range(rounds):
-            shift = round_number % len(rows)
-            for row in rows[shift:] + rows[:shift]:
-                result = measure(row, work["size"], seconds, loadgen)
-                samples[row_key(row.row, row.workers)].append(result)
-                print(
-                    f"   round {round_number + 1} {row_key(row.row, row.workers):14s}"
-                    f" {result['rps']:9.0f} req/s  p99 {result['p99_ms']:7.2f} ms"
-                    f"  lag p99 {result['lag_p99_ms']:6.2f} ms  errors {result['errors']}",
-                    file=sys.stderr,
-                )
-    finally:
-        for row in rows:
-            row.close()
-    return {"name": work["name"], "size": work["size"], "samples": samples}
+def start_rows(work: dict, number: int) -> list[Row]:
+    return [
+        Row(r, work["handler"], w, f"{number}-{work['handler']}-{r}-w{w}.log")
+        for r, w in work["rows"]
+    ]
+
+
+def run_workload(
+    work: dict, rows: list[Row], rounds: int, seconds: float, warmup: float, loadgen: str
+) -> dict:
+    concurrency = work.get("concurrency", CONCURRENCY)
+    print(
+        f"== {work['name']}: {rounds} rounds x {seconds}s per row, {concurrency} in flight",
+        file=sys.stderr,
+    )
+    for row in rows:
+        row.wait_ready()
+    for row in rows:
+        measure(row, work["size"], warmup, loadgen, concurrency)
+    samples: dict[str, list[dict]] = {row_key(r.row, r.workers): [] for r in rows}
+    for round_number in range(rounds):
+        shift = round_number % len(rows)
+        for row in rows[shift:] + rows[:shift]:
+            result = measure(row, work["size"], seconds, loadgen, concurrency)
+            samples[row_key(row.row, row.workers)].append(result)
+            print(
+                f"   round {round_number + 1} {row_key(row.row, row.workers):14s}"
+                f" {result['rps']:9.0f} req/s  p99 {result['p99_ms']:7.2f} ms"
+                f"  lag p99 {result['lag_p99_ms']:6.2f} ms  errors {result['errors']}",
+                file=sys.stderr,
+            )
+    return {
+        "name": work["name"],
+        "size": work["size"],
+        "concurrency": concurrency,
+        "samples": samples,
+    }
 
 
 def median(values: list[float]) -> float:
@@ -262,7 +282,8 @@ def render(results: dict, meta: dict) -> str:
     lines = [
         f"Command: {meta['command']}",
         f"Machine: {meta['machine']}; {meta['rounds']} rounds x {meta['seconds']}s per row, "
-        f"{CONCURRENCY} requests in flight; medians over rounds; ratios taken round by round.",
+        f"{CONCURRENCY} requests in flight (cpu: 16); medians over rounds; ratios taken round"
+        " by round.",
         f"TCP load generator: {meta['loadgen']}.",
         "",
     ]
@@ -330,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", help="comma-separated rows to run (default: all)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 3)
-    seconds = args.seconds or (0.25 if args.quick else 0.8)
-    warmup = 0.05 if args.quick else 0.3
+    seconds = args.seconds or (0.2 if args.quick else 0.8)
+    warmup = 0.03 if args.quick else 0.3
     os.makedirs(RESULTS, exist_ok=True)
     loadgen = build_loadgen()
     started = time.monotonic()
@@ -341,7 +362,20 @@ def main(argv: list[str] | None = None) -> int:
         for w in chosen:
             w["rows"] = [(r, n) for r, n in w["rows"] if r in wanted]
         chosen = [w for w in chosen if w["rows"]]
-    results = [run_workload(w, rounds, seconds, warmup, loadgen) for w in chosen]
+    # Every row starts at once (idle rows cost nothing) and all stop together at the end.
+    all_rows = [start_rows(w, n) for n, w in enumerate(chosen)]
+    try:
+        results = [
+            run_workload(w, rows, rounds, seconds, warmup, loadgen)
+            for w, rows in zip(chosen, all_rows, strict=True)
+        ]
+    finally:
+        for rows in all_rows:
+            for row in rows:
+                row.stop()
+        for rows in all_rows:
+            for row in rows:
+                row.close()
     meta = {
         "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or '?'}, "
