@@ -16,13 +16,12 @@ from __future__ import annotations
 import struct
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped
-from gaspar_tw.protocol import DEFAULT_MAX_LENGTH, Submit, _peer
-from gaspar_tw.stats import Stats
+from gaspar_tw.protocol import GasparFactory, _peer, log_handler_error
 
 log = Logger()
 
@@ -161,14 +160,7 @@ class FramedProtocol(Protocol):
             return
         status, text = status_of(failure)
         if status == HANDLER_ERROR and failure.check(RemoteError):
-            error = failure.value
-            log.error(
-                "handler raised {type}: {message} (request from {peer})\n{traceback}",
-                type=error.type,
-                message=error.message,
-                peer=_peer(self.transport),
-                traceback=error.traceback,
-            )
+            log_handler_error(failure.value, self.transport)
         self._finish(index, status, text)
 
     def _finish(self, index: int, status: int, payload: bytes) -> None:
@@ -211,15 +203,7 @@ class FramedProtocol(Protocol):
             d.cancel()
 
 
-class FramedFactory(Factory):
+class FramedFactory(GasparFactory):
     """Builds L{FramedProtocol}s that hand each request to C{submit}."""
 
     protocol = FramedProtocol
-    noisy = False
-
-    def __init__(
-        self, submit: Submit, maxLength: int = DEFAULT_MAX_LENGTH, stats: Stats | None = None
-    ) -> None:
-        self.submit = submit
-        self.maxLength = maxLength
-        self.stats = Stats() if stats is None else stats

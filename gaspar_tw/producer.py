@@ -199,20 +199,14 @@ class Producer(service.Service):
     def stopService(self):
         """Stop listening, let pending requests finish (up to C{drain_timeout}), stop workers."""
         super().stopService()
-        if self._listening is not None:
-            listening, self._listening = self._listening, None
-            listening.addErrback(lambda f: None)
-            port = yield listening
+        listening = [d for d in (self._listening, self._framedListening) if d is not None]
+        self._listening = self._framedListening = None
+        for d in listening:
+            d.addErrback(lambda f: None)
+            port = yield d
             if port is not None:
                 yield port.stopListening()
-            self.port = None
-        if self._framedListening is not None:
-            listening, self._framedListening = self._framedListening, None
-            listening.addErrback(lambda f: None)
-            port = yield listening
-            if port is not None:
-                yield port.stopListening()
-            self.framedPort = None
+        self.port = self.framedPort = None
         self.dispatcher.stopAccepting()
         if self.dispatcher.pending:
             log.info("draining {n} pending requests", n=self.dispatcher.pending)

@@ -90,14 +90,7 @@ class GasparProtocol(Int32StringReceiver):
         if failure.check(CancelledError):
             return
         if failure.check(RemoteError):
-            error = failure.value
-            log.error(
-                "handler raised {type}: {message} (request from {peer})\n{traceback}",
-                type=error.type,
-                message=error.message,
-                peer=_peer(self.transport),
-                traceback=error.traceback,
-            )
+            log_handler_error(failure.value, self.transport)
         elif failure.check(GasparError):
             log.warn(
                 "request from {peer} failed: {error}",
@@ -126,6 +119,17 @@ class GasparFactory(Factory):
         self.submit = submit
         self.maxLength = maxLength
         self.stats = Stats() if stats is None else stats
+
+
+def log_handler_error(error: RemoteError, transport) -> None:
+    """Log a handler's exception with its traceback and the client it was for."""
+    log.error(
+        "handler raised {type}: {message} (request from {peer})\n{traceback}",
+        type=error.type,
+        message=error.message,
+        peer=_peer(transport),
+        traceback=error.traceback,
+    )
 
 
 def _peer(transport) -> str:
