@@ -256,13 +256,16 @@ def targets(results: dict) -> list[tuple[str, float | None, float, str]]:
     echo = by_name.get("echo 100 B", {})
     cpu = by_name.get("cpu 5 ms", {})
     big = by_name.get("echo 1 MiB", {})
-    lags = [
-        s["lag_p99_ms"]
+    # Reactor lag: each row's median over rounds; the worst gaspar_tw row, and for scale the
+    # bare Twisted server's under its own load (what the box gives a reactor at all).
+    row_lags = {
+        f"{r['name']}: {key}": median([s["lag_p99_ms"] for s in samples])
         for r in results
         for key, samples in r["samples"].items()
         if key.split()[0] in ("submit", "gaspar-tcp", "framed")
-        for s in samples
-    ]
+    }
+    worst = max(row_lags, key=row_lags.get, default=None)
+    bare_lag = median([s["lag_p99_ms"] for s in echo.get("bare w2", [])])
     gaspar_p99 = median([s["p99_ms"] for s in echo.get("gaspar-tcp w2", [])])
     big_rate = median([s["mib_s"] for s in big.get("submit w2", [])])
     return [
@@ -273,7 +276,13 @@ def targets(results: dict) -> list[tuple[str, float | None, float, str]]:
         ("gaspar TCP vs bare Twisted", ratio(echo, "gaspar-tcp w2", "bare w2"), 0.85, "x"),
         ("gaspar TCP p99 (ms, at most)", gaspar_p99, 20.0, "ms"),
         ("cpu 5 ms: submit() 2 workers vs 1", ratio(cpu, "submit w2", "submit w1"), 1.9, "x"),
-        ("reactor lag p99, worst gaspar_tw row (ms, at most)", max(lags, default=None), 5.0, "ms"),
+        (
+            f"reactor lag p99, worst gaspar_tw row ({worst}) (ms, at most)",
+            row_lags.get(worst),
+            5.0,
+            "ms",
+        ),
+        ("(for scale) reactor lag p99 of bare Twisted under TCP load (ms)", bare_lag, 5.0, "ms"),
         ("1 MiB echo through submit() (MiB/s)", big_rate, 1000.0, "MiB/s"),
     ]
 
@@ -306,6 +315,9 @@ def render(results: dict, meta: dict) -> str:
     for name, value, goal, unit in targets(results):
         if value is None or value != value:
             lines.append(f"| {name} | n/a | {goal} {unit} | - |")
+            continue
+        if name.startswith("(for scale)"):
+            lines.append(f"| {name} | {value:,.2f} {unit} | - | - |")
             continue
         at_most = "at most" in name
         met = value <= goal if at_most else value >= goal

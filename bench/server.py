@@ -85,57 +85,23 @@ class Meters:
 
 
 def drive(call, payload: bytes, concurrency: int, seconds: float) -> Deferred:
-    """Keep C{concurrency} calls in flight for C{seconds}; fire with the counts and latencies."""
-    done: Deferred = Deferred()
-    latencies: list[float] = []
-    state = {"requests": 0, "completed": 0, "errors": 0, "inflight": 0, "first_error": None}
-    deadline = time.perf_counter() + seconds
-    expected = len(payload)
-    clock = time.perf_counter
+    """Keep C{concurrency} calls in flight for C{seconds} (gaspar_tw's own load engine)."""
+    from gaspar_tw.loadgen import LoadRun
 
-    def issue() -> None:
-        state["inflight"] += 1
-        started = clock()
-        d = call(payload)
-        d.addCallbacks(finished, failed, callbackArgs=(started,), errbackArgs=(started,))
+    run = LoadRun(reactor, call, payload, 1 << 62, concurrency, max_seconds=seconds)
 
-    def finished(reply, started) -> None:
-        now = clock()
-        if len(reply) == expected:
-            latencies.append(now - started)
-            state["completed"] += 1
-            if now <= deadline:
-                state["requests"] += 1
-        else:
-            state["errors"] += 1
-        again(now)
+    def summarize(result) -> dict:
+        return {
+            "requests": result.ok,
+            "completed": result.ok,
+            "errors": result.errors + result.empty,
+            "first_error": result.first_error,
+            "seconds": result.elapsed,
+            "p50_ms": result.percentile(50) * 1e3,
+            "p99_ms": result.percentile(99) * 1e3,
+        }
 
-    def failed(failure, started) -> None:
-        state["errors"] += 1
-        if state["first_error"] is None:
-            state["first_error"] = repr(failure.value)
-        again(clock())
-
-    def again(now: float) -> None:
-        state["inflight"] -= 1
-        if now < deadline:
-            issue()
-        elif state["inflight"] == 0 and not done.called:
-            done.callback(
-                {
-                    "requests": state["requests"],
-                    "completed": state["completed"],
-                    "errors": state["errors"],
-                    "first_error": state["first_error"],
-                    "seconds": seconds,
-                    "p50_ms": percentile(latencies, 0.50) * 1e3,
-                    "p99_ms": percentile(latencies, 0.99) * 1e3,
-                }
-            )
-
-    for _ in range(concurrency):
-        issue()
-    return done
+    return run.start().addCallback(summarize)
 
 
 # -- the rows ------------------------------------------------------------------------------
