@@ -45,7 +45,7 @@ def main() -> int:
     pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     os.makedirs(run.RESULTS, exist_ok=True)
     loadgen = run.build_loadgen()
-    row = run.Row(args.row, args.handler, args.workers, run.RESULTS)
+    row = run.Row(args.row, args.handler, args.workers, f"profile-{args.row}.log")
     try:
         row.wait_ready()
         pid = row.process.pid
