@@ -96,12 +96,15 @@ class _FramedConnection(Protocol):
     def __init__(self, pool: _FramedPool) -> None:
         self.pool = pool
         self.waiting: deque[Deferred] = deque()
+        self.ended: Deferred = Deferred()
         self._frames = framed.FrameSplitter()
 
-    def send(self, message: bytes) -> Deferred:
-        d: Deferred = Deferred()
+    def send(self, message: bytes, d: Deferred | None = None) -> Deferred:
+        """Write a request; C{d} (or a new Deferred) fires with its reply."""
+        if d is None:
+            d = Deferred()
         self.waiting.append(d)
-        self.transport.writeSequence([struct.pack("!I", len(message)), message])
+        self.transport.writeSequence([framed.request_header(len(message)), message])
         return d
 
     def dataReceived(self, data: bytes) -> None:
@@ -124,6 +127,7 @@ class _FramedConnection(Protocol):
         for d in waiting:
             if not d.called:
                 d.errback(ConnectionLost("framed connection lost before the reply"))
+        self.ended.callback(None)
 
 
 class _FramedPool:
@@ -174,25 +178,17 @@ class _FramedPool:
             message, d = self.queued.popleft()
             if not d.called:
                 best = min(self.connections, key=lambda c: len(c.waiting))
-                best.send(message).chainDeferred(d)
+                best.send(message, d)
 
     def lost(self, connection: _FramedConnection) -> None:
         if connection in self.connections:
             self.connections.remove(connection)
 
     def close(self) -> Deferred:
-        closing = []
+        """Close every connection; fires once they are all closed."""
+        closing = [connection.ended for connection in self.connections]
         for connection in list(self.connections):
-            done: Deferred = Deferred()
-            lost = connection.connectionLost
-
-            def connectionLost(reason, lost=lost, done=done):
-                lost(reason)
-                done.callback(None)
-
-            connection.connectionLost = connectionLost
             connection.transport.loseConnection()
-            closing.append(done)
         return gatherResults(closing) if closing else succeed(None)
 
 

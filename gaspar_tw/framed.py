@@ -37,9 +37,9 @@ _LENGTH = struct.Struct("!I")
 _HEADER = struct.Struct("!IB")
 
 
-def encode_request(payload: bytes) -> bytes:
-    """Frame one request: C{[u32 length][payload]}."""
-    return _LENGTH.pack(len(payload)) + payload
+def request_header(payload_length: int) -> bytes:
+    """The C{[u32 length]} that precedes a request's payload."""
+    return _LENGTH.pack(payload_length)
 
 
 def reply_header(status: int, payload_length: int) -> bytes:

@@ -11,7 +11,7 @@ import pytest_twisted
 from conftest import TESTS, pid_alive
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.defer import gatherResults
 
 from gaspar_tw import GasparClient, Overloaded, Producer, RemoteError
@@ -115,6 +115,17 @@ async def test_client_pipelines_over_its_pool_and_maps_statuses():
         with pytest.raises(Overloaded):
             await client.request(b"one too many")
         assert await gatherResults(slow) == [b"sleep:0.5"] * 3
+        # A request that times out on the client keeps its place in the reply order: the
+        # next one on the same connection gets its own reply, not the late one.
+        impatient = GasparClient(
+            reactor, f"tcp:127.0.0.1:{port}", timeout=1.0, framed=True, connections=1
+        )
+        try:
+            with pytest.raises(defer.TimeoutError):
+                await impatient.request(b"sleep:1.5")
+            assert await impatient.request(b"after the late one") == b"after the late one"
+        finally:
+            await impatient.close()
     finally:
         if client is not None:
             await client.close()
