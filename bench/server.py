@@ -16,6 +16,7 @@ process, no child) and how late a 5 ms C{LoopingCall} fires (reactor lag).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -297,6 +298,9 @@ class Control(LineReceiver):
 
     def _started(self, system: dict) -> None:
         self.system = system
+        # As twistd gaspar does (tap.py): the startup heap leaves the collector's sight, so a
+        # full collection no longer pauses the reactor for ~20 ms. Same for every row.
+        gc.freeze()
         self.say({"ready": True, "port": system["port"], "pid": os.getpid()})
 
     def _failed(self, failure) -> None:

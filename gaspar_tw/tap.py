@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -23,6 +24,13 @@ class GasparService(MultiService):
 
             useForApplication(parent, self.logObserver)  # twistd's Application
         super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        super().startService()
+        # A process of our own: move the startup heap (Twisted, ZeroMQ, the handler's imports)
+        # out of the garbage collector's sight. Under load, a full collection of it held the
+        # reactor for ~20 ms; now a collection scans only what was made since.
+        gc.freeze()
 
 
 def makeService(options: Options) -> IService:
