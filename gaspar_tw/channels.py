@@ -16,6 +16,8 @@ import zmq
 from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory
 from txzmq.connection import ZmqConnection
 
+from gaspar_tw import wire
+
 #: Replies are read from the reply socket for at most this long per reactor turn (and at
 #: most L{MAX_READS_PER_TURN} messages), so that a stream of replies cannot starve timers
 #: and TCP connections: the rest is read on the next turn.
@@ -69,6 +71,7 @@ class WorkChannel(ZmqConnection):
     def __init__(self, factory: ZmqFactory, address: str):
         super().__init__(factory, ZmqEndpoint(ZmqEndpointType.connect, address))
         self.socket.set(zmq.LINGER, 0)
+        self.socket.copy_threshold = wire.ZERO_COPY_BYTES
 
     def messageReceived(self, message: list) -> None:  # pragma: no cover - PUSH receives nothing
         pass

@@ -38,6 +38,10 @@ REPLIES = b"R"
 PACK_LIMIT = 16 * 1024
 #: A batch is cut into messages of about this many payload bytes.
 MESSAGE_BYTES = 256 * 1024
+#: Frames this large or larger are sent without a copy; smaller ones are copied, which costs
+#: less than zero-copy's release through pyzmq's garbage-collector thread (pyzmq's default
+#: threshold is 64 KiB).
+ZERO_COPY_BYTES = 256 * 1024
 
 _TOKEN = struct.Struct("<Q")
 _BUSY = struct.Struct("<I")

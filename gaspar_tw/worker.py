@@ -70,6 +70,7 @@ class Worker:
         self.work.bind(work_address)
         self.replies = self.context.socket(zmq.PUSH)
         self.replies.setsockopt(zmq.LINGER, 2000)
+        self.replies.copy_threshold = wire.ZERO_COPY_BYTES
         self.replies.connect(reply_address)
 
     def serve(self) -> None:
