@@ -21,7 +21,7 @@ from gaspar_tw import wire
 #: Replies are read from the reply socket for at most this long per reactor turn (and at
 #: most L{MAX_READS_PER_TURN} messages), so that a stream of replies cannot starve timers
 #: and TCP connections: the rest is read on the next turn.
-READ_SECONDS_PER_TURN = 0.002
+READ_SECONDS_PER_TURN = 0.001
 MAX_READS_PER_TURN = 64
 
 
