@@ -80,8 +80,9 @@ class Dispatcher:
         # until the next flush (kept only while a flush is scheduled).
         self._turn_time: float | None = None
         self.accepting = True
-        #: Handler seconds per request, a moving average of what workers report.
-        self.handler_time = 0.0
+        #: Handler seconds per request, a moving average of what workers report (None until
+        #: the first report: until then requests are spread, the window is C{window}).
+        self.handler_time: float | None = None
 
     # -- callers ---------------------------------------------------------------------------
 
@@ -190,12 +191,16 @@ class Dispatcher:
 
     def handlerTime(self, count: int, seconds: float) -> None:
         """A worker spent C{seconds} in the handler on C{count} requests."""
-        if count:
+        if not count:
+            return
+        if self.handler_time is None:
+            self.handler_time = seconds / count
+        else:
             self.handler_time += (seconds / count - self.handler_time) * 0.2
 
     def _window(self) -> int:
         """Requests one worker may hold: C{window}, fewer for slow handlers."""
-        if self.handler_time <= 0:
+        if not self.handler_time:
             return self.window
         return max(2, min(self.window, int(WINDOW_SECONDS / self.handler_time)))
 
@@ -251,7 +256,8 @@ class Dispatcher:
             if not links:
                 return
             links.sort(key=lambda link: len(link.outstanding))
-            if len(queue) * self.handler_time < CONCENTRATE_SECONDS:
+            handler_time = self.handler_time
+            if handler_time is not None and len(queue) * handler_time < CONCENTRATE_SECONDS:
                 links = links[:1]
             for index, link in enumerate(links):
                 if not queue:
