@@ -58,6 +58,26 @@ def call_handler(handler: Handler, payload: bytes) -> tuple[int, bytes]:
         return wire.ERROR, wire.encode_error(e, traceback.format_exc())
 
 
+class _Held:
+    """Replies computed and not yet sent."""
+
+    __slots__ = ("ids", "statuses", "results", "size", "busy")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.statuses = bytearray()
+        self.results: list[bytes] = []
+        self.size = 0
+        self.busy = 0.0
+
+    def add(self, rid: int, status: int, result: bytes, seconds: float) -> None:
+        self.ids.append(rid)
+        self.statuses.append(status)
+        self.results.append(result)
+        self.size += len(result)
+        self.busy += seconds
+
+
 class Worker:
     """The loop of one worker process."""
 
@@ -72,6 +92,10 @@ class Worker:
         self.replies.setsockopt(zmq.LINGER, 2000)
         self.replies.copy_threshold = wire.ZERO_COPY_BYTES
         self.replies.connect(reply_address)
+        self._held = _Held()
+        self._running = False  # a handler call is in progress
+        self._alarm = False  # the flush timer is armed
+        signal.signal(signal.SIGALRM, self._onAlarm)
 
     def serve(self) -> None:
         """Announce readiness, then answer batches until stdin closes."""
@@ -95,45 +119,60 @@ class Worker:
     def answer(self, frames: list) -> None:
         """Answer a batch, and any batch already waiting behind it, in few reply messages.
 
-        Replies go out once they are L{FLUSH_AFTER_SECONDS} old or L{wire.MESSAGE_BYTES}
-        large, and when no more work is waiting: a fast handler's replies to several
-        batches share one message, a slow handler's are sent one by one.
+        Replies are held while more work is at hand, and go out once the oldest is
+        L{FLUSH_AFTER_SECONDS} old, they reach L{wire.MESSAGE_BYTES}, or no work is left: a
+        fast handler's replies to several batches share one message. A handler call never
+        keeps earlier replies waiting: if it runs past L{FLUSH_AFTER_SECONDS} while replies
+        are held, a timer (SIGALRM) sends them, so the producer always knows which request a
+        worker is running (what C{--timeout} relies on).
         """
         handler = self.handler
         clock = time.monotonic
-        done_ids: list[int] = []
-        statuses = bytearray()
-        results: list[bytes] = []
-        size = 0
-        busy = 0.0
         oldest = 0.0
         while frames is not None:
             ids, payloads = wire.decode_work(frames)
             for rid, payload in zip(ids, payloads, strict=False):
+                if self._held.ids and not self._alarm:
+                    self._alarm = True
+                    signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER_SECONDS)
                 started = clock()
+                self._running = True
                 status, result = call_handler(handler, payload)
+                self._running = False
                 now = clock()
-                if not done_ids:
+                held = self._held  # the timer may have sent and replaced it meanwhile
+                if not held.ids:
                     oldest = started
-                busy += now - started
-                done_ids.append(rid)
-                statuses.append(status)
-                results.append(result)
-                size += len(result)
-                if size >= wire.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
-                    self.send(done_ids, statuses, results, busy)
-                    done_ids, statuses, results, size, busy = [], bytearray(), [], 0, 0.0
+                held.add(rid, status, result, now - started)
+                if held.size >= wire.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
+                    self.flush()
             try:
                 frames = self.work.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 frames = None
-        if done_ids:
-            self.send(done_ids, statuses, results, busy)
+        self.flush()
 
-    def send(self, ids: list[int], statuses: bytearray, results: list[bytes], busy: float) -> None:
-        self.replies.send_multipart(
-            wire.encode_replies(self.token, ids, bytes(statuses), results, busy), copy=False
-        )
+    def flush(self) -> None:
+        """Send the held replies, if any, and disarm the timer."""
+        if self._alarm:
+            self._alarm = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        held = self._held
+        if held.ids:
+            self.replies.send_multipart(
+                wire.encode_replies(
+                    self.token, held.ids, bytes(held.statuses), held.results, held.busy
+                ),
+                copy=False,
+            )
+            self._held = _Held()
+
+    def _onAlarm(self, signum, frame) -> None:
+        # Runs between bytecodes of the handler (or of the loop around it): only send when
+        # the handler is running, so that the held replies are never half-updated.
+        self._alarm = False
+        if self._running:
+            self.flush()
 
     def close(self) -> None:
         self.work.close()
