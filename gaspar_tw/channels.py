@@ -19,10 +19,12 @@ from txzmq.connection import ZmqConnection
 from gaspar_tw import wire
 
 #: Replies are read from the reply socket for at most this long per reactor turn (and at
-#: most L{MAX_READS_PER_TURN} messages), so that a stream of replies cannot starve timers
-#: and TCP connections: the rest is read on the next turn.
+#: most L{MAX_READS_PER_TURN} messages, L{READ_BYTES_PER_TURN} bytes), so that a stream of
+#: replies cannot starve timers and TCP connections: the rest is read on the next turn.
+#: Yielding after large replies also lets the requests they set free go out sooner.
 READ_SECONDS_PER_TURN = 0.001
 MAX_READS_PER_TURN = 64
+READ_BYTES_PER_TURN = wire.MESSAGE_BYTES
 
 
 class ReplyChannel(ZmqConnection):
@@ -45,6 +47,7 @@ class ReplyChannel(ZmqConnection):
         onMessage = self.onMessage
         clock = time.monotonic
         deadline = clock() + READ_SECONDS_PER_TURN
+        size = 0
         for _ in range(MAX_READS_PER_TURN):
             if self.factory is None:
                 return
@@ -53,7 +56,8 @@ class ReplyChannel(ZmqConnection):
             except zmq.Again:
                 return
             onMessage(frames)
-            if clock() > deadline:
+            size += sum(map(len, frames))
+            if size >= READ_BYTES_PER_TURN or clock() > deadline:
                 break
         if self.factory is not None:
             self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
