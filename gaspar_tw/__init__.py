@@ -17,6 +17,7 @@ _EXPORTS = {
     "RemoteError": "gaspar_tw.errors",
     "WorkerCrashed": "gaspar_tw.errors",
     "Overloaded": "gaspar_tw.errors",
+    "RequestTimeout": "gaspar_tw.errors",
     "ServiceStopped": "gaspar_tw.errors",
     "GasparClient": "gaspar_tw.client",
     "client": "gaspar_tw.client",
@@ -28,7 +29,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from gaspar_tw import client
     from gaspar_tw.client import GasparClient
     from gaspar_tw.consumer import Consumer
-    from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped, WorkerCrashed
+    from gaspar_tw.errors import (
+        Overloaded,
+        RemoteError,
+        RequestTimeout,
+        ServiceStopped,
+        WorkerCrashed,
+    )
     from gaspar_tw.producer import Producer
 
 

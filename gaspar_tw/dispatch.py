@@ -3,10 +3,13 @@
 The dispatcher knows nothing about TCP or processes. Callers hand it payloads with
 L{Dispatcher.submit}; workers are L{WorkerLink}s that come and go. Each worker is given at
 most C{window} requests at a time, least-loaded first, in one ZeroMQ message per reactor turn.
+At most C{max_pending} requests are accepted at once; a dead worker's requests are retried
+once or failed; one periodic sweep enforces C{timeout} (no timer per request).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,36 +17,72 @@ from itertools import count
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gaspar_tw import wire
-from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped, WorkerCrashed
+from gaspar_tw.errors import (
+    Overloaded,
+    RemoteError,
+    RequestTimeout,
+    ServiceStopped,
+    WorkerCrashed,
+)
 
 log = Logger()
+
+#: Default seconds a handler may spend on one request, and a request may wait for a worker.
+DEFAULT_TIMEOUT = 30.0
+#: At most one "refusing requests" log line per this many seconds under a flood.
+REFUSAL_LOG_INTERVAL = 1.0
+
+
+def default_max_pending(workers: int) -> int:
+    """Room for about a thousand concurrent clients, and for two full windows per worker."""
+    return max(1024, 64 * workers)
+
+
+def _noop() -> None:
+    pass
 
 
 @dataclass(eq=False)
 class WorkerLink:
-    """A ready worker as the dispatcher sees it: where to send, and what it holds."""
+    """A ready worker as the dispatcher sees it: where to send, and what it holds.
+
+    C{outstanding} keeps request ids in the order they were sent; a worker answers in that
+    order, so its first id is the request the worker is running now. C{kill} asks the
+    worker's owner to end the process (the dispatcher has already given up on it).
+    """
 
     token: int
     pid: int
     send: Callable[[list], None]
-    outstanding: set = field(default_factory=set)
+    kill: Callable[[], None] = _noop
+    outstanding: dict = field(default_factory=dict)
+    watched: int | None = None
+    watchedSince: float = 0.0
 
 
 class _Request:
-    __slots__ = ("rid", "payload", "deferred", "attempts")
+    __slots__ = ("rid", "payload", "deferred", "crashes", "queuedAt")
 
-    def __init__(self, rid: int, payload: bytes, deferred: Deferred) -> None:
+    def __init__(self, rid: int, payload: bytes, deferred: Deferred, queuedAt: int) -> None:
         self.rid = rid
         self.payload = payload
         self.deferred = deferred
-        self.attempts = 0
+        self.crashes = 0
+        self.queuedAt = queuedAt  # the sweep count when it (last) joined the queue
 
 
 class Dispatcher:
-    """Match payloads to workers and replies to Deferreds."""
+    """Match payloads to workers and replies to Deferreds.
+
+    C{timeout} (seconds, C{None} for none) bounds how long a worker may stay on one request
+    (then the request fails with L{RequestTimeout}, the worker is killed through
+    L{WorkerLink.kill} and its other requests go back to the queue) and how long a request
+    may wait in the queue for a worker. C{refused} counts requests refused by C{max_pending}.
+    """
 
     def __init__(
         self,
@@ -52,17 +91,23 @@ class Dispatcher:
         window: int = 32,
         max_pending: int | None = None,
         retry_on_crash: bool = True,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         self._reactor = reactor
         self.window = window
         self.max_pending = max_pending
         self.retry_on_crash = retry_on_crash
+        self.timeout = timeout or None
+        self.refused = 0
         self._ids = count(1)
         self._requests: dict[int, _Request] = {}
         self._queue: deque[_Request] = deque()
         self._links: dict[int, WorkerLink] = {}
         self._flush_call = None
         self._idle_waiters: list[Deferred] = []
+        self._sweeps = 0
+        self._sweeper: LoopingCall | None = None
+        self._nextRefusalLog = 0.0
         self.accepting = True
 
     # -- callers ---------------------------------------------------------------------------
@@ -71,15 +116,16 @@ class Dispatcher:
         """Queue C{payload}; the Deferred fires with the handler's reply bytes.
 
         It fails with L{RemoteError} if the handler raised, L{WorkerCrashed} if the worker
-        died with it, L{Overloaded} if C{max_pending} requests are already waiting, and
-        L{ServiceStopped} once the producer stops. Cancelling it drops a queued request.
+        died with it, L{RequestTimeout} past C{timeout}, L{Overloaded} if C{max_pending}
+        requests are already waiting, and L{ServiceStopped} once the producer stops.
+        Cancelling it drops a queued request.
         """
         if not self.accepting:
             return fail(ServiceStopped("gaspar_tw producer is not running"))
         if self.max_pending is not None and len(self._requests) >= self.max_pending:
-            return fail(Overloaded(f"{len(self._requests)} requests already pending"))
+            return self._refuse()
         rid = next(self._ids)
-        request = _Request(rid, bytes(payload), Deferred(self._cancel))
+        request = _Request(rid, bytes(payload), Deferred(self._cancel), self._sweeps)
         request.deferred.rid = rid  # type: ignore[attr-defined]
         self._requests[rid] = request
         self._queue.append(request)
@@ -113,6 +159,20 @@ class Dispatcher:
             request.deferred.errback(reason)
         self._checkIdle()
 
+    def _refuse(self) -> Deferred:
+        self.refused += 1
+        now = self._reactor.seconds()
+        if now >= self._nextRefusalLog:
+            self._nextRefusalLog = now + REFUSAL_LOG_INTERVAL
+            log.warn(
+                "refusing requests: {pending} already pending (max-pending {limit});"
+                " {refused} refused so far",
+                pending=len(self._requests),
+                limit=self.max_pending,
+                refused=self.refused,
+            )
+        return fail(Overloaded(f"{len(self._requests)} requests already pending"))
+
     def _cancel(self, deferred: Deferred) -> None:
         request = self._requests.pop(deferred.rid, None)  # type: ignore[attr-defined]
         if request is not None:
@@ -130,55 +190,179 @@ class Dispatcher:
             self._flush_call = self._reactor.callLater(0, self._flush)
 
     def workerLost(self, token: int) -> None:
-        """A worker ended: retry its requests once elsewhere, or fail them."""
+        """A worker ended: requeue its requests, or fail them if retrying is off.
+
+        Only the request the worker was running (the first it held) counts as having
+        crashed a worker; it fails with L{WorkerCrashed} the second time. The ones queued
+        behind it had not started and go back to the queue.
+        """
         link = self._links.pop(token, None)
         if link is None:
             return
-        retry = []
-        for rid in link.outstanding:
-            request = self._requests.get(rid)
-            if request is None:
-                continue
-            if self.retry_on_crash and request.attempts < 2:
-                retry.append(request)
+        running = next(iter(link.outstanding), None)
+        held = self._held(link)
+        if not held:
+            return
+        retry, failed = [], []
+        for request in held:
+            if not self.retry_on_crash:
+                failed.append(request)
+            elif request.rid == running:
+                request.crashes += 1
+                (failed if request.crashes > 1 else retry).append(request)
             else:
-                del self._requests[rid]
-                request.deferred.errback(
-                    WorkerCrashed(f"worker pid {link.pid} died while handling the request")
-                )
-        link.outstanding.clear()
-        if retry:
-            log.warn(
-                "worker pid {pid} died holding {n} requests; retrying them",
-                pid=link.pid,
-                n=len(retry),
+                retry.append(request)
+        log.warn(
+            "worker pid {pid} died holding {n} requests: {retried} retried, {failed} failed",
+            pid=link.pid,
+            n=len(held),
+            retried=len(retry),
+            failed=len(failed),
+        )
+        self._requeue(retry)
+        why = (
+            "retrying is off (--no-retry-on-crash)"
+            if not self.retry_on_crash
+            else "it had already crashed another worker"
+        )
+        for request in failed:
+            del self._requests[request.rid]
+            request.deferred.errback(
+                WorkerCrashed(f"worker pid {link.pid} died while handling the request; {why}")
             )
-            retry.sort(key=lambda r: r.rid)
-            self._queue.extendleft(reversed(retry))
-            if self._flush_call is None and self._links:
-                self._flush_call = self._reactor.callLater(0, self._flush)
         self._checkIdle()
 
     def repliesReceived(self, token: int, ids, statuses: bytes, payloads) -> None:
         link = self._links.get(token)
-        outstanding = link.outstanding if link is not None else set()
+        if link is None:
+            self._lateReplies(ids, statuses, payloads)
+            return
+        outstanding = link.outstanding
         requests = self._requests
         for rid, status, payload in zip(ids, statuses, payloads, strict=False):
-            outstanding.discard(rid)
+            outstanding.pop(rid, None)
             request = requests.pop(rid, None)
             if request is None:
                 continue  # cancelled, or answered by a retry already
             if status == wire.OK:
                 request.deferred.callback(payload)
             else:
-                info = wire.decode_error(payload)
-                request.deferred.errback(
-                    RemoteError(info["type"], info["message"], info["traceback"])
-                )
+                self._remoteError(request, payload)
         if self._queue:
             self._flush()
         elif not requests:
             self._checkIdle()
+
+    def _lateReplies(self, ids, statuses: bytes, payloads) -> None:
+        """Replies from a worker given up on: they answer requests that may be requeued."""
+        answered = set()
+        for rid, status, payload in zip(ids, statuses, payloads, strict=False):
+            request = self._requests.pop(rid, None)
+            if request is None:
+                continue
+            answered.add(rid)
+            if status == wire.OK:
+                request.deferred.callback(payload)
+            else:
+                self._remoteError(request, payload)
+        if answered and self._queue:
+            self._queue = deque(r for r in self._queue if r.rid not in answered)
+        self._checkIdle()
+
+    def _remoteError(self, request: _Request, payload: bytes) -> None:
+        info = wire.decode_error(payload)
+        request.deferred.errback(RemoteError(info["type"], info["message"], info["traceback"]))
+
+    def _held(self, link: WorkerLink) -> list[_Request]:
+        """Take a lost worker's pending requests off it, in the order they were sent."""
+        held = [self._requests[rid] for rid in link.outstanding if rid in self._requests]
+        link.outstanding.clear()
+        return held
+
+    def _requeue(self, requests: list[_Request]) -> None:
+        """Put requests back at the head of the queue, their queue wait starting afresh."""
+        if not requests:
+            return
+        for request in requests:
+            request.queuedAt = self._sweeps
+        self._queue.extendleft(reversed(requests))
+        if self._flush_call is None and self._links:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    # -- timeouts --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the timeout sweep (every C{timeout/4} s, at most 1 s) if there is a timeout."""
+        if self.timeout is None or self._sweeper is not None:
+            return
+        interval = min(self.timeout / 4, 1.0)
+        # A request queued between sweeps k and k+1 has waited a full timeout by sweep k+n.
+        self._sweepsPerTimeout = math.ceil(self.timeout / interval) + 1
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self._reactor
+        self._sweeper.start(interval, now=False)
+
+    def stop(self) -> None:
+        """Stop the timeout sweep."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and sweeper.running:
+            sweeper.stop()
+
+    def _sweep(self) -> None:
+        """Abandon workers stuck on one request for C{timeout}; expire requests queued as long.
+
+        A worker's first outstanding request is the one it is running. If the same request
+        has been first at every sweep for C{timeout} seconds, the worker has run it for at
+        least that long (and at most one sweep interval more).
+        """
+        self._sweeps += 1
+        now = self._reactor.seconds()
+        for link in list(self._links.values()):
+            running = next(iter(link.outstanding), None)
+            if running is None or running != link.watched:
+                link.watched, link.watchedSince = running, now
+            elif now - link.watchedSince >= self.timeout:
+                self._abandon(link, running)
+        if self._queue:
+            self._expireQueued()
+
+    def _abandon(self, link: WorkerLink, running: int) -> None:
+        """Give up on a stuck worker: fail its current request, requeue the rest, kill it."""
+        del self._links[link.token]
+        stuck = self._requests.pop(running, None)
+        others = self._held(link)
+        log.warn(
+            "worker pid {pid} ran one request for over {timeout}s (--timeout): killing it,"
+            " failing that request and retrying the {n} queued behind it",
+            pid=link.pid,
+            timeout=self.timeout,
+            n=len(others),
+        )
+        link.kill()
+        self._requeue(others)
+        if stuck is not None:
+            stuck.deferred.errback(
+                RequestTimeout(f"the handler ran for over {self.timeout}s (--timeout)")
+            )
+        self._checkIdle()
+
+    def _expireQueued(self) -> None:
+        limit = self._sweeps - self._sweepsPerTimeout
+        expired = [request for request in self._queue if request.queuedAt <= limit]
+        if not expired:
+            return
+        self._queue = deque(request for request in self._queue if request.queuedAt > limit)
+        log.warn(
+            "{n} requests waited over {timeout}s for a free worker (--timeout); failing them",
+            n=len(expired),
+            timeout=self.timeout,
+        )
+        for request in expired:
+            del self._requests[request.rid]
+            request.deferred.errback(
+                RequestTimeout(f"no worker was free for {self.timeout}s (--timeout)")
+            )
+        self._checkIdle()
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -205,13 +389,13 @@ class Dispatcher:
                 try:
                     link.send(wire.encode_work(ids, [request.payload for request in batch]))
                 except Exception:
-                    log.failure("sending to worker pid {pid} failed", pid=link.pid)
+                    log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
                     queue.extendleft(reversed(batch))
-                    self._links.pop(link.token, None)
+                    del self._links[link.token]
+                    self._requeue(self._held(link))
+                    link.kill()
                     continue
-                link.outstanding.update(ids)
-                for request in batch:
-                    request.attempts += 1
+                link.outstanding.update(dict.fromkeys(ids))
 
     def _checkIdle(self) -> None:
         if not self._requests and self._idle_waiters:

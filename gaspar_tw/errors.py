@@ -25,6 +25,14 @@ class WorkerCrashed(GasparError):
     """The worker process holding the request died before answering it."""
 
 
+class RequestTimeout(GasparError, TimeoutError):
+    """The request was not answered within C{--timeout} seconds.
+
+    Either the handler ran that long on it (its worker was killed and replaced), or it waited
+    that long for a worker. Also a built-in C{TimeoutError}.
+    """
+
+
 class Overloaded(GasparError):
     """Too many requests are already waiting; this one was refused."""
 

@@ -7,24 +7,27 @@ import sys
 from collections.abc import Sequence
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gaspar_tw import wire
 from gaspar_tw.consumer import Consumer
-from gaspar_tw.dispatch import Dispatcher
+from gaspar_tw.dispatch import DEFAULT_TIMEOUT, Dispatcher, default_max_pending
 from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.handler import Handler
 from gaspar_tw.pool import WorkerPool
-from gaspar_tw.protocol import DEFAULT_MAX_LENGTH, GasparFactory
+from gaspar_tw.protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH, GasparFactory
+from gaspar_tw.shutdown import DEFAULT_DRAIN_TIMEOUT
 
 log = Logger()
 
 DEFAULT_PORT = 10123
-DEFAULT_DRAIN_TIMEOUT = 10.0
+#: How often a drain checks whether every request and connection is done.
+DRAIN_POLL_SECONDS = 0.05
 
 
 def default_worker_count() -> int:
@@ -47,7 +50,9 @@ class Producer(service.Service):
 
     C{endpoint} is a port number, a server endpoint string (``"tcp:10123"``,
     ``"unix:/run/gaspar.sock"``), an L{IStreamServerEndpoint}, or C{None} for no listener
-    (in-process L{submit} only). Use it as a service (C{startService}/C{stopService}, e.g.
+    (in-process L{submit} only). C{max_pending}, C{timeout}, C{retry_on_crash},
+    C{idle_timeout} and C{drain_timeout} work as the twistd options of the same names (see
+    the README, "Operations"). Use it as a service (C{startService}/C{stopService}, e.g.
     under a C{MultiService} or twistd), or call L{start} to run a reactor until stopped.
     """
 
@@ -61,6 +66,8 @@ class Producer(service.Service):
         max_pending: int | None = None,
         window: int = 32,
         retry_on_crash: bool = True,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         pythonpath: Sequence[str] = (),
         reactor=None,
@@ -75,17 +82,22 @@ class Producer(service.Service):
         self.endpoint = endpoint
         self.drain_timeout = drain_timeout
         if max_pending is None:
-            max_pending = max(1024, 64 * self.workers)
+            max_pending = default_max_pending(self.workers)
         self.dispatcher = Dispatcher(
-            reactor, window=window, max_pending=max_pending, retry_on_crash=retry_on_crash
+            reactor,
+            window=window,
+            max_pending=max_pending,
+            retry_on_crash=retry_on_crash,
+            timeout=timeout,
         )
         self.pool = WorkerPool(
             reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath
         )
-        self.factory = GasparFactory(self.dispatcher.submit, max_length)
+        self.factory = GasparFactory(self.dispatcher.submit, max_length, idle_timeout, reactor)
         self.port: IListeningPort | None = None
         self.hub = None
         self._listening: Deferred | None = None
+        self._draining: Deferred | None = None
 
     # -- the in-process API ----------------------------------------------------------------
 
@@ -122,6 +134,9 @@ class Producer(service.Service):
         from gaspar_tw.channels import ChannelHub
 
         self.dispatcher.accepting = True
+        self._draining = None
+        self.dispatcher.start()
+        self.factory.startIdleSweep()
         self.hub = ChannelHub(self._onWorkerMessage)
         self.pool.start(self.hub)
         log.info(
@@ -160,31 +175,61 @@ class Producer(service.Service):
         elif kind == wire.HELLO:
             self.pool.hello(token, int(frames[1]))
 
-    @inlineCallbacks
-    def stopService(self):
-        """Stop listening, let pending requests finish (up to C{drain_timeout}), stop workers."""
-        super().stopService()
-        if self._listening is not None:
-            listening, self._listening = self._listening, None
-            listening.addErrback(lambda f: None)
-            port = yield listening
-            if port is not None:
-                yield port.stopListening()
-            self.port = None
-        self.dispatcher.stopAccepting()
-        if self.dispatcher.pending:
-            log.info("draining {n} pending requests", n=self.dispatcher.pending)
-            idle = self.dispatcher.whenIdle()
-            idle.addTimeout(self.drain_timeout, self.reactor)
-            try:
-                yield idle
-            except Exception:
+    def drain(self) -> Deferred:
+        """Stop listening; wait for accepted requests to be answered and their replies sent.
+
+        Waits at most C{drain_timeout} seconds. Fires with C{True} if everything finished,
+        C{False} if the time ran out. Calling it again returns the same outcome.
+        """
+        if self._draining is None:
+            self._draining = ensureDeferred(self._drain())
+        return _chain(self._draining)
+
+    async def _drain(self) -> bool:
+        await self._stopListening()
+        deadline = self.reactor.seconds() + self.drain_timeout
+        connections = self.factory.connections
+        if self.dispatcher.pending or connections:
+            log.info(
+                "draining {n} pending requests and {c} open connections (up to {t}s)",
+                n=self.dispatcher.pending,
+                c=len(connections),
+                t=self.drain_timeout,
+            )
+        while self.dispatcher.pending or connections:
+            if self.reactor.seconds() >= deadline:
                 log.warn(
-                    "{n} requests still pending after {t}s; failing them",
+                    "{n} requests and {c} connections still open after {t}s (--drain-timeout);"
+                    " failing them",
                     n=self.dispatcher.pending,
+                    c=len(connections),
                     t=self.drain_timeout,
                 )
+                return False
+            await deferLater(self.reactor, DRAIN_POLL_SECONDS, lambda: None)
+        return True
+
+    async def _stopListening(self) -> None:
+        if self._listening is None:
+            return
+        listening, self._listening = self._listening, None
+        listening.addErrback(lambda f: None)
+        port = await listening
+        if port is not None:
+            await maybeDeferred(port.stopListening)
+        self.port = None
+
+    @inlineCallbacks
+    def stopService(self):
+        """Drain (see L{drain}), then fail what is left and stop the workers."""
+        super().stopService()
+        yield self.drain()
+        self.dispatcher.stopAccepting()
+        self.dispatcher.stop()
+        self.factory.stopIdleSweep()
         self.dispatcher.failAll(ServiceStopped("gaspar_tw producer stopped"))
+        for connection in list(self.factory.connections):
+            connection.transport.abortConnection()
         yield self.pool.stop()
         if self.hub is not None:
             self.hub.close()

@@ -2,26 +2,32 @@
 
 A request is a 4-byte unsigned big-endian length and that many bytes. The reply is the
 handler's bytes, written raw, then the server closes the connection: a client reads to EOF.
-A failed request (handler error, timeout, overload) is a close with no reply bytes.
+A failed request (handler error, timeout, overload) is a close with no reply bytes, and so
+is bad input: a length over the limit (closed before the body is read) or a request that
+stops arriving for C{idleTimeout} seconds (one periodic sweep, no timer per connection).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from gaspar_tw.errors import GasparError, RemoteError
+from gaspar_tw.errors import GasparError, Overloaded, RemoteError
 
 log = Logger()
 
 #: Default largest request body accepted, in bytes.
 DEFAULT_MAX_LENGTH = 16 * 1024 * 1024
+#: Default seconds a client may leave a request half sent before it is dropped.
+DEFAULT_IDLE_TIMEOUT = 30.0
 
 Submit = Callable[[bytes], Deferred]
 
@@ -42,10 +48,18 @@ class GasparProtocol(Int32StringReceiver):
         self.MAX_LENGTH = self.factory.maxLength
         self._chunks: list[bytes] = []
         self._received = 0
+        self.heardAt = self.factory.sweeps
+        self.factory.connections.add(self)
+
+    @property
+    def reading(self) -> bool:
+        """True until the whole request has arrived (or the connection was refused)."""
+        return not self._done
 
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             return
+        self.heardAt = self.factory.sweeps
         self._chunks.append(data)
         self._received += len(data)
         if self._length is None:
@@ -87,6 +101,9 @@ class GasparProtocol(Int32StringReceiver):
         self._pending = None
         if failure.check(CancelledError):
             return
+        if failure.check(Overloaded):  # counted, and logged once a second, by the dispatcher
+            self.transport.loseConnection()
+            return
         if failure.check(RemoteError):
             error = failure.value
             log.error(
@@ -107,20 +124,69 @@ class GasparProtocol(Int32StringReceiver):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
+        self._done = True
+        self.factory.connections.discard(self)
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
 
 
 class GasparFactory(Factory):
-    """Builds L{GasparProtocol}s that hand each request to C{submit}."""
+    """Builds L{GasparProtocol}s that hand each request to C{submit}; drops idle readers.
+
+    C{connections} holds every open connection (a drain waits for it to empty).
+    """
 
     protocol = GasparProtocol
     noisy = False
 
-    def __init__(self, submit: Submit, maxLength: int = DEFAULT_MAX_LENGTH) -> None:
+    def __init__(
+        self,
+        submit: Submit,
+        maxLength: int = DEFAULT_MAX_LENGTH,
+        idleTimeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        clock=None,
+    ) -> None:
         self.submit = submit
         self.maxLength = maxLength
+        self.idleTimeout = idleTimeout or None
+        self.clock = clock
+        self.connections: set[GasparProtocol] = set()
+        self.sweeps = 0
+        self._sweeper: LoopingCall | None = None
+
+    def startIdleSweep(self) -> None:
+        """Every C{idleTimeout/4} seconds (at most 1 s), drop clients stalled mid-request."""
+        if self.idleTimeout is None or self._sweeper is not None:
+            return
+        interval = min(self.idleTimeout / 4, 1.0)
+        # Bytes heard between sweeps k and k+1 are a full idleTimeout old by sweep k+n.
+        self._sweepsPerTimeout = math.ceil(self.idleTimeout / interval) + 1
+        self._sweeper = LoopingCall(self._dropIdle)
+        if self.clock is not None:
+            self._sweeper.clock = self.clock
+        self._sweeper.start(interval, now=False)
+
+    def stopIdleSweep(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and sweeper.running:
+            sweeper.stop()
+
+    def _dropIdle(self) -> None:
+        self.sweeps += 1
+        limit = self.sweeps - self._sweepsPerTimeout
+        idle = [p for p in self.connections if p.reading and p.heardAt <= limit]
+        if not idle:
+            return
+        log.warn(
+            "dropping {n} connections that sent part of a request and then nothing for"
+            " {timeout}s (--idle-timeout), e.g. {peer}",
+            n=len(idle),
+            timeout=self.idleTimeout,
+            peer=_peer(idle[0].transport),
+        )
+        for protocol in idle:
+            protocol.transport.abortConnection()
 
 
 def _peer(transport) -> str:
