@@ -4,7 +4,8 @@ The dispatcher knows nothing about TCP or processes. Callers hand it payloads wi
 L{Dispatcher.submit}; workers are L{WorkerLink}s that come and go. Each worker is given at
 most C{window} requests at a time, least-loaded first, in one ZeroMQ message per reactor turn.
 At most C{max_pending} requests are accepted at once; a dead worker's requests are retried
-once or failed; one periodic sweep enforces C{timeout} (no timer per request).
+once, each alone on an idle worker, or failed; one periodic sweep enforces C{timeout} (no
+timer per request).
 """
 
 from __future__ import annotations
@@ -65,14 +66,13 @@ class WorkerLink:
 
 
 class _Request:
-    __slots__ = ("rid", "payload", "deferred", "crashes", "queuedAt")
+    __slots__ = ("rid", "payload", "deferred", "queuedAt")
 
     def __init__(self, rid: int, payload: bytes, deferred: Deferred, queuedAt: int) -> None:
         self.rid = rid
         self.payload = payload
         self.deferred = deferred
-        self.crashes = 0
-        self.queuedAt = queuedAt  # the sweep count when it (last) joined the queue
+        self.queuedAt = queuedAt  # the sweep count when it (last) joined a queue
 
 
 class Dispatcher:
@@ -102,6 +102,9 @@ class Dispatcher:
         self._ids = count(1)
         self._requests: dict[int, _Request] = {}
         self._queue: deque[_Request] = deque()
+        # Requests held by a worker that died: each is retried alone on an idle worker.
+        self._suspects: deque[_Request] = deque()
+        self._isolating: set[int] = set()  # tokens of workers running one suspect alone
         self._links: dict[int, WorkerLink] = {}
         self._flush_call = None
         self._idle_waiters: list[Deferred] = []
@@ -153,6 +156,7 @@ class Dispatcher:
         """Fail every pending request (used when the producer stops for good)."""
         requests, self._requests = self._requests, {}
         self._queue.clear()
+        self._suspects.clear()
         for link in self._links.values():
             link.outstanding.clear()
         for request in requests.values():
@@ -176,42 +180,44 @@ class Dispatcher:
     def _cancel(self, deferred: Deferred) -> None:
         request = self._requests.pop(deferred.rid, None)  # type: ignore[attr-defined]
         if request is not None:
-            try:
-                self._queue.remove(request)
-            except ValueError:
-                pass  # already on a worker: its reply will be dropped
+            for waiting in (self._queue, self._suspects):
+                try:
+                    waiting.remove(request)
+                    break
+                except ValueError:
+                    pass  # not waiting there (on a worker, its reply will be dropped)
             self._checkIdle()
 
     # -- workers ---------------------------------------------------------------------------
 
     def workerReady(self, link: WorkerLink) -> None:
         self._links[link.token] = link
-        if self._queue and self._flush_call is None:
+        if (self._queue or self._suspects) and self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
 
     def workerLost(self, token: int) -> None:
-        """A worker ended: requeue its requests, or fail them if retrying is off.
+        """A worker ended: retry each request it held once, alone, or fail them.
 
-        Only the request the worker was running (the first it held) counts as having
-        crashed a worker; it fails with L{WorkerCrashed} the second time. The ones queued
-        behind it had not started and go back to the queue.
+        Which of its requests killed the worker is unknown (a reply it sent just before
+        dying can be lost with it), so each is retried on an otherwise idle worker; a request
+        whose worker dies while running it alone fails with L{WorkerCrashed}.
         """
         link = self._links.pop(token, None)
         if link is None:
             return
-        running = next(iter(link.outstanding), None)
+        alone = token in self._isolating
+        self._isolating.discard(token)
         held = self._held(link)
         if not held:
             return
-        retry, failed = [], []
-        for request in held:
-            if not self.retry_on_crash:
-                failed.append(request)
-            elif request.rid == running:
-                request.crashes += 1
-                (failed if request.crashes > 1 else retry).append(request)
-            else:
-                retry.append(request)
+        if alone:
+            why = "it was retried alone on another worker, which died too"
+            retry, failed = [], held
+        elif self.retry_on_crash:
+            why, retry, failed = "", held, []
+        else:
+            why = "retrying is off (--no-retry-on-crash)"
+            retry, failed = [], held
         log.warn(
             "worker pid {pid} died holding {n} requests: {retried} retried, {failed} failed",
             pid=link.pid,
@@ -219,12 +225,11 @@ class Dispatcher:
             retried=len(retry),
             failed=len(failed),
         )
-        self._requeue(retry)
-        why = (
-            "retrying is off (--no-retry-on-crash)"
-            if not self.retry_on_crash
-            else "it had already crashed another worker"
-        )
+        for request in retry:
+            request.queuedAt = self._sweeps
+        self._suspects.extend(retry)
+        if retry and self._flush_call is None and self._links:
+            self._flush_call = self._reactor.callLater(0, self._flush)
         for request in failed:
             del self._requests[request.rid]
             request.deferred.errback(
@@ -248,7 +253,7 @@ class Dispatcher:
                 request.deferred.callback(payload)
             else:
                 self._remoteError(request, payload)
-        if self._queue:
+        if self._queue or self._suspects:
             self._flush()
         elif not requests:
             self._checkIdle()
@@ -265,8 +270,9 @@ class Dispatcher:
                 request.deferred.callback(payload)
             else:
                 self._remoteError(request, payload)
-        if answered and self._queue:
+        if answered:
             self._queue = deque(r for r in self._queue if r.rid not in answered)
+            self._suspects = deque(r for r in self._suspects if r.rid not in answered)
         self._checkIdle()
 
     def _remoteError(self, request: _Request, payload: bytes) -> None:
@@ -323,12 +329,13 @@ class Dispatcher:
                 link.watched, link.watchedSince = running, now
             elif now - link.watchedSince >= self.timeout:
                 self._abandon(link, running)
-        if self._queue:
+        if self._queue or self._suspects:
             self._expireQueued()
 
     def _abandon(self, link: WorkerLink, running: int) -> None:
         """Give up on a stuck worker: fail its current request, requeue the rest, kill it."""
         del self._links[link.token]
+        self._isolating.discard(link.token)
         stuck = self._requests.pop(running, None)
         others = self._held(link)
         log.warn(
@@ -348,10 +355,11 @@ class Dispatcher:
 
     def _expireQueued(self) -> None:
         limit = self._sweeps - self._sweepsPerTimeout
-        expired = [request for request in self._queue if request.queuedAt <= limit]
+        expired = [r for r in (*self._queue, *self._suspects) if r.queuedAt <= limit]
         if not expired:
             return
-        self._queue = deque(request for request in self._queue if request.queuedAt > limit)
+        self._queue = deque(r for r in self._queue if r.queuedAt > limit)
+        self._suspects = deque(r for r in self._suspects if r.queuedAt > limit)
         log.warn(
             "{n} requests waited over {timeout}s for a free worker (--timeout); failing them",
             n=len(expired),
@@ -372,10 +380,14 @@ class Dispatcher:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
+        if self._suspects or self._isolating:
+            self._sendSuspects()
         queue = self._queue
         window = self.window
         while queue:
             links = [link for link in self._links.values() if len(link.outstanding) < window]
+            if self._isolating:
+                links = [link for link in links if link.token not in self._isolating]
             if not links:
                 return
             links.sort(key=lambda link: len(link.outstanding))
@@ -396,6 +408,26 @@ class Dispatcher:
                     link.kill()
                     continue
                 link.outstanding.update(dict.fromkeys(ids))
+
+    def _sendSuspects(self) -> None:
+        """Give each retried request, alone, to a worker that holds nothing else."""
+        for link in self._links.values():
+            if link.token in self._isolating and not link.outstanding:
+                self._isolating.discard(link.token)
+        idle = [link for link in self._links.values() if not link.outstanding]
+        while self._suspects and idle:
+            link = idle.pop()
+            request = self._suspects.popleft()
+            try:
+                link.send(wire.encode_work([request.rid], [request.payload]))
+            except Exception:
+                log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
+                self._suspects.appendleft(request)
+                del self._links[link.token]
+                link.kill()
+                continue
+            link.outstanding[request.rid] = None
+            self._isolating.add(link.token)
 
     def _checkIdle(self) -> None:
         if not self._requests and self._idle_waiters:

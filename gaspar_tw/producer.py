@@ -223,14 +223,16 @@ class Producer(service.Service):
     def stopService(self):
         """Drain (see L{drain}), then fail what is left and stop the workers."""
         super().stopService()
-        yield self.drain()
+        drained = yield self.drain()
         self.dispatcher.stopAccepting()
         self.dispatcher.stop()
         self.factory.stopIdleSweep()
         self.dispatcher.failAll(ServiceStopped("gaspar_tw producer stopped"))
         for connection in list(self.factory.connections):
-            connection.transport.abortConnection()
-        yield self.pool.stop()
+            if connection.reading:  # the others are closing already, after a reply or error
+                connection.transport.abortConnection()
+        # After a drain that timed out, workers may be stuck in a handler: don't wait long.
+        yield self.pool.stop(grace=5.0 if drained else 0.5)
         if self.hub is not None:
             self.hub.close()
             self.hub = None
