@@ -10,7 +10,6 @@ timer per request).
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from itertools import count
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gaspar_tw import wire
@@ -29,6 +27,7 @@ from gaspar_tw.errors import (
     ServiceStopped,
     WorkerCrashed,
 )
+from gaspar_tw.sweep import Sweep
 
 log = Logger()
 
@@ -98,6 +97,7 @@ class Dispatcher:
         self.max_pending = max_pending
         self.retry_on_crash = retry_on_crash
         self.timeout = timeout or None
+        self._sweep = Sweep(self.timeout, self._checkTimeouts, reactor)
         self.refused = 0
         self._ids = count(1)
         self._requests: dict[int, _Request] = {}
@@ -108,8 +108,6 @@ class Dispatcher:
         self._links: dict[int, WorkerLink] = {}
         self._flush_call = None
         self._idle_waiters: list[Deferred] = []
-        self._sweeps = 0
-        self._sweeper: LoopingCall | None = None
         self._nextRefusalLog = 0.0
         self.accepting = True
 
@@ -128,7 +126,7 @@ class Dispatcher:
         if self.max_pending is not None and len(self._requests) >= self.max_pending:
             return self._refuse()
         rid = next(self._ids)
-        request = _Request(rid, bytes(payload), Deferred(self._cancel), self._sweeps)
+        request = _Request(rid, bytes(payload), Deferred(self._cancel), self._sweep.count)
         request.deferred.rid = rid  # type: ignore[attr-defined]
         self._requests[rid] = request
         self._queue.append(request)
@@ -226,7 +224,7 @@ class Dispatcher:
             failed=len(failed),
         )
         for request in retry:
-            request.queuedAt = self._sweeps
+            request.queuedAt = self._sweep.count
         self._suspects.extend(retry)
         if retry and self._flush_call is None and self._links:
             self._flush_call = self._reactor.callLater(0, self._flush)
@@ -290,7 +288,7 @@ class Dispatcher:
         if not requests:
             return
         for request in requests:
-            request.queuedAt = self._sweeps
+            request.queuedAt = self._sweep.count
         self._queue.extendleft(reversed(requests))
         if self._flush_call is None and self._links:
             self._flush_call = self._reactor.callLater(0, self._flush)
@@ -298,30 +296,19 @@ class Dispatcher:
     # -- timeouts --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the timeout sweep (every C{timeout/4} s, at most 1 s) if there is a timeout."""
-        if self.timeout is None or self._sweeper is not None:
-            return
-        interval = min(self.timeout / 4, 1.0)
-        # A request queued between sweeps k and k+1 has waited a full timeout by sweep k+n.
-        self._sweepsPerTimeout = math.ceil(self.timeout / interval) + 1
-        self._sweeper = LoopingCall(self._sweep)
-        self._sweeper.clock = self._reactor
-        self._sweeper.start(interval, now=False)
+        """Start enforcing C{timeout} (a sweep every C{timeout/4} s, at most 1 s)."""
+        self._sweep.start()
 
     def stop(self) -> None:
-        """Stop the timeout sweep."""
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None and sweeper.running:
-            sweeper.stop()
+        self._sweep.stop()
 
-    def _sweep(self) -> None:
+    def _checkTimeouts(self) -> None:
         """Abandon workers stuck on one request for C{timeout}; expire requests queued as long.
 
         A worker's first outstanding request is the one it is running. If the same request
         has been first at every sweep for C{timeout} seconds, the worker has run it for at
         least that long (and at most one sweep interval more).
         """
-        self._sweeps += 1
         now = self._reactor.seconds()
         for link in list(self._links.values()):
             running = next(iter(link.outstanding), None)
@@ -354,12 +341,11 @@ class Dispatcher:
         self._checkIdle()
 
     def _expireQueued(self) -> None:
-        limit = self._sweeps - self._sweepsPerTimeout
-        expired = [r for r in (*self._queue, *self._suspects) if r.queuedAt <= limit]
+        expired = {r for r in (*self._queue, *self._suspects) if self._sweep.expired(r.queuedAt)}
         if not expired:
             return
-        self._queue = deque(r for r in self._queue if r.queuedAt > limit)
-        self._suspects = deque(r for r in self._suspects if r.queuedAt > limit)
+        self._queue = deque(r for r in self._queue if r not in expired)
+        self._suspects = deque(r for r in self._suspects if r not in expired)
         log.warn(
             "{n} requests waited over {timeout}s for a free worker (--timeout); failing them",
             n=len(expired),

@@ -9,18 +9,17 @@ stops arriving for C{idleTimeout} seconds (one periodic sweep, no timer per conn
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from gaspar_tw.errors import GasparError, Overloaded, RemoteError
+from gaspar_tw.sweep import Sweep
 
 log = Logger()
 
@@ -48,7 +47,7 @@ class GasparProtocol(Int32StringReceiver):
         self.MAX_LENGTH = self.factory.maxLength
         self._chunks: list[bytes] = []
         self._received = 0
-        self.heardAt = self.factory.sweeps
+        self.heardAt = self.factory.idleSweep.count
         self.factory.connections.add(self)
 
     @property
@@ -59,7 +58,7 @@ class GasparProtocol(Int32StringReceiver):
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             return
-        self.heardAt = self.factory.sweeps
+        self.heardAt = self.factory.idleSweep.count
         self._chunks.append(data)
         self._received += len(data)
         if self._length is None:
@@ -150,32 +149,19 @@ class GasparFactory(Factory):
         self.submit = submit
         self.maxLength = maxLength
         self.idleTimeout = idleTimeout or None
-        self.clock = clock
         self.connections: set[GasparProtocol] = set()
-        self.sweeps = 0
-        self._sweeper: LoopingCall | None = None
+        self.idleSweep = Sweep(self.idleTimeout, self._dropIdle, clock)
 
     def startIdleSweep(self) -> None:
         """Every C{idleTimeout/4} seconds (at most 1 s), drop clients stalled mid-request."""
-        if self.idleTimeout is None or self._sweeper is not None:
-            return
-        interval = min(self.idleTimeout / 4, 1.0)
-        # Bytes heard between sweeps k and k+1 are a full idleTimeout old by sweep k+n.
-        self._sweepsPerTimeout = math.ceil(self.idleTimeout / interval) + 1
-        self._sweeper = LoopingCall(self._dropIdle)
-        if self.clock is not None:
-            self._sweeper.clock = self.clock
-        self._sweeper.start(interval, now=False)
+        self.idleSweep.start()
 
     def stopIdleSweep(self) -> None:
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None and sweeper.running:
-            sweeper.stop()
+        self.idleSweep.stop()
 
     def _dropIdle(self) -> None:
-        self.sweeps += 1
-        limit = self.sweeps - self._sweepsPerTimeout
-        idle = [p for p in self.connections if p.reading and p.heardAt <= limit]
+        expired = self.idleSweep.expired
+        idle = [p for p in self.connections if p.reading and expired(p.heardAt)]
         if not idle:
             return
         log.warn(
