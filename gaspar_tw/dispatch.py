@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
+from time import monotonic
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +28,7 @@ from gaspar_tw.errors import (
     ServiceStopped,
     WorkerCrashed,
 )
+from gaspar_tw.stats import Stats, latency_bucket
 from gaspar_tw.sweep import Sweep
 
 log = Logger()
@@ -65,12 +67,15 @@ class WorkerLink:
 
 
 class _Request:
-    __slots__ = ("rid", "payload", "deferred", "queuedAt")
+    __slots__ = ("rid", "payload", "deferred", "queued", "queuedAt")
 
-    def __init__(self, rid: int, payload: bytes, deferred: Deferred, queuedAt: int) -> None:
+    def __init__(
+        self, rid: int, payload: bytes, deferred: Deferred, queued: float, queuedAt: int
+    ) -> None:
         self.rid = rid
         self.payload = payload
         self.deferred = deferred
+        self.queued = queued  # monotonic() at submit, for the latency histogram
         self.queuedAt = queuedAt  # the sweep count when it (last) joined a queue
 
 
@@ -80,7 +85,7 @@ class Dispatcher:
     C{timeout} (seconds, C{None} for none) bounds how long a worker may stay on one request
     (then the request fails with L{RequestTimeout}, the worker is killed through
     L{WorkerLink.kill} and its other requests go back to the queue) and how long a request
-    may wait in the queue for a worker. C{refused} counts requests refused by C{max_pending}.
+    may wait in the queue for a worker. Outcomes are counted in C{stats}.
     """
 
     def __init__(
@@ -91,14 +96,15 @@ class Dispatcher:
         max_pending: int | None = None,
         retry_on_crash: bool = True,
         timeout: float | None = DEFAULT_TIMEOUT,
+        stats: Stats | None = None,
     ) -> None:
         self._reactor = reactor
+        self.stats = Stats() if stats is None else stats
         self.window = window
         self.max_pending = max_pending
         self.retry_on_crash = retry_on_crash
         self.timeout = timeout or None
         self._sweep = Sweep(self.timeout, self._checkTimeouts, reactor)
-        self.refused = 0
         self._ids = count(1)
         self._requests: dict[int, _Request] = {}
         self._queue: deque[_Request] = deque()
@@ -109,6 +115,9 @@ class Dispatcher:
         self._flush_call = None
         self._idle_waiters: list[Deferred] = []
         self._nextRefusalLog = 0.0
+        # monotonic() read once per reactor turn: the submit time of every request queued
+        # until the next flush (kept only while a flush is scheduled).
+        self._turn_time: float | None = None
         self.accepting = True
 
     # -- callers ---------------------------------------------------------------------------
@@ -122,22 +131,30 @@ class Dispatcher:
         Cancelling it drops a queued request.
         """
         if not self.accepting:
+            self.stats.requestRefused()
             return fail(ServiceStopped("gaspar_tw producer is not running"))
         if self.max_pending is not None and len(self._requests) >= self.max_pending:
             return self._refuse()
         rid = next(self._ids)
-        request = _Request(rid, bytes(payload), Deferred(self._cancel), self._sweep.count)
+        queued = self._turn_time or monotonic()
+        request = _Request(rid, bytes(payload), Deferred(self._cancel), queued, self._sweep.count)
         request.deferred.rid = rid  # type: ignore[attr-defined]
         self._requests[rid] = request
         self._queue.append(request)
         if self._flush_call is None and self._links:
             self._flush_call = self._reactor.callLater(0, self._flush)
+        self._turn_time = queued if self._flush_call is not None else None
         return request.deferred
 
     @property
     def pending(self) -> int:
         """Requests accepted and not yet answered."""
         return len(self._requests)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker with room."""
+        return len(self._queue) + len(self._suspects)
 
     def whenIdle(self) -> Deferred:
         """A Deferred that fires once no request is pending."""
@@ -157,12 +174,13 @@ class Dispatcher:
         self._suspects.clear()
         for link in self._links.values():
             link.outstanding.clear()
+        self.stats.error += len(requests)
         for request in requests.values():
             request.deferred.errback(reason)
         self._checkIdle()
 
     def _refuse(self) -> Deferred:
-        self.refused += 1
+        self.stats.requestRefused()
         now = self._reactor.seconds()
         if now >= self._nextRefusalLog:
             self._nextRefusalLog = now + REFUSAL_LOG_INTERVAL
@@ -171,7 +189,7 @@ class Dispatcher:
                 " {refused} refused so far",
                 pending=len(self._requests),
                 limit=self.max_pending,
-                refused=self.refused,
+                refused=self.stats.refused,
             )
         return fail(Overloaded(f"{len(self._requests)} requests already pending"))
 
@@ -228,6 +246,7 @@ class Dispatcher:
         self._suspects.extend(retry)
         if retry and self._flush_call is None and self._links:
             self._flush_call = self._reactor.callLater(0, self._flush)
+        self.stats.error += len(failed)
         for request in failed:
             del self._requests[request.rid]
             request.deferred.errback(
@@ -242,14 +261,29 @@ class Dispatcher:
             return
         outstanding = link.outstanding
         requests = self._requests
+        stats = self.stats
+        stats.served(token, len(ids))
+        # Latency: one clock read per batch; requests queued in the same reactor turn share
+        # their submit time, so their histogram bucket is found once.
+        now = monotonic()
+        latency_counts = stats.latency_counts
+        last_queued = None
         for rid, status, payload in zip(ids, statuses, payloads, strict=False):
             outstanding.pop(rid, None)
             request = requests.pop(rid, None)
             if request is None:
                 continue  # cancelled, or answered by a retry already
+            if request.queued is not last_queued:
+                last_queued = request.queued
+                seconds = now - last_queued
+                bucket = latency_bucket(seconds)
+            latency_counts[bucket] += 1
+            stats.latency_sum += seconds
             if status == wire.OK:
+                stats.ok += 1
                 request.deferred.callback(payload)
             else:
+                stats.error += 1
                 self._remoteError(request, payload)
         if self._queue or self._suspects:
             self._flush()
@@ -265,8 +299,10 @@ class Dispatcher:
                 continue
             answered.add(rid)
             if status == wire.OK:
+                self.stats.ok += 1
                 request.deferred.callback(payload)
             else:
+                self.stats.error += 1
                 self._remoteError(request, payload)
         if answered:
             self._queue = deque(r for r in self._queue if r.rid not in answered)
@@ -335,6 +371,7 @@ class Dispatcher:
         link.kill()
         self._requeue(others)
         if stuck is not None:
+            self.stats.requestTimedOut()
             stuck.deferred.errback(
                 RequestTimeout(f"the handler ran for over {self.timeout}s (--timeout)")
             )
@@ -353,6 +390,7 @@ class Dispatcher:
         )
         for request in expired:
             del self._requests[request.rid]
+            self.stats.requestTimedOut()
             request.deferred.errback(
                 RequestTimeout(f"no worker was free for {self.timeout}s (--timeout)")
             )
@@ -366,6 +404,7 @@ class Dispatcher:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
+        self._turn_time = None
         if self._suspects or self._isolating:
             self._sendSuspects()
         queue = self._queue

@@ -40,6 +40,15 @@ def _seconds(name: str, allow_zero: bool = False):
     return convert
 
 
+def _choice(name: str, choices: tuple[str, ...]):
+    def convert(value: str) -> str:
+        if value not in choices:
+            raise usage.UsageError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return convert
+
+
 class Options(usage.Options):
     """Options for ``twistd gaspar``."""
 
@@ -112,6 +121,20 @@ class Options(usage.Options):
             DEFAULT_DRAIN_TIMEOUT,
             "Seconds SIGTERM waits for accepted requests to be answered before stopping.",
             _seconds("drain-timeout", allow_zero=True),
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus /metrics and JSON /status on this endpoint, e.g. "
+            "tcp:9100:interface=127.0.0.1 [default: off].",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "Log as 'text' (one line an event) or 'json' (one JSON object a line).",
+            _choice("log-format", ("text", "json")),
         ],
     ]
 

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from gaspar_tw.channels import ChannelHub, WorkChannel
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
+from gaspar_tw.stats import Stats
 from gaspar_tw.worker import EXIT_HANDLER_ERROR
 
 log = Logger()
@@ -85,8 +86,10 @@ class WorkerPool:
         size: int,
         dispatcher: Dispatcher,
         pythonpath: Sequence[str] = (),
+        stats: Stats | None = None,
     ) -> None:
         self.reactor = reactor
+        self.stats = dispatcher.stats if stats is None else stats
         self.handler_spec = handler_spec
         self.size = size
         self.dispatcher = dispatcher
@@ -131,6 +134,8 @@ class WorkerPool:
             self.handler_spec,
             "--token",
             str(token),
+            "--slot",
+            str(slot),
             "--work",
             self.hub.work_address(token),
             "--reply",
@@ -152,6 +157,7 @@ class WorkerPool:
         process.ready = True
         process.channel = self.hub.connect_worker(token)
         log.info("worker {slot} ready (pid {pid})", slot=process.slot, pid=pid)
+        self.stats.workerReady(token, process.slot, pid)
         self.dispatcher.workerReady(
             WorkerLink(token, pid, process.channel.send, partial(self.kill, token))
         )
@@ -169,12 +175,14 @@ class WorkerPool:
 
     def _ended(self, process: WorkerProcess, reason: Failure) -> None:
         self.processes.pop(process.token, None)
+        self.stats.workerEnded(process.token)
         self.dispatcher.workerLost(process.token)
         if self.hub is not None:
             self.hub.forget_worker(process.channel, process.token)
         if self.stopping:
             return
         self.restarts += 1
+        self.stats.workerRestarted()
         if process.killed:
             log.info(
                 "worker {slot} (pid {pid}) killed; starting a new one",

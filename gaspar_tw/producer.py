@@ -20,8 +20,10 @@ from gaspar_tw.dispatch import DEFAULT_TIMEOUT, Dispatcher, default_max_pending
 from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.handler import Handler
 from gaspar_tw.pool import WorkerPool
+from gaspar_tw.proctitle import producer_title, set_title
 from gaspar_tw.protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH, GasparFactory
 from gaspar_tw.shutdown import DEFAULT_DRAIN_TIMEOUT
+from gaspar_tw.stats import Stats
 
 log = Logger()
 
@@ -70,6 +72,7 @@ class Producer(service.Service):
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         pythonpath: Sequence[str] = (),
+        proctitle: bool = False,
         reactor=None,
     ) -> None:
         if reactor is None:
@@ -81,19 +84,26 @@ class Producer(service.Service):
             raise ValueError(f"workers must be at least 1, not {self.workers}")
         self.endpoint = endpoint
         self.drain_timeout = drain_timeout
+        #: Set the process title (C{gaspar-tw producer :10123}); for a process of our own.
+        self.proctitle = proctitle
         if max_pending is None:
             max_pending = default_max_pending(self.workers)
+        #: Counters of everything this producer does (read by gaspar_tw.metrics).
+        self.stats = Stats()
         self.dispatcher = Dispatcher(
             reactor,
             window=window,
             max_pending=max_pending,
             retry_on_crash=retry_on_crash,
             timeout=timeout,
+            stats=self.stats,
         )
         self.pool = WorkerPool(
-            reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath
+            reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath, self.stats
         )
-        self.factory = GasparFactory(self.dispatcher.submit, max_length, idle_timeout, reactor)
+        self.factory = GasparFactory(
+            self.dispatcher.submit, max_length, self.stats, idle_timeout, reactor
+        )
         self.port: IListeningPort | None = None
         self.hub = None
         self._listening: Deferred | None = None
@@ -146,6 +156,8 @@ class Producer(service.Service):
         )
         if self._listening is None:
             self._listen()
+        if self.proctitle and self.endpoint is None:
+            set_title(producer_title())
 
     def _listen(self) -> None:
         if self.endpoint is None or self._listening is not None:
@@ -164,6 +176,8 @@ class Producer(service.Service):
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         log.info("gaspar_tw producer listening on {address}", address=_describe(port.getHost()))
+        if self.proctitle:
+            set_title(producer_title(port.getHost()))
         return port
 
     def _onWorkerMessage(self, frames: list) -> None:
@@ -247,6 +261,7 @@ class Producer(service.Service):
         globalLogBeginner.beginLoggingTo(
             [textFileLogObserver(sys.stderr)], redirectStandardIO=False
         )
+        self.proctitle = True
         self.reactor.callWhenRunning(self._startOrStop)
         self.reactor.addSystemEventTrigger("before", "shutdown", self._stopIfRunning)
         self.reactor.run()

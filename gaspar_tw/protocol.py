@@ -19,6 +19,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from gaspar_tw.errors import GasparError, Overloaded, RemoteError
+from gaspar_tw.stats import Stats
 from gaspar_tw.sweep import Sweep
 
 log = Logger()
@@ -83,6 +84,7 @@ class GasparProtocol(Int32StringReceiver):
         self._pending.addCallbacks(self._reply, self._failed)
 
     def lengthLimitExceeded(self, length: int) -> None:
+        self.factory.stats.badInput()
         log.warn(
             "closing {peer}: request of {length} bytes is over the {limit}-byte limit",
             peer=_peer(self.transport),
@@ -143,11 +145,13 @@ class GasparFactory(Factory):
         self,
         submit: Submit,
         maxLength: int = DEFAULT_MAX_LENGTH,
+        stats: Stats | None = None,
         idleTimeout: float | None = DEFAULT_IDLE_TIMEOUT,
         clock=None,
     ) -> None:
         self.submit = submit
         self.maxLength = maxLength
+        self.stats = Stats() if stats is None else stats
         self.idleTimeout = idleTimeout or None
         self.connections: set[GasparProtocol] = set()
         self.idleSweep = Sweep(self.idleTimeout, self._dropIdle, clock)
@@ -172,6 +176,7 @@ class GasparFactory(Factory):
             peer=_peer(idle[0].transport),
         )
         for protocol in idle:
+            self.stats.badInput()
             protocol.transport.abortConnection()
 
 

@@ -12,9 +12,22 @@ from gaspar_tw.options import Options
 __all__ = ["Options", "makeService"]
 
 
+class GasparService(MultiService):
+    """The producer and its metrics port; hands twistd its log observer, if it has one."""
+
+    logObserver = None
+
+    def setServiceParent(self, parent) -> None:
+        if self.logObserver is not None:
+            from gaspar_tw.logs import useForApplication
+
+            useForApplication(parent, self.logObserver)  # twistd's Application
+        super().setServiceParent(parent)
+
+
 def makeService(options: Options) -> IService:
-    """Build the producer, draining on SIGTERM; a handler that cannot be loaded is a one-line
-    error and exit 1."""
+    """Build the producer (draining on SIGTERM, with its metrics port); a bad handler is a
+    one-line error and exit 1."""
     from gaspar_tw.consumer import Consumer
     from gaspar_tw.errors import HandlerError
     from gaspar_tw.producer import Producer
@@ -39,8 +52,17 @@ def makeService(options: Options) -> IService:
         idle_timeout=options["idle-timeout"],
         drain_timeout=options["drain-timeout"],
         pythonpath=pythonpath,
+        proctitle=True,
     )
-    top = MultiService()
+    top = GasparService()
+    if options["log-format"] == "json":
+        from gaspar_tw.logs import jsonLinesObserver, twistdLogFile
+
+        top.logObserver = jsonLinesObserver(twistdLogFile(getattr(options, "parent", None) or {}))
     producer.setServiceParent(top)
     DrainOnTerm(producer).setServiceParent(top)
+    if options["metrics"]:
+        from gaspar_tw.metrics import MetricsService
+
+        MetricsService(producer, options["metrics"]).setServiceParent(top)
     return top

@@ -20,6 +20,7 @@ import zmq
 from gaspar_tw import wire
 from gaspar_tw.errors import HandlerError
 from gaspar_tw.handler import Handler, load_handler
+from gaspar_tw.proctitle import set_title, worker_title
 
 #: Exit status meaning "the handler cannot be loaded": the producer stops respawning.
 EXIT_HANDLER_ERROR = 4
@@ -121,12 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gaspar_tw.worker")
     parser.add_argument("--handler", required=True)
     parser.add_argument("--token", type=int, required=True)
+    parser.add_argument("--slot", type=int, default=0, help="the pool slot, for the title")
     parser.add_argument("--work", required=True, help="ZeroMQ address to bind the PULL socket")
     parser.add_argument("--reply", required=True, help="ZeroMQ address of the producer's PULL")
     parser.add_argument("--pythonpath", action="append", default=[])
     args = parser.parse_args(argv)
 
     _die_with_parent()
+    set_title(worker_title(args.slot, args.handler))
     # Ctrl-C in a terminal reaches the whole process group; the producer decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for directory in reversed(args.pythonpath):

@@ -58,3 +58,10 @@ def faulty(message: bytes) -> bytes:
     if command == b"sleep":
         time.sleep(float(argument))
     return tagged(message)
+
+
+def echo_or_fail(message: bytes) -> bytes:
+    """Echo the request, except b"boom", which raises."""
+    if message == b"boom":
+        raise ValueError("boom requested")
+    return message

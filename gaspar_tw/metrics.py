@@ -1,0 +1,206 @@
+"""The operator's HTTP port: Prometheus text at C{/metrics}, a JSON summary at C{/status}.
+
+The Prometheus page is prometheus-client's own Twisted resource over a private
+C{CollectorRegistry}; its L{StatsCollector} reads the producer's L{Stats} only when scraped,
+so serving requests never calls into prometheus-client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+from twisted.application import service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from gaspar_tw.dispatch import Dispatcher
+from gaspar_tw.proctitle import address_text
+from gaspar_tw.stats import LATENCY_BUCKETS, OUTCOMES, Stats
+
+log = Logger()
+
+PREFIX = "gaspar_tw_"
+
+
+class StatsCollector(Collector):
+    """Turn a L{Stats} (and the dispatcher's queue lengths) into metric families."""
+
+    def __init__(self, stats: Stats, dispatcher: Dispatcher) -> None:
+        self.stats = stats
+        self.dispatcher = dispatcher
+
+    def collect(self):
+        stats = self.stats
+        requests = CounterMetricFamily(
+            PREFIX + "requests", "Requests finished, by outcome.", labels=["outcome"]
+        )
+        for outcome in OUTCOMES:
+            requests.add_metric([outcome], getattr(stats, outcome))
+        yield requests
+        yield GaugeMetricFamily(
+            PREFIX + "requests_in_flight",
+            "Requests accepted and not yet answered.",
+            value=self.dispatcher.pending,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "queue_depth",
+            "Requests waiting for a worker with room.",
+            value=self.dispatcher.queued,
+        )
+        counts = list(stats.latency_counts)
+        cumulative, buckets = 0, []
+        for bound, count in zip(LATENCY_BUCKETS, counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily(
+            PREFIX + "request_latency_seconds",
+            "Time from submit to reply, for answered requests.",
+            buckets=buckets,
+            sum_value=stats.latency_sum,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "worker_restarts",
+            "Worker processes started again after one ended unexpectedly.",
+            value=stats.worker_restarts,
+        )
+        workers = list(stats.workers.values())
+        yield GaugeMetricFamily(
+            PREFIX + "workers_alive", "Worker processes ready for work.", value=len(workers)
+        )
+        served = CounterMetricFamily(
+            PREFIX + "worker_requests",
+            "Requests answered by the current worker process in each slot.",
+            labels=["slot"],
+        )
+        for worker in sorted(workers, key=lambda w: w.slot):
+            served.add_metric([str(worker.slot)], worker.served)
+        yield served
+        yield GaugeMetricFamily(
+            PREFIX + "start_time_seconds",
+            "When the producer started, in seconds since the epoch.",
+            value=stats.started,
+        )
+
+
+def status(producer) -> dict:
+    """What C{/status} shows: the producer, its workers and its counters (reactor thread)."""
+    stats = producer.stats
+    now = time.time()
+    workers = []
+    for process in sorted(producer.pool.processes.values(), key=lambda p: p.slot):
+        worker = stats.workers.get(process.token)
+        workers.append(
+            {
+                "slot": process.slot,
+                "pid": process.pid,
+                "ready": worker is not None,
+                "served": worker.served if worker is not None else 0,
+                "uptime": round(now - worker.ready_at, 3) if worker is not None else 0.0,
+            }
+        )
+    port = producer.port
+    return {
+        "pid": os.getpid(),
+        "handler": producer.consumer.spec,
+        "address": address_text(port.getHost()) if port is not None else None,
+        "started": stats.started,
+        "uptime": round(now - stats.started, 3),
+        "pending": producer.dispatcher.pending,
+        "queued": producer.dispatcher.queued,
+        "workers_configured": producer.workers,
+        "workers_alive": len(stats.workers),
+        "worker_restarts": stats.worker_restarts,
+        "requests": stats.outcomes(),
+        "workers": workers,
+    }
+
+
+class StatusResource(Resource):
+    """C{GET /status}: L{status} as JSON."""
+
+    isLeaf = True
+
+    def __init__(self, producer) -> None:
+        super().__init__()
+        self.producer = producer
+
+    def render_GET(self, request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(status(self.producer), indent=1).encode() + b"\n"
+
+
+class MetricsSite(Site):
+    """A Site that does not log every scrape."""
+
+    noisy = False
+
+    def log(self, request) -> None:
+        pass
+
+
+def metricsSite(producer) -> Site:
+    """C{/metrics} (Prometheus text) and C{/status} (JSON) for C{producer}."""
+    from prometheus_client.twisted import MetricsResource  # imports the global reactor
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(producer.stats, producer.dispatcher))
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry))
+    root.putChild(b"status", StatusResource(producer))
+    return MetricsSite(root)
+
+
+class MetricsService(service.Service):
+    """Serve L{metricsSite} on a server endpoint string (e.g. ``tcp:9100``) while running."""
+
+    def __init__(self, producer, endpoint: str) -> None:
+        self.producer = producer
+        self.endpoint = endpoint
+        self.port: IListeningPort | None = None
+        self._listening = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._listening:
+            return
+        self._listening = True
+        endpoint = serverFromString(self.producer.reactor, self.endpoint)
+        failures: list = []
+        d = endpoint.listen(metricsSite(self.producer))
+        d.addCallbacks(self._listened, failures.append)
+        if failures:  # port in use, bad address: fail at start, loudly
+            failures[0].raiseException()
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        log.info(
+            "gaspar_tw metrics on http://{address}/metrics (status: /status)",
+            address=address_text(port.getHost()),
+        )
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        self._listening = False
+        if port is not None:
+            return port.stopListening()
+        return None

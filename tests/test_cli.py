@@ -1,0 +1,83 @@
+"""The ``gaspar-tw`` console script against live daemons: ``status`` and ``bench``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import child_env
+from test_metrics import metrics_address
+
+GASPAR_TW = Path(sys.executable).parent / "gaspar-tw"
+
+
+def gaspar_tw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    assert GASPAR_TW.exists(), "the gaspar-tw console script is installed with the package"
+    return subprocess.run(
+        [str(GASPAR_TW), *args], capture_output=True, text=True, timeout=timeout, env=child_env()
+    )
+
+
+def test_bench_drives_a_bounded_load_and_reports_every_request_ok(daemon):
+    endpoint = f"tcp:{daemon.host}:{daemon.port}"
+    args = ("--concurrency", "16", "--requests", "200", "--size", "100", "--progress")
+    result = gaspar_tw("bench", endpoint, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ok"] == summary["sent"] == 200 and summary["errors"] == 0
+    assert summary["throughput"] > 0 and summary["elapsed"] > 0
+    latency = summary["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert "200/200" in result.stderr  # the progress bar finished
+
+    text = gaspar_tw("bench", f"{daemon.host}:{daemon.port}", "-n", "50", "-c", "8")
+    assert text.returncode == 0 and "50 ok, 0 empty replies, 0 errors" in text.stdout
+    assert "requests/s" in text.stdout and "p99" in text.stdout
+
+
+def test_bench_counts_failed_requests_and_exits_non_zero(daemon_factory):
+    daemon = daemon_factory("--handler", "handlers:fail", workers=1)
+    result = gaspar_tw("bench", f"tcp:{daemon.host}:{daemon.port}", "-n", "20", "--json")
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert summary["ok"] == 0 and summary["empty"] == 20
+
+
+def test_bench_against_a_closed_port_reports_the_error_and_a_bad_endpoint_is_refused():
+    result = gaspar_tw("bench", "127.0.0.1:1", "-n", "5", "--timeout", "10")
+    assert result.returncode == 1
+    assert "0 ok, 0 empty replies, 5 errors" in result.stdout and "refused" in result.stdout
+    bad = gaspar_tw("bench", "tcp:127.0.0.1", "-n", "5")
+    assert bad.returncode == 2 and bad.stderr.startswith("gaspar-tw bench: bad endpoint")
+
+
+def test_status_prints_workers_pids_and_counters(daemon_factory):
+    daemon = daemon_factory(
+        "--handler", "gaspar_tw.examples:echo", "--metrics", "tcp:0:interface=127.0.0.1"
+    )
+    result = gaspar_tw("status", metrics_address(daemon))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"pid {daemon.process.pid} on {daemon.address}" in out and "2/2 alive" in out
+    rows = [line.split() for line in out.splitlines()[-2:]]
+    assert {int(row[0]): int(row[1]) for row in rows} == daemon.worker_pids
+
+    raw = json.loads(gaspar_tw("status", metrics_address(daemon), "--json").stdout)
+    assert sorted(w["pid"] for w in raw["workers"]) == sorted(daemon.worker_pids.values())
+
+
+def test_status_of_nothing_is_a_one_line_error():
+    result = gaspar_tw("status", "127.0.0.1:1", "--timeout", "5")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("gaspar-tw status: cannot read http://127.0.0.1:1/status")
+
+
+def test_percentiles_are_nearest_rank():
+    from gaspar_tw.loadgen import LoadResult
+
+    result = LoadResult(100, ok=100, elapsed=2.0, latencies=[i / 1000 for i in range(100, 0, -1)])
+    assert result.percentile(50) == 0.050 and result.percentile(99) == 0.099
+    assert result.percentile(100) == 0.100 and result.throughput == 50.0
+    assert LoadResult(1).percentile(50) == 0.0
