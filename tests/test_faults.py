@@ -191,15 +191,20 @@ def test_3_timeout_closes_kills_stuck_worker_and_retries_the_requests_behind_it(
 
 
 @pytest_twisted.ensureDeferred
-async def test_3_submit_fails_with_a_timeout_error():
-    producer = Producer("handlers:faulty", None, 1, timeout=0.5, pythonpath=[str(TESTS)])
+async def test_3_submit_fails_with_a_timeout_error_when_running_or_waiting_too_long():
+    producer = Producer("handlers:faulty", None, 1, timeout=0.5, window=1, pythonpath=[str(TESTS)])
     producer.startService()
     try:
         await producer.whenReady().addTimeout(15, reactor)
         pid = producer.workerPids()[0]
-        with pytest.raises(RequestTimeout) as info:
-            await producer.submit(b"sleep:30").addTimeout(10, reactor)
+        running = producer.submit(b"sleep:30")
+        waiting = producer.submit(b"waits")  # the only worker's window (1) is full
+        with pytest.raises(RequestTimeout, match="ran for over 0.5s") as info:
+            await running.addTimeout(10, reactor)
         assert isinstance(info.value, TimeoutError) and isinstance(info.value, GasparError)
+        with pytest.raises(RequestTimeout, match="no worker was free for 0.5s"):
+            await waiting.addTimeout(10, reactor)
+        assert producer.stats.timeout == 2
         reply = await producer.submit(b"after").addTimeout(10, reactor)
         assert reply.endswith(b":after") and int(reply.split(b":")[0]) != pid
     finally:
