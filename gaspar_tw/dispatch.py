@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from time import monotonic
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -113,7 +113,6 @@ class Dispatcher:
         self._isolating: set[int] = set()  # tokens of workers running one suspect alone
         self._links: dict[int, WorkerLink] = {}
         self._flush_call = None
-        self._idle_waiters: list[Deferred] = []
         self._nextRefusalLog = 0.0
         # monotonic() read once per reactor turn: the submit time of every request queued
         # until the next flush (kept only while a flush is scheduled).
@@ -156,14 +155,6 @@ class Dispatcher:
         """Requests waiting for a worker with room."""
         return len(self._queue) + len(self._suspects)
 
-    def whenIdle(self) -> Deferred:
-        """A Deferred that fires once no request is pending."""
-        if not self._requests:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._idle_waiters.append(d)
-        return d
-
     def stopAccepting(self) -> None:
         self.accepting = False
 
@@ -177,7 +168,6 @@ class Dispatcher:
         self.stats.error += len(requests)
         for request in requests.values():
             request.deferred.errback(reason)
-        self._checkIdle()
 
     def _refuse(self) -> Deferred:
         self.stats.requestRefused()
@@ -202,7 +192,6 @@ class Dispatcher:
                     break
                 except ValueError:
                     pass  # not waiting there (on a worker, its reply will be dropped)
-            self._checkIdle()
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -252,7 +241,6 @@ class Dispatcher:
             request.deferred.errback(
                 WorkerCrashed(f"worker pid {link.pid} died while handling the request; {why}")
             )
-        self._checkIdle()
 
     def repliesReceived(self, token: int, ids, statuses: bytes, payloads) -> None:
         link = self._links.get(token)
@@ -287,8 +275,6 @@ class Dispatcher:
                 self._remoteError(request, payload)
         if self._queue or self._suspects:
             self._flush()
-        elif not requests:
-            self._checkIdle()
 
     def _lateReplies(self, ids, statuses: bytes, payloads) -> None:
         """Replies from a worker given up on: they answer requests that may be requeued."""
@@ -307,7 +293,6 @@ class Dispatcher:
         if answered:
             self._queue = deque(r for r in self._queue if r.rid not in answered)
             self._suspects = deque(r for r in self._suspects if r.rid not in answered)
-        self._checkIdle()
 
     def _remoteError(self, request: _Request, payload: bytes) -> None:
         info = wire.decode_error(payload)
@@ -375,7 +360,6 @@ class Dispatcher:
             stuck.deferred.errback(
                 RequestTimeout(f"the handler ran for over {self.timeout}s (--timeout)")
             )
-        self._checkIdle()
 
     def _expireQueued(self) -> None:
         expired = {r for r in (*self._queue, *self._suspects) if self._sweep.expired(r.queuedAt)}
@@ -394,7 +378,6 @@ class Dispatcher:
             request.deferred.errback(
                 RequestTimeout(f"no worker was free for {self.timeout}s (--timeout)")
             )
-        self._checkIdle()
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -453,9 +436,3 @@ class Dispatcher:
                 continue
             link.outstanding[request.rid] = None
             self._isolating.add(link.token)
-
-    def _checkIdle(self) -> None:
-        if not self._requests and self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)

@@ -202,21 +202,24 @@ class Producer(service.Service):
     async def _drain(self) -> bool:
         await self._stopListening()
         deadline = self.reactor.seconds() + self.drain_timeout
-        connections = self.factory.connections
-        if self.dispatcher.pending or connections:
+
+        def busyConnections() -> int:  # a client that has sent nothing yet is not waited for
+            return sum(1 for connection in self.factory.connections if connection.started)
+
+        if self.dispatcher.pending or busyConnections():
             log.info(
                 "draining {n} pending requests and {c} open connections (up to {t}s)",
                 n=self.dispatcher.pending,
-                c=len(connections),
+                c=busyConnections(),
                 t=self.drain_timeout,
             )
-        while self.dispatcher.pending or connections:
+        while self.dispatcher.pending or busyConnections():
             if self.reactor.seconds() >= deadline:
                 log.warn(
                     "{n} requests and {c} connections still open after {t}s (--drain-timeout);"
                     " failing them",
                     n=self.dispatcher.pending,
-                    c=len(connections),
+                    c=busyConnections(),
                     t=self.drain_timeout,
                 )
                 return False

@@ -56,6 +56,11 @@ class GasparProtocol(Int32StringReceiver):
         """True until the whole request has arrived (or the connection was refused)."""
         return not self._done
 
+    @property
+    def started(self) -> bool:
+        """True once the client has sent anything: a drain waits for this connection."""
+        return self._done or self._received > 0 or self._length is not None
+
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             return
@@ -135,7 +140,7 @@ class GasparProtocol(Int32StringReceiver):
 class GasparFactory(Factory):
     """Builds L{GasparProtocol}s that hand each request to C{submit}; drops idle readers.
 
-    C{connections} holds every open connection (a drain waits for it to empty).
+    C{connections} holds every open connection.
     """
 
     protocol = GasparProtocol

@@ -338,14 +338,16 @@ def test_5_a_thousand_bad_clients_leave_the_daemon_serving_at_normal_speed(daemo
 def test_6_sigterm_stops_accepting_finishes_in_flight_and_exits_0(daemon_factory):
     daemon = daemon_factory(*FAULTY, workers=2)
     in_flight = [background(request, daemon.address, b"sleep:1.5", 30) for _ in range(3)]
+    silent = socket.create_connection((daemon.host, daemon.port))  # no request: not waited for
     time.sleep(0.3)
     daemon.process.send_signal(signal.SIGTERM)
-    daemon.wait_for(rb"draining 3 pending requests")
+    daemon.wait_for(rb"draining 3 pending requests and 3 open connections")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((daemon.host, daemon.port), timeout=5).close()
     for join in in_flight:
         assert join().endswith(b":sleep:1.5")
     assert daemon.process.wait(20) == 0
+    silent.close()
     assert b"gaspar_tw producer stopped" in daemon.log()
     assert_reaped(daemon.worker_pids.values())
 
