@@ -199,9 +199,13 @@ class Producer(service.Service):
             self._draining = ensureDeferred(self._drain())
         return _chain(self._draining)
 
+    def endDrain(self) -> None:
+        """Make a drain in progress give up at its next check (its outcome is C{False})."""
+        self._drainDeadline = 0.0
+
     async def _drain(self) -> bool:
+        self._drainDeadline = self.reactor.seconds() + self.drain_timeout
         await self._stopListening()
-        deadline = self.reactor.seconds() + self.drain_timeout
 
         def busyConnections() -> int:  # a client that has sent nothing yet is not waited for
             return sum(1 for connection in self.factory.connections if connection.started)
@@ -214,10 +218,10 @@ class Producer(service.Service):
                 t=self.drain_timeout,
             )
         while self.dispatcher.pending or busyConnections():
-            if self.reactor.seconds() >= deadline:
+            if self.reactor.seconds() >= self._drainDeadline:
                 log.warn(
-                    "{n} requests and {c} connections still open after {t}s (--drain-timeout);"
-                    " failing them",
+                    "drain ended with {n} requests and {c} connections still open"
+                    " (--drain-timeout {t}s, or a second SIGTERM); failing them",
                     n=self.dispatcher.pending,
                     c=busyConnections(),
                     t=self.drain_timeout,

@@ -5,9 +5,9 @@ reactor has stopped, twistd kills itself with that signal again (C{_exitSignal} 
 C{twisted.application.app}), so even an orderly stop exits "killed by SIGTERM". This service
 takes SIGTERM over once the reactor runs: it drains the producer while the reactor keeps
 running, then calls C{reactor.stop()} itself, so no exit signal is recorded and a completed
-drain exits 0. If the drain times out, or a second SIGTERM arrives, it hands the signal to
-the reactor's own handler: twistd then exits by the signal, as it always did, which tells a
-supervisor that requests were cut off.
+drain exits 0. If the drain times out, or a second SIGTERM ends it early, it hands the signal
+to the reactor's own handler: twistd then exits by the signal, as it always did, which tells
+a supervisor that requests were cut off.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class DrainOnTerm(service.Service):
 
     def _onTerm(self, signum: int, frame) -> None:
         if self._terminating:
-            log.warn("second SIGTERM: stopping without waiting for the drain")
-            self._reactorHandler(signum, frame)
+            log.warn("second SIGTERM: ending the drain now")
+            self.producer.endDrain()
             return
         self._terminating = True
         log.info("received SIGTERM: draining, then stopping")

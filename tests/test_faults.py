@@ -361,7 +361,22 @@ def test_6_drain_timeout_bounds_the_wait_and_the_exit_says_so(daemon_factory):
     assert stuck() == b""
     assert daemon.process.wait(20) == -signal.SIGTERM  # cut short: not a clean exit
     assert time.monotonic() - started < 10
-    assert b"still open after 0.5s (--drain-timeout)" in daemon.log()
+    assert b"still open (--drain-timeout 0.5s, or a second SIGTERM)" in daemon.log()
+    assert_reaped(daemon.worker_pids.values())
+
+
+def test_6_a_second_sigterm_ends_the_drain_at_once(daemon_factory):
+    daemon = daemon_factory(*FAULTY, "--drain-timeout", "60", workers=1)
+    stuck = background(request, daemon.address, b"sleep:60", 30)
+    time.sleep(0.3)
+    daemon.process.send_signal(signal.SIGTERM)
+    daemon.wait_for(rb"draining 1 pending requests")
+    started = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    assert stuck() == b""
+    assert daemon.process.wait(20) == -signal.SIGTERM
+    assert time.monotonic() - started < 10
+    assert b"second SIGTERM: ending the drain now" in daemon.log()
     assert_reaped(daemon.worker_pids.values())
 
 
