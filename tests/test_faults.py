@@ -352,31 +352,28 @@ def test_6_sigterm_stops_accepting_finishes_in_flight_and_exits_0(daemon_factory
     assert_reaped(daemon.worker_pids.values())
 
 
-def test_6_drain_timeout_bounds_the_wait_and_the_exit_says_so(daemon_factory):
-    daemon = daemon_factory(*FAULTY, "--drain-timeout", "0.5", workers=1)
+@pytest.mark.parametrize(
+    "drain_timeout, sigterms, logged",
+    [
+        ("0.5", 1, b"still open (--drain-timeout 0.5s, or a second SIGTERM)"),
+        ("60", 2, b"second SIGTERM: ending the drain now"),
+    ],
+)
+def test_6_a_drain_cut_short_closes_what_is_left_and_exits_by_the_signal(
+    daemon_factory, drain_timeout, sigterms, logged
+):
+    daemon = daemon_factory(*FAULTY, "--drain-timeout", drain_timeout, workers=1)
     stuck = background(request, daemon.address, b"sleep:60", 30)
     time.sleep(0.3)
     started = time.monotonic()
     daemon.process.send_signal(signal.SIGTERM)
+    if sigterms == 2:
+        daemon.wait_for(rb"draining 1 pending requests")
+        daemon.process.send_signal(signal.SIGTERM)
     assert stuck() == b""
     assert daemon.process.wait(20) == -signal.SIGTERM  # cut short: not a clean exit
     assert time.monotonic() - started < 10
-    assert b"still open (--drain-timeout 0.5s, or a second SIGTERM)" in daemon.log()
-    assert_reaped(daemon.worker_pids.values())
-
-
-def test_6_a_second_sigterm_ends_the_drain_at_once(daemon_factory):
-    daemon = daemon_factory(*FAULTY, "--drain-timeout", "60", workers=1)
-    stuck = background(request, daemon.address, b"sleep:60", 30)
-    time.sleep(0.3)
-    daemon.process.send_signal(signal.SIGTERM)
-    daemon.wait_for(rb"draining 1 pending requests")
-    started = time.monotonic()
-    daemon.process.send_signal(signal.SIGTERM)
-    assert stuck() == b""
-    assert daemon.process.wait(20) == -signal.SIGTERM
-    assert time.monotonic() - started < 10
-    assert b"second SIGTERM: ending the drain now" in daemon.log()
+    assert logged in daemon.log()
     assert_reaped(daemon.worker_pids.values())
 
 
