@@ -17,7 +17,7 @@ def test_asyncio_client_concurrent_requests(daemon):
         replies = await asyncio.gather(
             *(aio.request(daemon.host, daemon.port, m, timeout=10) for m in messages)
         )
-        return list(zip(messages, replies))
+        return list(zip(messages, replies, strict=True))
 
     for message, reply in asyncio.run(main()):
         assert reply == message
