@@ -243,7 +243,14 @@ class GasparClient:
                 connecting.cancel()
 
         result: Deferred = Deferred(cancel)
-        finished.chainDeferred(result)
+
+        def relay(outcome) -> None:
+            # After a cancel (or timeout) C{result} has failed already; the connection's
+            # end, which comes later, must not fire it a second time.
+            if not result.called:
+                result.callback(outcome)
+
+        finished.addBoth(relay)
         if self.timeout is not None:
             result.addTimeout(self.timeout, self.reactor)
         return result

@@ -3,6 +3,9 @@
 The dispatcher knows nothing about TCP or processes. Callers hand it payloads with
 L{Dispatcher.submit}; workers are L{WorkerLink}s that come and go. Each worker is given at
 most C{window} requests at a time, least-loaded first, in one ZeroMQ message per reactor turn.
+At most C{max_pending} requests are accepted at once; a dead worker's requests are retried
+once, each alone on an idle worker, or failed; one periodic sweep enforces C{timeout} (no
+timer per request).
 """
 
 from __future__ import annotations
@@ -13,13 +16,20 @@ from dataclasses import dataclass, field
 from itertools import count
 from time import monotonic
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gaspar_tw import wire
-from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped, WorkerCrashed
+from gaspar_tw.errors import (
+    Overloaded,
+    RemoteError,
+    RequestTimeout,
+    ServiceStopped,
+    WorkerCrashed,
+)
 from gaspar_tw.stats import Stats, latency_bucket
+from gaspar_tw.sweep import Sweep
 
 log = Logger()
 
@@ -30,31 +40,60 @@ CONCENTRATE_SECONDS = 0.0005
 #: at most C{window}): slow handlers get small windows, so no request waits behind a busy
 #: worker while another is idle.
 WINDOW_SECONDS = 0.002
+#: Default seconds a handler may spend on one request, and a request may wait for a worker.
+DEFAULT_TIMEOUT = 30.0
+#: At most one "refusing requests" log line per this many seconds under a flood.
+REFUSAL_LOG_INTERVAL = 1.0
+
+
+def default_max_pending(workers: int) -> int:
+    """Room for about a thousand concurrent clients, and for two full windows per worker."""
+    return max(1024, 64 * workers)
+
+
+def _noop() -> None:
+    pass
 
 
 @dataclass(eq=False)
 class WorkerLink:
-    """A ready worker as the dispatcher sees it: where to send, and what it holds."""
+    """A ready worker as the dispatcher sees it: where to send, and what it holds.
+
+    C{outstanding} keeps request ids in the order they were sent; a worker answers in that
+    order, so its first id is the request the worker is running now. C{kill} asks the
+    worker's owner to end the process (the dispatcher has already given up on it).
+    """
 
     token: int
     pid: int
     send: Callable[[list], None]
-    outstanding: set = field(default_factory=set)
+    kill: Callable[[], None] = _noop
+    outstanding: dict = field(default_factory=dict)
+    watched: int | None = None
+    watchedSince: float = 0.0
 
 
 class _Request:
-    __slots__ = ("rid", "payload", "deferred", "attempts", "queued")
+    __slots__ = ("rid", "payload", "deferred", "queued", "queuedAt")
 
-    def __init__(self, rid: int, payload: bytes, deferred: Deferred, queued: float) -> None:
+    def __init__(
+        self, rid: int, payload: bytes, deferred: Deferred, queued: float, queuedAt: int
+    ) -> None:
         self.rid = rid
         self.payload = payload
         self.deferred = deferred
-        self.attempts = 0
-        self.queued = queued
+        self.queued = queued  # monotonic() at submit, for the latency histogram
+        self.queuedAt = queuedAt  # the sweep count when it (last) joined a queue
 
 
 class Dispatcher:
-    """Match payloads to workers and replies to Deferreds."""
+    """Match payloads to workers and replies to Deferreds.
+
+    C{timeout} (seconds, C{None} for none) bounds how long a worker may stay on one request
+    (then the request fails with L{RequestTimeout}, the worker is killed through
+    L{WorkerLink.kill} and its other requests go back to the queue) and how long a request
+    may wait in the queue for a worker. Outcomes are counted in C{stats}.
+    """
 
     def __init__(
         self,
@@ -63,6 +102,7 @@ class Dispatcher:
         window: int = 32,
         max_pending: int | None = None,
         retry_on_crash: bool = True,
+        timeout: float | None = DEFAULT_TIMEOUT,
         stats: Stats | None = None,
     ) -> None:
         self._reactor = reactor
@@ -70,12 +110,17 @@ class Dispatcher:
         self.window = window
         self.max_pending = max_pending
         self.retry_on_crash = retry_on_crash
+        self.timeout = timeout or None
+        self._sweep = Sweep(self.timeout, self._checkTimeouts, reactor)
         self._ids = count(1)
         self._requests: dict[int, _Request] = {}
         self._queue: deque[_Request] = deque()
+        # Requests held by a worker that died: each is retried alone on an idle worker.
+        self._suspects: deque[_Request] = deque()
+        self._isolating: set[int] = set()  # tokens of workers running one suspect alone
         self._links: dict[int, WorkerLink] = {}
         self._flush_call = None
-        self._idle_waiters: list[Deferred] = []
+        self._nextRefusalLog = 0.0
         # monotonic() read once per reactor turn: the submit time of every request queued
         # until the next flush (kept only while a flush is scheduled).
         self._turn_time: float | None = None
@@ -90,18 +135,18 @@ class Dispatcher:
         """Queue C{payload}; the Deferred fires with the handler's reply bytes.
 
         It fails with L{RemoteError} if the handler raised, L{WorkerCrashed} if the worker
-        died with it, L{Overloaded} if C{max_pending} requests are already waiting, and
-        L{ServiceStopped} once the producer stops. Cancelling it drops a queued request.
+        died with it, L{RequestTimeout} past C{timeout}, L{Overloaded} if C{max_pending}
+        requests are already waiting, and L{ServiceStopped} once the producer stops.
+        Cancelling it drops a queued request.
         """
         if not self.accepting:
             self.stats.requestRefused()
             return fail(ServiceStopped("gaspar_tw producer is not running"))
         if self.max_pending is not None and len(self._requests) >= self.max_pending:
-            self.stats.requestRefused()
-            return fail(Overloaded(f"{len(self._requests)} requests already pending"))
+            return self._refuse()
         rid = next(self._ids)
         queued = self._turn_time or monotonic()
-        request = _Request(rid, bytes(payload), Deferred(self._cancel), queued)
+        request = _Request(rid, bytes(payload), Deferred(self._cancel), queued, self._sweep.count)
         request.deferred.rid = rid  # type: ignore[attr-defined]
         self._requests[rid] = request
         self._queue.append(request)
@@ -118,15 +163,7 @@ class Dispatcher:
     @property
     def queued(self) -> int:
         """Requests waiting for a worker with room."""
-        return len(self._queue)
-
-    def whenIdle(self) -> Deferred:
-        """A Deferred that fires once no request is pending."""
-        if not self._requests:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._idle_waiters.append(d)
-        return d
+        return len(self._queue) + len(self._suspects)
 
     def stopAccepting(self) -> None:
         self.accepting = False
@@ -135,59 +172,85 @@ class Dispatcher:
         """Fail every pending request (used when the producer stops for good)."""
         requests, self._requests = self._requests, {}
         self._queue.clear()
+        self._suspects.clear()
         for link in self._links.values():
             link.outstanding.clear()
         self.stats.error += len(requests)
         for request in requests.values():
             request.deferred.errback(reason)
-        self._checkIdle()
+
+    def _refuse(self) -> Deferred:
+        self.stats.requestRefused()
+        now = self._reactor.seconds()
+        if now >= self._nextRefusalLog:
+            self._nextRefusalLog = now + REFUSAL_LOG_INTERVAL
+            log.warn(
+                "refusing requests: {pending} already pending (max-pending {limit});"
+                " {refused} refused so far",
+                pending=len(self._requests),
+                limit=self.max_pending,
+                refused=self.stats.refused,
+            )
+        return fail(Overloaded(f"{len(self._requests)} requests already pending"))
 
     def _cancel(self, deferred: Deferred) -> None:
         request = self._requests.pop(deferred.rid, None)  # type: ignore[attr-defined]
         if request is not None:
-            try:
-                self._queue.remove(request)
-            except ValueError:
-                pass  # already on a worker: its reply will be dropped
-            self._checkIdle()
+            for waiting in (self._queue, self._suspects):
+                try:
+                    waiting.remove(request)
+                    break
+                except ValueError:
+                    pass  # not waiting there (on a worker, its reply will be dropped)
 
     # -- workers ---------------------------------------------------------------------------
 
     def workerReady(self, link: WorkerLink) -> None:
         self._links[link.token] = link
-        if self._queue and self._flush_call is None:
+        if (self._queue or self._suspects) and self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
 
     def workerLost(self, token: int) -> None:
-        """A worker ended: retry its requests once elsewhere, or fail them."""
+        """A worker ended: retry each request it held once, alone, or fail them.
+
+        Which of its requests killed the worker is unknown (a reply it sent just before
+        dying can be lost with it), so each is retried on an otherwise idle worker; a request
+        whose worker dies while running it alone fails with L{WorkerCrashed}.
+        """
         link = self._links.pop(token, None)
         if link is None:
             return
-        retry = []
-        for rid in link.outstanding:
-            request = self._requests.get(rid)
-            if request is None:
-                continue
-            if self.retry_on_crash and request.attempts < 2:
-                retry.append(request)
-            else:
-                del self._requests[rid]
-                self.stats.error += 1
-                request.deferred.errback(
-                    WorkerCrashed(f"worker pid {link.pid} died while handling the request")
-                )
-        link.outstanding.clear()
-        if retry:
-            log.warn(
-                "worker pid {pid} died holding {n} requests; retrying them",
-                pid=link.pid,
-                n=len(retry),
+        alone = token in self._isolating
+        self._isolating.discard(token)
+        held = self._held(link)
+        if not held:
+            return
+        if alone:
+            why = "it was retried alone on another worker, which died too"
+            retry, failed = [], held
+        elif self.retry_on_crash:
+            why, retry, failed = "", held, []
+        else:
+            why = "retrying is off (--no-retry-on-crash)"
+            retry, failed = [], held
+        log.warn(
+            "worker pid {pid} died holding {n} requests: {retried} retried, {failed} failed",
+            pid=link.pid,
+            n=len(held),
+            retried=len(retry),
+            failed=len(failed),
+        )
+        for request in retry:
+            request.queuedAt = self._sweep.count
+        self._suspects.extend(retry)
+        if retry and self._flush_call is None and self._links:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        self.stats.error += len(failed)
+        for request in failed:
+            del self._requests[request.rid]
+            request.deferred.errback(
+                WorkerCrashed(f"worker pid {link.pid} died while handling the request; {why}")
             )
-            retry.sort(key=lambda r: r.rid)
-            self._queue.extendleft(reversed(retry))
-            if self._flush_call is None and self._links:
-                self._flush_call = self._reactor.callLater(0, self._flush)
-        self._checkIdle()
 
     def handlerTime(self, count: int, seconds: float) -> None:
         """A worker spent C{seconds} in the handler on C{count} requests."""
@@ -206,7 +269,10 @@ class Dispatcher:
 
     def repliesReceived(self, token: int, ids, statuses: bytes, payloads) -> None:
         link = self._links.get(token)
-        outstanding = link.outstanding if link is not None else set()
+        if link is None:
+            self._lateReplies(ids, statuses, payloads)
+            return
+        outstanding = link.outstanding
         requests = self._requests
         stats = self.stats
         stats.served(token, len(ids))
@@ -216,7 +282,7 @@ class Dispatcher:
         latency_counts = stats.latency_counts
         last_queued = None
         for rid, status, payload in zip(ids, statuses, payloads, strict=False):
-            outstanding.discard(rid)
+            outstanding.pop(rid, None)
             request = requests.pop(rid, None)
             if request is None:
                 continue  # cancelled, or answered by a retry already
@@ -231,14 +297,112 @@ class Dispatcher:
                 request.deferred.callback(payload)
             else:
                 stats.error += 1
-                info = wire.decode_error(payload)
-                request.deferred.errback(
-                    RemoteError(info["type"], info["message"], info["traceback"])
-                )
-        if self._queue:
+                self._remoteError(request, payload)
+        if self._queue or self._suspects:
             self._flush()
-        elif not requests:
-            self._checkIdle()
+
+    def _lateReplies(self, ids, statuses: bytes, payloads) -> None:
+        """Replies from a worker given up on: they answer requests that may be requeued."""
+        answered = set()
+        for rid, status, payload in zip(ids, statuses, payloads, strict=False):
+            request = self._requests.pop(rid, None)
+            if request is None:
+                continue
+            answered.add(rid)
+            if status == wire.OK:
+                self.stats.ok += 1
+                request.deferred.callback(payload)
+            else:
+                self.stats.error += 1
+                self._remoteError(request, payload)
+        if answered:
+            self._queue = deque(r for r in self._queue if r.rid not in answered)
+            self._suspects = deque(r for r in self._suspects if r.rid not in answered)
+
+    def _remoteError(self, request: _Request, payload: bytes) -> None:
+        info = wire.decode_error(payload)
+        request.deferred.errback(RemoteError(info["type"], info["message"], info["traceback"]))
+
+    def _held(self, link: WorkerLink) -> list[_Request]:
+        """Take a lost worker's pending requests off it, in the order they were sent."""
+        held = [self._requests[rid] for rid in link.outstanding if rid in self._requests]
+        link.outstanding.clear()
+        return held
+
+    def _requeue(self, requests: list[_Request]) -> None:
+        """Put requests back at the head of the queue, their queue wait starting afresh."""
+        if not requests:
+            return
+        for request in requests:
+            request.queuedAt = self._sweep.count
+        self._queue.extendleft(reversed(requests))
+        if self._flush_call is None and self._links:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    # -- timeouts --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start enforcing C{timeout} (a sweep every C{timeout/4} s, at most 1 s)."""
+        self._sweep.start()
+
+    def stop(self) -> None:
+        self._sweep.stop()
+
+    def _checkTimeouts(self) -> None:
+        """Abandon workers stuck on one request for C{timeout}; expire requests queued as long.
+
+        A worker's first outstanding request is the one it is running. If the same request
+        has been first at every sweep for C{timeout} seconds, the worker has run it for at
+        least that long (and at most one sweep interval more).
+        """
+        now = self._reactor.seconds()
+        for link in list(self._links.values()):
+            running = next(iter(link.outstanding), None)
+            if running is None or running != link.watched:
+                link.watched, link.watchedSince = running, now
+            elif now - link.watchedSince >= self.timeout:
+                self._abandon(link, running)
+        if self._queue or self._suspects:
+            self._expireQueued()
+
+    def _abandon(self, link: WorkerLink, running: int) -> None:
+        """Give up on a stuck worker: fail its current request, requeue the rest, kill it."""
+        del self._links[link.token]
+        self._isolating.discard(link.token)
+        stuck = self._requests.pop(running, None)
+        others = self._held(link)
+        log.warn(
+            "worker pid {pid} ran one request for over {timeout}s (--timeout): killing it,"
+            " failing that request and retrying the {n} queued behind it",
+            pid=link.pid,
+            timeout=self.timeout,
+            n=len(others),
+        )
+        link.kill()
+        self._requeue(others)
+        if stuck is not None:
+            self.stats.requestTimedOut()
+            stuck.deferred.errback(
+                RequestTimeout(f"the handler ran for over {self.timeout}s (--timeout)")
+            )
+
+    def _expireQueued(self) -> None:
+        expired = {r for r in (*self._queue, *self._suspects) if self._sweep.expired(r.queuedAt)}
+        if not expired:
+            return
+        self._queue = deque(r for r in self._queue if r not in expired)
+        self._suspects = deque(r for r in self._suspects if r not in expired)
+        log.warn(
+            "{n} requests waited over {timeout}s for a free worker (--timeout); failing them",
+            n=len(expired),
+            timeout=self.timeout,
+        )
+        for request in expired:
+            del self._requests[request.rid]
+            self.stats.requestTimedOut()
+            request.deferred.errback(
+                RequestTimeout(f"no worker was free for {self.timeout}s (--timeout)")
+            )
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -249,10 +413,14 @@ class Dispatcher:
                 self._flush_call.cancel()
             self._flush_call = None
         self._turn_time = None
+        if self._suspects or self._isolating:
+            self._sendSuspects()
         queue = self._queue
         window = self._window()
         while queue:
             links = [link for link in self._links.values() if len(link.outstanding) < window]
+            if self._isolating:
+                links = [link for link in links if link.token not in self._isolating]
             if not links:
                 return
             links.sort(key=lambda link: len(link.outstanding))
@@ -269,16 +437,30 @@ class Dispatcher:
                 try:
                     link.send(wire.encode_work(ids, [request.payload for request in batch]))
                 except Exception:
-                    log.failure("sending to worker pid {pid} failed", pid=link.pid)
+                    log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
                     queue.extendleft(reversed(batch))
-                    self._links.pop(link.token, None)
+                    del self._links[link.token]
+                    self._requeue(self._held(link))
+                    link.kill()
                     continue
-                link.outstanding.update(ids)
-                for request in batch:
-                    request.attempts += 1
+                link.outstanding.update(dict.fromkeys(ids))
 
-    def _checkIdle(self) -> None:
-        if not self._requests and self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)
+    def _sendSuspects(self) -> None:
+        """Give each retried request, alone, to a worker that holds nothing else."""
+        for link in self._links.values():
+            if link.token in self._isolating and not link.outstanding:
+                self._isolating.discard(link.token)
+        idle = [link for link in self._links.values() if not link.outstanding]
+        while self._suspects and idle:
+            link = idle.pop()
+            request = self._suspects.popleft()
+            try:
+                link.send(wire.encode_work([request.rid], [request.payload]))
+            except Exception:
+                log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
+                self._suspects.appendleft(request)
+                del self._links[link.token]
+                link.kill()
+                continue
+            link.outstanding[request.rid] = None
+            self._isolating.add(link.token)

@@ -126,6 +126,7 @@ class FramedProtocol(Protocol):
     factory: FramedFactory
 
     def connectionMade(self) -> None:
+        self.factory.connections.add(self)
         self._frames = FrameSplitter(self.factory.maxLength)
         self._sent = 0  # requests submitted on this connection
         self._written = 0  # replies written
@@ -196,6 +197,7 @@ class FramedProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
+        self.factory.connections.discard(self)
         self._closed = True
         self._done.clear()
         pending, self._pending = self._pending, {}

@@ -6,7 +6,9 @@ import os
 
 from twisted.python import usage
 
-from gaspar_tw.protocol import DEFAULT_MAX_LENGTH
+from gaspar_tw.dispatch import DEFAULT_TIMEOUT
+from gaspar_tw.protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH
+from gaspar_tw.shutdown import DEFAULT_DRAIN_TIMEOUT
 
 DEFAULT_PORT = 10123
 
@@ -19,6 +21,20 @@ def _positive_int(name: str):
             raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
         if number < 1:
             raise usage.UsageError(f"--{name} must be at least 1, not {number}")
+        return number
+
+    return convert
+
+
+def _seconds(name: str, allow_zero: bool = False):
+    def convert(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number of seconds, not {value!r}") from None
+        if number < 0 or (number == 0 and not allow_zero) or number != number:
+            least = "0 (0 turns it off)" if allow_zero else "more than 0"
+            raise usage.UsageError(f"--{name} must be {least}, not {value}")
         return number
 
     return convert
@@ -83,6 +99,37 @@ class Options(usage.Options):
             _positive_int("max-length"),
         ],
         [
+            "max-pending",
+            None,
+            None,
+            "Most requests accepted and not yet answered; more are refused (closed at once)"
+            " [default: 1024, or 64 per worker if more].",
+            _positive_int("max-pending"),
+        ],
+        [
+            "timeout",
+            None,
+            DEFAULT_TIMEOUT,
+            "Seconds a handler may run on one request (then its worker is killed and"
+            " replaced) and a request may wait for a free worker; 0 for no limit.",
+            _seconds("timeout", allow_zero=True),
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds a client may stall while sending its request before it is dropped;"
+            " 0 for no limit.",
+            _seconds("idle-timeout", allow_zero=True),
+        ],
+        [
+            "drain-timeout",
+            None,
+            DEFAULT_DRAIN_TIMEOUT,
+            "Seconds SIGTERM waits for accepted requests to be answered before stopping.",
+            _seconds("drain-timeout", allow_zero=True),
+        ],
+        [
             "metrics",
             None,
             None,
@@ -101,6 +148,15 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["pythonpath"] = []
+        self["retry-on-crash"] = True
+
+    def opt_retry_on_crash(self) -> None:
+        """Requests held by a worker that dies are retried once on another worker [default]."""
+        self["retry-on-crash"] = True
+
+    def opt_no_retry_on_crash(self) -> None:
+        """Requests held by a worker that dies fail (closed, no reply) instead of running again."""
+        self["retry-on-crash"] = False
 
     def opt_pythonpath(self, directory: str) -> None:
         """A directory to add to the Python path to find the handler (repeatable)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from itertools import count
 
 from twisted.internet import error
@@ -42,6 +43,7 @@ class WorkerProcess(ProcessProtocol):
         self.started = pool.reactor.seconds()
         self.channel: WorkChannel | None = None
         self.ready = False
+        self.killed = False
         self.ended: Deferred = Deferred()
         self._partial = {1: b"", 2: b""}
 
@@ -156,11 +158,20 @@ class WorkerPool:
         process.channel = self.hub.connect_worker(token)
         log.info("worker {slot} ready (pid {pid})", slot=process.slot, pid=pid)
         self.stats.workerReady(token, process.slot, pid)
-        self.dispatcher.workerReady(WorkerLink(token, pid, process.channel.send))
+        self.dispatcher.workerReady(
+            WorkerLink(token, pid, process.channel.send, partial(self.kill, token))
+        )
         if self.readyCount() >= self.size and self._readyWaiters:
             waiters, self._readyWaiters = self._readyWaiters, []
             for d in waiters:
                 d.callback(None)
+
+    def kill(self, token: int) -> None:
+        """SIGKILL a worker the dispatcher gave up on; it is replaced at once, no backoff."""
+        process = self.processes.get(token)
+        if process is not None:
+            process.killed = True
+            process.signal("KILL")
 
     def _ended(self, process: WorkerProcess, reason: Failure) -> None:
         self.processes.pop(process.token, None)
@@ -169,6 +180,16 @@ class WorkerPool:
         if self.hub is not None:
             self.hub.forget_worker(process.channel, process.token)
         if self.stopping:
+            return
+        self.restarts += 1
+        self.stats.workerRestarted()
+        if process.killed:
+            log.info(
+                "worker {slot} (pid {pid}) killed; starting a new one",
+                slot=process.slot,
+                pid=process.pid,
+            )
+            self._spawn(process.slot)
             return
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
@@ -205,8 +226,6 @@ class WorkerPool:
                 pid=process.pid,
                 how=how,
             )
-        self.restarts += 1
-        self.stats.workerRestarted()
         self._respawns[process.slot] = self.reactor.callLater(delay, self._spawn, process.slot)
 
     def stop(self, grace: float = 5.0) -> Deferred:

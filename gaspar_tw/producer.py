@@ -7,27 +7,30 @@ import sys
 from collections.abc import Sequence
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gaspar_tw import wire
 from gaspar_tw.consumer import Consumer
-from gaspar_tw.dispatch import Dispatcher
+from gaspar_tw.dispatch import DEFAULT_TIMEOUT, Dispatcher, default_max_pending
 from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.framed import FramedFactory
 from gaspar_tw.handler import Handler
 from gaspar_tw.pool import WorkerPool
 from gaspar_tw.proctitle import producer_title, set_title
-from gaspar_tw.protocol import DEFAULT_MAX_LENGTH, GasparFactory
+from gaspar_tw.protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH, GasparFactory
+from gaspar_tw.shutdown import DEFAULT_DRAIN_TIMEOUT
 from gaspar_tw.stats import Stats
 
 log = Logger()
 
 DEFAULT_PORT = 10123
-DEFAULT_DRAIN_TIMEOUT = 10.0
+#: How often a drain checks whether every request and connection is done.
+DRAIN_POLL_SECONDS = 0.05
 
 
 def default_worker_count() -> int:
@@ -51,7 +54,9 @@ class Producer(service.Service):
     C{endpoint} is a port number, a server endpoint string (``"tcp:10123"``,
     ``"unix:/run/gaspar.sock"``), an L{IStreamServerEndpoint}, or C{None} for no listener
     (in-process L{submit} only). C{framed_endpoint}, if given, also serves the framed
-    persistent protocol (L{gaspar_tw.framed}) there. Use it as a service (C{startService}/
+    persistent protocol (L{gaspar_tw.framed}) there. C{max_pending}, C{timeout},
+    C{retry_on_crash}, C{idle_timeout} and C{drain_timeout} work as the twistd options of the
+    same names (see the README, "Operations"). Use it as a service (C{startService}/
     C{stopService}, e.g. under a C{MultiService} or twistd), or call L{start} to run a
     reactor until stopped.
     """
@@ -66,6 +71,8 @@ class Producer(service.Service):
         max_pending: int | None = None,
         window: int = 32,
         retry_on_crash: bool = True,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         pythonpath: Sequence[str] = (),
         framed_endpoint: int | str | IStreamServerEndpoint | None = None,
@@ -84,7 +91,7 @@ class Producer(service.Service):
         #: Set the process title (C{gaspar-tw producer :10123}); for a process of our own.
         self.proctitle = proctitle
         if max_pending is None:
-            max_pending = max(1024, 64 * self.workers)
+            max_pending = default_max_pending(self.workers)
         #: Counters of everything this producer does (read by gaspar_tw.metrics).
         self.stats = Stats()
         self.dispatcher = Dispatcher(
@@ -92,12 +99,15 @@ class Producer(service.Service):
             window=window,
             max_pending=max_pending,
             retry_on_crash=retry_on_crash,
+            timeout=timeout,
             stats=self.stats,
         )
         self.pool = WorkerPool(
             reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath, self.stats
         )
-        self.factory = GasparFactory(self.dispatcher.submit, max_length, self.stats)
+        self.factory = GasparFactory(
+            self.dispatcher.submit, max_length, self.stats, idle_timeout, reactor
+        )
         self.port: IListeningPort | None = None
         self.framed_endpoint = framed_endpoint
         self.framedFactory = FramedFactory(self.dispatcher.submit, max_length, self.stats)
@@ -105,6 +115,7 @@ class Producer(service.Service):
         self._framedListening: Deferred | None = None
         self.hub = None
         self._listening: Deferred | None = None
+        self._draining: Deferred | None = None
 
     # -- the in-process API ----------------------------------------------------------------
 
@@ -141,6 +152,9 @@ class Producer(service.Service):
         from gaspar_tw.channels import ChannelHub
 
         self.dispatcher.accepting = True
+        self._draining = None
+        self.dispatcher.start()
+        self.factory.startIdleSweep()
         self.hub = ChannelHub(self._onWorkerMessage)
         self.pool.start(self.hub)
         log.info(
@@ -195,33 +209,73 @@ class Producer(service.Service):
         elif kind == wire.HELLO:
             self.pool.hello(token, int(frames[1]))
 
-    @inlineCallbacks
-    def stopService(self):
-        """Stop listening, let pending requests finish (up to C{drain_timeout}), stop workers."""
-        super().stopService()
+    def drain(self) -> Deferred:
+        """Stop listening; wait for accepted requests to be answered and their replies sent.
+
+        Waits at most C{drain_timeout} seconds. Fires with C{True} if everything finished,
+        C{False} if the time ran out. Calling it again returns the same outcome.
+        """
+        if self._draining is None:
+            self._draining = ensureDeferred(self._drain())
+        return _chain(self._draining)
+
+    def endDrain(self) -> None:
+        """Make a drain in progress give up at its next check (its outcome is C{False})."""
+        self._drainDeadline = 0.0
+
+    async def _drain(self) -> bool:
+        self._drainDeadline = self.reactor.seconds() + self.drain_timeout
+        await self._stopListening()
+
+        def busyConnections() -> int:  # a client that has sent nothing yet is not waited for
+            return sum(1 for connection in self.factory.connections if connection.started)
+
+        if self.dispatcher.pending or busyConnections():
+            log.info(
+                "draining {n} pending requests and {c} open connections (up to {t}s)",
+                n=self.dispatcher.pending,
+                c=busyConnections(),
+                t=self.drain_timeout,
+            )
+        while self.dispatcher.pending or busyConnections():
+            if self.reactor.seconds() >= self._drainDeadline:
+                log.warn(
+                    "drain ended with {n} requests and {c} connections still open"
+                    " (--drain-timeout {t}s, or a second SIGTERM); failing them",
+                    n=self.dispatcher.pending,
+                    c=busyConnections(),
+                    t=self.drain_timeout,
+                )
+                return False
+            await deferLater(self.reactor, DRAIN_POLL_SECONDS, lambda: None)
+        return True
+
+    async def _stopListening(self) -> None:
         listening = [d for d in (self._listening, self._framedListening) if d is not None]
         self._listening = self._framedListening = None
         for d in listening:
             d.addErrback(lambda f: None)
-            port = yield d
+            port = await d
             if port is not None:
-                yield port.stopListening()
+                await maybeDeferred(port.stopListening)
         self.port = self.framedPort = None
+
+    @inlineCallbacks
+    def stopService(self):
+        """Drain (see L{drain}), then fail what is left and stop the workers."""
+        super().stopService()
+        drained = yield self.drain()
         self.dispatcher.stopAccepting()
-        if self.dispatcher.pending:
-            log.info("draining {n} pending requests", n=self.dispatcher.pending)
-            idle = self.dispatcher.whenIdle()
-            idle.addTimeout(self.drain_timeout, self.reactor)
-            try:
-                yield idle
-            except Exception:
-                log.warn(
-                    "{n} requests still pending after {t}s; failing them",
-                    n=self.dispatcher.pending,
-                    t=self.drain_timeout,
-                )
+        self.dispatcher.stop()
+        self.factory.stopIdleSweep()
         self.dispatcher.failAll(ServiceStopped("gaspar_tw producer stopped"))
-        yield self.pool.stop()
+        for connection in list(self.factory.connections):
+            if connection.reading:  # the others are closing already, after a reply or error
+                connection.transport.abortConnection()
+        for connection in list(self.framedFactory.connections):
+            connection.transport.loseConnection()  # its replies are all written by now
+        # After a drain that timed out, workers may be stuck in a handler: don't wait long.
+        yield self.pool.stop(grace=5.0 if drained else 0.5)
         if self.hub is not None:
             self.hub.close()
             self.hub = None

@@ -2,7 +2,9 @@
 
 A request is a 4-byte unsigned big-endian length and that many bytes. The reply is the
 handler's bytes, written raw, then the server closes the connection: a client reads to EOF.
-A failed request (handler error, timeout, overload) is a close with no reply bytes.
+A failed request (handler error, timeout, overload) is a close with no reply bytes, and so
+is bad input: a length over the limit (closed before the body is read) or a request that
+stops arriving for C{idleTimeout} seconds (one periodic sweep, no timer per connection).
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from gaspar_tw.errors import GasparError, RemoteError
+from gaspar_tw.errors import GasparError, Overloaded, RemoteError
 from gaspar_tw.stats import Stats
+from gaspar_tw.sweep import Sweep
 
 log = Logger()
 
 #: Default largest request body accepted, in bytes.
 DEFAULT_MAX_LENGTH = 16 * 1024 * 1024
+#: Default seconds a client may leave a request half sent before it is dropped.
+DEFAULT_IDLE_TIMEOUT = 30.0
 
 Submit = Callable[[bytes], Deferred]
 
@@ -43,10 +48,23 @@ class GasparProtocol(Int32StringReceiver):
         self.MAX_LENGTH = self.factory.maxLength
         self._chunks: list[bytes] = []
         self._received = 0
+        self.heardAt = self.factory.idleSweep.count
+        self.factory.connections.add(self)
+
+    @property
+    def reading(self) -> bool:
+        """True until the whole request has arrived (or the connection was refused)."""
+        return not self._done
+
+    @property
+    def started(self) -> bool:
+        """True once the client has sent anything: a drain waits for this connection."""
+        return self._done or self._received > 0 or self._length is not None
 
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             return
+        self.heardAt = self.factory.idleSweep.count
         self._chunks.append(data)
         self._received += len(data)
         if self._length is None:
@@ -89,6 +107,9 @@ class GasparProtocol(Int32StringReceiver):
         self._pending = None
         if failure.check(CancelledError):
             return
+        if failure.check(Overloaded):  # counted, and logged once a second, by the dispatcher
+            self.transport.loseConnection()
+            return
         if failure.check(RemoteError):
             log_handler_error(failure.value, self.transport)
         elif failure.check(GasparError):
@@ -102,23 +123,59 @@ class GasparProtocol(Int32StringReceiver):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
+        self._done = True
+        self.factory.connections.discard(self)
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
 
 
 class GasparFactory(Factory):
-    """Builds L{GasparProtocol}s that hand each request to C{submit}."""
+    """Builds L{GasparProtocol}s that hand each request to C{submit}; drops idle readers.
+
+    C{connections} holds every open connection.
+    """
 
     protocol = GasparProtocol
     noisy = False
 
     def __init__(
-        self, submit: Submit, maxLength: int = DEFAULT_MAX_LENGTH, stats: Stats | None = None
+        self,
+        submit: Submit,
+        maxLength: int = DEFAULT_MAX_LENGTH,
+        stats: Stats | None = None,
+        idleTimeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        clock=None,
     ) -> None:
         self.submit = submit
         self.maxLength = maxLength
         self.stats = Stats() if stats is None else stats
+        self.idleTimeout = idleTimeout or None
+        self.connections: set[GasparProtocol] = set()
+        self.idleSweep = Sweep(self.idleTimeout, self._dropIdle, clock)
+
+    def startIdleSweep(self) -> None:
+        """Every C{idleTimeout/4} seconds (at most 1 s), drop clients stalled mid-request."""
+        self.idleSweep.start()
+
+    def stopIdleSweep(self) -> None:
+        self.idleSweep.stop()
+
+    def _dropIdle(self) -> None:
+        expired = self.idleSweep.expired
+        idle = [p for p in self.connections if p.reading and expired(p.heardAt)]
+        if not idle:
+            return
+        log.warn(
+            "dropping {n} connections that sent part of a request and then nothing for"
+            " {timeout}s (--idle-timeout), e.g. {peer}",
+            n=len(idle),
+            timeout=self.idleTimeout,
+            peer=_peer(idle[0].transport),
+        )
+        for protocol in idle:
+            self.stats.badInput()
+            protocol.transport.abortConnection()
 
 
 def log_handler_error(error: RemoteError, transport) -> None:

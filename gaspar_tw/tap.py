@@ -34,10 +34,12 @@ class GasparService(MultiService):
 
 
 def makeService(options: Options) -> IService:
-    """Build the producer (and its metrics port); a bad handler is a one-line error and exit 1."""
+    """Build the producer (draining on SIGTERM, with its metrics port); a bad handler is a
+    one-line error and exit 1."""
     from gaspar_tw.consumer import Consumer
     from gaspar_tw.errors import HandlerError
     from gaspar_tw.producer import Producer
+    from gaspar_tw.shutdown import DrainOnTerm
 
     pythonpath = [os.getcwd(), *options["pythonpath"]]
     for directory in reversed(pythonpath):
@@ -52,6 +54,11 @@ def makeService(options: Options) -> IService:
         options["endpoint"],
         options["workers"],
         max_length=options["max-length"],
+        max_pending=options["max-pending"],
+        timeout=options["timeout"],
+        retry_on_crash=options["retry-on-crash"],
+        idle_timeout=options["idle-timeout"],
+        drain_timeout=options["drain-timeout"],
         pythonpath=pythonpath,
         framed_endpoint=options["framed-endpoint"],
         proctitle=True,
@@ -62,6 +69,7 @@ def makeService(options: Options) -> IService:
 
         top.logObserver = jsonLinesObserver(twistdLogFile(getattr(options, "parent", None) or {}))
     producer.setServiceParent(top)
+    DrainOnTerm(producer).setServiceParent(top)
     if options["metrics"]:
         from gaspar_tw.metrics import MetricsService
 

@@ -1,6 +1,7 @@
 """Handlers used by the tests; workers import them via --pythonpath tests/."""
 
 import os
+import signal
 import time
 
 
@@ -25,6 +26,38 @@ def slow(message: bytes) -> bytes:
     """Sleep for the number of seconds in the request, then answer."""
     time.sleep(float(message or b"0"))
     return message
+
+
+def faulty(message: bytes) -> bytes:
+    """Misbehave on command, else answer b"<pid>:<request>" like L{tagged}.
+
+    ``raise:TEXT`` raises ValueError(TEXT); ``exit`` calls os._exit(3); ``kill`` sends this
+    worker SIGKILL; ``segv`` dereferences NULL through ctypes; ``sleep:SECONDS`` sleeps first;
+    ``once:PATH:COMMAND`` runs COMMAND only if PATH does not exist yet (and creates it).
+    """
+    command, _, argument = message.partition(b":")
+    if command == b"once":
+        path, _, then = argument.partition(b":")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return tagged(message)
+        return faulty(then)
+    if command == b"raise":
+        raise ValueError(argument.decode())
+    if command == b"exit":
+        os._exit(3)
+    if command == b"kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if command == b"segv":
+        import ctypes
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file in the test directory
+        ctypes.string_at(0)
+    if command == b"sleep":
+        time.sleep(float(argument))
+    return tagged(message)
 
 
 def echo_or_fail(message: bytes) -> bytes:

@@ -16,7 +16,7 @@ from twisted.internet.defer import gatherResults
 
 from gaspar_tw import GasparClient, Overloaded, Producer, RemoteError
 from gaspar_tw.client import request
-from gaspar_tw.framed import HANDLER_ERROR, OK, FrameSplitter, FrameTooLong
+from gaspar_tw.framed import HANDLER_ERROR, OK, TIMEOUT, FrameSplitter, FrameTooLong
 
 FRAMED = re.compile(rb"listening on tcp ([\d.]+):(\d+) \(framed protocol\)")
 
@@ -68,6 +68,15 @@ def test_pipelined_replies_come_back_in_request_order(daemon_factory):
     assert replies[-1] == (OK, b"last")
     # The gaspar port beside it still serves gaspar clients.
     assert request(daemon.address, b"plain", timeout=10) == b"plain"
+
+
+def test_a_request_past_the_timeout_gets_status_2_and_the_next_one_is_served(daemon_factory):
+    daemon, address = framed_daemon(daemon_factory, "--timeout", "0.5")
+    with socket.create_connection(address, timeout=15) as sock:
+        send_all(sock, [b"sleep:5", b"after"])
+        status, text = read_reply(sock)
+        assert status == TIMEOUT and b"RequestTimeout" in text
+        assert read_reply(sock) == (OK, b"after")
 
 
 def test_bad_input_on_the_framed_port_closes_only_that_connection(daemon_factory):

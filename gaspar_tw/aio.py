@@ -1,0 +1,27 @@
+"""An asyncio client of the gaspar wire protocol; imports nothing from Twisted."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+
+async def request(host: str, port: int, message: bytes, timeout: float | None = 30.0) -> bytes:
+    """Send one request to a gaspar server and return its reply (read to EOF).
+
+    As with every gaspar-format client, an empty reply means the handler returned C{b""} or
+    the request failed on the server. Raises C{OSError} on network errors and
+    C{TimeoutError} when C{timeout} seconds pass without the whole reply.
+    """
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(struct.pack("!I", len(message)) + bytes(message))
+            await writer.drain()
+            return await reader.read()
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass

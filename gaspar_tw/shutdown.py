@@ -1,0 +1,73 @@
+"""SIGTERM under twistd: drain the producer first, then stop the reactor so twistd exits 0.
+
+twistd's reactor answers SIGTERM by stopping at once and remembering the signal; once the
+reactor has stopped, twistd kills itself with that signal again (C{_exitSignal} in
+C{twisted.application.app}), so even an orderly stop exits "killed by SIGTERM". This service
+takes SIGTERM over once the reactor runs: it drains the producer while the reactor keeps
+running, then calls C{reactor.stop()} itself, so no exit signal is recorded and a completed
+drain exits 0. If the drain times out, or a second SIGTERM ends it early, it hands the signal
+to the reactor's own handler: twistd then exits by the signal, as it always did, which tells
+a supervisor that requests were cut off.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from twisted.application import service
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
+
+log = Logger()
+
+#: Default seconds a drain waits for accepted requests to be answered.
+DEFAULT_DRAIN_TIMEOUT = 10.0
+
+
+class DrainOnTerm(service.Service):
+    """Make SIGTERM mean "drain C{producer}, then exit 0" (see the module docstring)."""
+
+    def __init__(self, producer, reactor=None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.producer = producer
+        self.reactor = reactor
+        self._reactorHandler = None
+        self._terminating = False
+
+    def startService(self) -> None:
+        super().startService()
+        # The reactor installs its own handlers as it starts; take over after that.
+        self.reactor.callWhenRunning(self._install)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._reactorHandler is not None and signal.getsignal(signal.SIGTERM) == self._onTerm:
+            signal.signal(signal.SIGTERM, self._reactorHandler)
+
+    def _install(self) -> None:
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler) and self.running:  # else no reactor handler to defer to
+            self._reactorHandler = handler
+            signal.signal(signal.SIGTERM, self._onTerm)
+
+    def _onTerm(self, signum: int, frame) -> None:
+        if self._terminating:
+            log.warn("second SIGTERM: ending the drain now")
+            self.producer.endDrain()
+            return
+        self._terminating = True
+        log.info("received SIGTERM: draining, then stopping")
+        self.reactor.callFromThread(self._drainThenStop, signum)
+
+    def _drainThenStop(self, signum: int) -> None:
+        def stop(completed: bool) -> None:
+            if not completed:
+                self._reactorHandler(signum, None)
+                return
+            try:
+                self.reactor.stop()
+            except ReactorNotRunning:
+                pass
+
+        self.producer.drain().addCallback(stop)
