@@ -110,7 +110,9 @@ class Producer(service.Service):
         )
         self.port: IListeningPort | None = None
         self.framed_endpoint = framed_endpoint
-        self.framedFactory = FramedFactory(self.dispatcher.submit, max_length, self.stats)
+        self.framedFactory = FramedFactory(
+            self.dispatcher.submit, max_length, self.stats, idle_timeout, reactor
+        )
         self.framedPort: IListeningPort | None = None
         self._framedListening: Deferred | None = None
         self.hub = None
@@ -155,6 +157,8 @@ class Producer(service.Service):
         self._draining = None
         self.dispatcher.start()
         self.factory.startIdleSweep()
+        self.framedFactory.startIdleSweep()
+        self.framedFactory.draining = False
         self.hub = ChannelHub(self._onWorkerMessage)
         self.pool.start(self.hub)
         log.info(
@@ -226,6 +230,7 @@ class Producer(service.Service):
     async def _drain(self) -> bool:
         self._drainDeadline = self.reactor.seconds() + self.drain_timeout
         await self._stopListening()
+        self.framedFactory.draining = True
 
         def busyConnections() -> int:  # a client that has sent nothing yet is not waited for
             return sum(1 for connection in self.factory.connections if connection.started)
@@ -268,6 +273,7 @@ class Producer(service.Service):
         self.dispatcher.stopAccepting()
         self.dispatcher.stop()
         self.factory.stopIdleSweep()
+        self.framedFactory.stopIdleSweep()
         self.dispatcher.failAll(ServiceStopped("gaspar_tw producer stopped"))
         for connection in list(self.factory.connections):
             if connection.reading:  # the others are closing already, after a reply or error
