@@ -14,13 +14,17 @@ DEFAULT_PORT = 10123
 
 
 def _positive_int(name: str):
+    return _whole_number(name, 1)
+
+
+def _whole_number(name: str, least: int):
     def convert(value: str) -> int:
         try:
             number = int(value)
         except ValueError:
             raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
-        if number < 1:
-            raise usage.UsageError(f"--{name} must be at least 1, not {number}")
+        if number < least:
+            raise usage.UsageError(f"--{name} must be at least {least}, not {number}")
         return number
 
     return convert
@@ -88,8 +92,8 @@ class Options(usage.Options):
             "workers",
             "w",
             None,
-            "Number of worker processes [default: the CPUs available].",
-            _positive_int("workers"),
+            "Number of worker processes [default: the CPUs available]; 0 with --bind.",
+            _whole_number("workers", 0),
         ],
         [
             "max-length",
@@ -130,6 +134,19 @@ class Options(usage.Options):
             _seconds("drain-timeout", allow_zero=True),
         ],
         [
+            "bind",
+            None,
+            None,
+            "Let remote worker hosts (twistd gaspar-worker --connect) join on this ZeroMQ"
+            " address, e.g. tcp://10.0.0.1:5570 (port * picks a free one) [default: off].",
+        ],
+        [
+            "curve-keys",
+            None,
+            None,
+            "Directory of CURVE keys (gaspar-tw keygen DIR) protecting --bind.",
+        ],
+        [
             "metrics",
             None,
             None,
@@ -165,5 +182,9 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["handler"]:
             raise usage.UsageError("--handler MODULE:FUNCTION is required")
+        if self["workers"] == 0 and not self["bind"]:
+            raise usage.UsageError("--workers 0 needs --bind (remote workers)")
+        if self["curve-keys"] and not self["bind"]:
+            raise usage.UsageError("--curve-keys protects --bind; give --bind too")
         if self["endpoint"] is None:
             self["endpoint"] = f"tcp:{self['port']}"

@@ -62,6 +62,8 @@ def makeService(options: Options) -> IService:
         pythonpath=pythonpath,
         framed_endpoint=options["framed-endpoint"],
         proctitle=True,
+        bind=options["bind"],
+        curve_keys=options["curve-keys"],
     )
     top = GasparService()
     if options["log-format"] == "json":
