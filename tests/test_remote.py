@@ -7,8 +7,10 @@ or goes silent (SIGSTOP) is lost, its requests retried; another host takes over.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -102,3 +104,37 @@ def test_silent_host_is_lost_then_announces_itself_again(daemon_factory, hosts):
     assert pid_alive(pid)
     producer.stop()
     assert wait_until(lambda: host.poll() is None)  # the host outlives its producer
+
+
+def keygen(directory) -> None:
+    command = [sys.executable, "-m", "gaspar_tw.cli", "keygen", str(directory)]
+    subprocess.run(command, check=True, env=child_env(), capture_output=True, timeout=30)
+
+
+def test_curve_right_keys_work_wrong_keys_get_nothing(daemon_factory, hosts, tmp_path):
+    keys, other = tmp_path / "keys", tmp_path / "other"
+    keygen(keys)
+    keygen(other)
+    # The intruder knows the producer's public key, but its own key is not authorized.
+    shutil.copy(keys / "producer.key", other / "producer.key")
+    producer = daemon_factory(*BIND, "--curve-keys", str(keys), workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    intruder = hosts(address, 1, "--curve-keys", str(other))
+    hosts(address, 1, "--curve-keys", str(keys))
+    (pid,) = ready_pids(producer, 1)
+    replies = [request(producer.address, b"secret %d" % i, timeout=15) for i in range(4)]
+    assert [pid_of(reply) for reply in replies] == [pid] * 4
+    time.sleep(1.0)
+    assert len(re.findall(REMOTE_READY, producer.log())) == 1  # the intruder never joined
+    assert intruder.poll() is None
+
+
+def test_loopback_detection():
+    from gaspar_tw.remote import is_loopback
+
+    assert is_loopback("tcp://127.0.0.1:5570")
+    assert is_loopback("tcp://[::1]:5570")
+    assert is_loopback("ipc:///tmp/x")
+    assert not is_loopback("tcp://0.0.0.0:5570")
+    assert not is_loopback("tcp://*:5570")
+    assert not is_loopback("tcp://10.0.0.1:5570")
