@@ -138,3 +138,15 @@ def test_loopback_detection():
     assert not is_loopback("tcp://0.0.0.0:5570")
     assert not is_loopback("tcp://*:5570")
     assert not is_loopback("tcp://10.0.0.1:5570")
+
+
+def test_remote_worker_past_timeout_is_told_to_exit_and_replaced(daemon_factory, hosts):
+    producer = daemon_factory(*BIND[:-1], "1", workers=0)  # --timeout 1
+    address = producer.wait_for(BOUND)[0].decode()
+    hosts(address, 1)
+    (pid,) = ready_pids(producer, 1)
+    assert request(producer.address, b"sleep:10", timeout=15) == b""  # failed: closed, no bytes
+    assert_reaped([pid])
+    new = ready_pids(producer, 2)[1]
+    assert new != pid
+    assert pid_of(request(producer.address, b"again", timeout=15)) == new
