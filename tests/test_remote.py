@@ -150,3 +150,16 @@ def test_remote_worker_past_timeout_is_told_to_exit_and_replaced(daemon_factory,
     new = ready_pids(producer, 2)[1]
     assert new != pid
     assert pid_of(request(producer.address, b"again", timeout=15)) == new
+
+
+def test_workers_find_a_restarted_producer(daemon_factory, hosts):
+    producer = daemon_factory(*BIND, workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    host = hosts(address, 1)
+    (pid,) = ready_pids(producer, 1)
+    producer.stop(signal.SIGKILL)
+    again = daemon_factory(*BIND[:-3], address, "--timeout", "20", workers=0)  # same address
+    assert again.wait_for(BOUND)[0].decode() == address
+    assert ready_pids(again, 1) == [pid]  # the same worker, connected again
+    assert pid_of(request(again.address, b"hi", timeout=15)) == pid
+    assert host.poll() is None
