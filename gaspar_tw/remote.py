@@ -70,6 +70,18 @@ class RouterChannel(ReplyChannel):
     def boundAddress(self) -> str:
         return self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
 
+    def sendTo(self, identity: bytes, messages: list[list]) -> None:
+        """Send messages to one worker without blocking (raises if it is gone or full)."""
+        send = self.socket.send_multipart
+        try:
+            for frames in messages:
+                send([identity, *frames], zmq.NOBLOCK, copy=False)
+        finally:
+            # The ZeroMQ fd is edge-triggered and shared by sends and receives: after a send,
+            # replies already waiting would not wake the reactor, so read on the next turn.
+            if self.read_scheduled is None and self.factory is not None:
+                self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+
 
 @dataclass(eq=False)
 class _Remote:
@@ -189,16 +201,14 @@ class RemoteWorkers:
         self.dispatcher.workerReady(link)
 
     def _send(self, identity: bytes, messages: list[list]) -> None:
-        send = self.channel.socket.send_multipart
-        for frames in messages:
-            send([identity, *frames], zmq.NOBLOCK, copy=False)
+        self.channel.sendTo(identity, messages)
 
     def _sendControl(self, identity: bytes, kind: bytes) -> bool:
         """Send a one-frame control message; C{False} if the worker is disconnected."""
         if self.channel is None:
             return False
         try:
-            self.channel.socket.send_multipart([identity, kind], zmq.NOBLOCK)
+            self.channel.sendTo(identity, [[kind]])
         except zmq.ZMQError as e:
             return e.errno != errno.EHOSTUNREACH
         return True

@@ -163,3 +163,15 @@ def test_workers_find_a_restarted_producer(daemon_factory, hosts):
     assert ready_pids(again, 1) == [pid]  # the same worker, connected again
     assert pid_of(request(again.address, b"hi", timeout=15)) == pid
     assert host.poll() is None
+
+
+def test_concurrent_load_flows_without_stalls(daemon_factory, hosts):
+    producer = daemon_factory(*BIND, workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    hosts(address, 1)
+    ready_pids(producer, 1)
+    messages = [b"load %d" % i for i in range(1500)]
+    with ThreadPoolExecutor(48) as pool:
+        replies = list(pool.map(lambda m: request(producer.address, m, timeout=30), messages))
+    assert [reply.split(b":", 1)[1] for reply in replies] == messages
+    assert b"treating it as lost" not in producer.log()
