@@ -14,10 +14,10 @@ DEFAULT_PORT = 10123
 
 
 def _positive_int(name: str):
-    return _whole_number(name, 1)
+    return whole_number(name, 1)
 
 
-def _whole_number(name: str, least: int):
+def whole_number(name: str, least: int):
     def convert(value: str) -> int:
         try:
             number = int(value)
@@ -93,7 +93,7 @@ class Options(usage.Options):
             "w",
             None,
             "Number of worker processes [default: the CPUs available]; 0 with --bind.",
-            _whole_number("workers", 0),
+            whole_number("workers", 0),
         ],
         [
             "max-length",

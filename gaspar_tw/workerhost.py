@@ -7,14 +7,13 @@ only starts them, replaces the ones that die and stops them, like the producer's
 from __future__ import annotations
 
 import os
-import sys
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from gaspar_tw.options import _whole_number
+from gaspar_tw.options import whole_number
 from gaspar_tw.pool import WorkerPool, WorkerProcess
 from gaspar_tw.stats import Stats
 
@@ -42,7 +41,7 @@ class Options(usage.Options):
             "w",
             None,
             "Number of worker processes [default: the CPUs available].",
-            _whole_number("workers", 1),
+            whole_number("workers", 1),
         ],
         ["curve-keys", None, None, "Directory of CURVE keys (gaspar-tw keygen DIR)."],
     ]
@@ -111,17 +110,9 @@ class WorkerHost(service.Service):
 
 def makeService(options: Options) -> service.IService:
     """Build the worker host; a handler that cannot be imported is a one-line error."""
-    from gaspar_tw.consumer import Consumer
-    from gaspar_tw.errors import HandlerError
     from gaspar_tw.producer import default_worker_count
+    from gaspar_tw.tap import loadConsumer
 
-    pythonpath = [os.getcwd(), *options["pythonpath"]]
-    for directory in reversed(pythonpath):
-        if directory not in sys.path:
-            sys.path.insert(0, directory)
-    try:
-        consumer = Consumer(options["handler"])
-    except HandlerError as e:
-        raise SystemExit(f"twistd gaspar-worker: {e}") from None
+    consumer, pythonpath = loadConsumer(options, "twistd gaspar-worker")
     workers = options["workers"] or default_worker_count()
     return WorkerHost(consumer.spec, options["connect"], workers, options["curve-keys"], pythonpath)
