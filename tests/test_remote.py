@@ -175,3 +175,16 @@ def test_concurrent_load_flows_without_stalls(daemon_factory, hosts):
         replies = list(pool.map(lambda m: request(producer.address, m, timeout=30), messages))
     assert [reply.split(b":", 1)[1] for reply in replies] == messages
     assert b"treating it as lost" not in producer.log()
+
+
+def test_local_and_remote_workers_share_the_work(daemon_factory, hosts):
+    producer = daemon_factory(*BIND, workers=1)
+    address = producer.wait_for(BOUND)[0].decode()
+    hosts(address, 1)
+    (remote,) = ready_pids(producer, 1)
+    (local,) = producer.worker_pids.values()
+    with ThreadPoolExecutor(2) as pool:  # two slow requests at once: one on each worker
+        replies = list(
+            pool.map(lambda m: request(producer.address, m, timeout=15), [b"sleep:1"] * 2)
+        )
+    assert {pid_of(reply) for reply in replies} == {local, remote}
