@@ -37,18 +37,26 @@ def _load(directory: str, name: str, secret: bool) -> tuple[bytes, bytes | None]
         raise ValueError(f"cannot read CURVE key {path}: {e}") from None
 
 
+def server_keys(directory: str) -> tuple[bytes, bytes]:
+    """The producer's C{(public, secret)} keys; C{ValueError} saying which file is unreadable."""
+    return _load(directory, PRODUCER, secret=True)
+
+
+def client_keys(directory: str) -> tuple[bytes, bytes, bytes]:
+    """A worker's C{(public, secret, producer public)} keys; C{ValueError} as above."""
+    public, secret = _load(directory, WORKER, secret=True)
+    server_public, _ = _load(directory, PRODUCER, secret=False)
+    return public, secret, server_public
+
+
 def server_options(socket: zmq.Socket, directory: str) -> None:
     """Make C{socket} (before it binds) a CURVE server with the producer's secret key."""
-    public, secret = _load(directory, PRODUCER, secret=True)
-    socket.curve_secretkey = secret
-    socket.curve_publickey = public
+    socket.curve_publickey, socket.curve_secretkey = server_keys(directory)
     socket.curve_server = True
 
 
 def client_options(socket: zmq.Socket, directory: str) -> None:
     """Make C{socket} (before it connects) a CURVE client of the producer in C{directory}."""
-    public, secret = _load(directory, WORKER, secret=True)
-    server_public, _ = _load(directory, PRODUCER, secret=False)
-    socket.curve_secretkey = secret
-    socket.curve_publickey = public
+    public, secret, server_public = client_keys(directory)
+    socket.curve_publickey, socket.curve_secretkey = public, secret
     socket.curve_serverkey = server_public

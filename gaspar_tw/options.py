@@ -53,6 +53,14 @@ def _choice(name: str, choices: tuple[str, ...]):
     return convert
 
 
+def checkKeys(load, directory: str) -> None:
+    """C{load(directory)}, any error reading the keys made a usage error."""
+    try:
+        load(directory)
+    except ValueError as e:
+        raise usage.UsageError(f"--curve-keys: {e}") from None
+
+
 class Options(usage.Options):
     """Options for ``twistd gaspar``."""
 
@@ -186,5 +194,9 @@ class Options(usage.Options):
             raise usage.UsageError("--workers 0 needs --bind (remote workers)")
         if self["curve-keys"] and not self["bind"]:
             raise usage.UsageError("--curve-keys protects --bind; give --bind too")
+        if self["curve-keys"]:
+            from gaspar_tw.curve import server_keys
+
+            checkKeys(server_keys, self["curve-keys"])
         if self["endpoint"] is None:
             self["endpoint"] = f"tcp:{self['port']}"

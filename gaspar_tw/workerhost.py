@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from gaspar_tw.options import whole_number
+from gaspar_tw.options import checkKeys, whole_number
 from gaspar_tw.pool import WorkerPool, WorkerProcess
 from gaspar_tw.stats import Stats
 
@@ -59,6 +59,10 @@ class Options(usage.Options):
             raise usage.UsageError("--handler MODULE:FUNCTION is required")
         if not self["connect"]:
             raise usage.UsageError("--connect tcp://HOST:PORT is required")
+        if self["curve-keys"]:
+            from gaspar_tw.curve import client_keys
+
+            checkKeys(client_keys, self["curve-keys"])
 
 
 class HostPool(WorkerPool):

@@ -52,3 +52,15 @@ def test_producer_without_workers_needs_bind():
     with pytest.raises(ValueError, match="bind"):
         Producer("gaspar_tw.examples:echo", None, 0)
     assert Producer("gaspar_tw.examples:echo", None, 0, bind="tcp://127.0.0.1:*").workers == 0
+
+
+def test_unreadable_curve_keys_are_usage_errors(tmp_path):
+    from gaspar_tw import workerhost
+
+    with pytest.raises(usage.UsageError, match="producer.key_secret"):
+        parse("--bind", "tcp://127.0.0.1:5570", "--curve-keys", str(tmp_path))
+    host = workerhost.Options()
+    with pytest.raises(usage.UsageError, match="worker.key_secret"):
+        host.parseOptions(
+            ["--connect", "tcp://127.0.0.1:5570", "--handler", "m:f", "--curve-keys", str(tmp_path)]
+        )
