@@ -7,5 +7,6 @@ def mixed(message: bytes) -> bytes:
     if message.startswith(b"fail"):
         raise ValueError("asked to fail: " + message.decode())
     if message.startswith(b"sleep:"):
+        print("sleeping", message[6:].decode(), flush=True)  # tests wait for this log line
         time.sleep(float(message[6:]))
     return message

@@ -193,6 +193,7 @@ def test_drain_answers_in_flight_requests_and_refuses_new_ones_on_open_connectio
     daemon, address = framed_daemon(daemon_factory, "--drain-timeout", "10")
     with socket.create_connection(address, timeout=15) as sock:
         send_all(sock, [b"sleep:1", b"behind it"])
+        daemon.wait_for(rb"sleeping 1")  # the daemon has read the requests: both are accepted
         daemon.process.send_signal(signal.SIGTERM)
         daemon.wait_for(rb"draining")
         send_all(sock, [b"during the drain"])
