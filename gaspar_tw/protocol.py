@@ -31,6 +31,8 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 
 Submit = Callable[[bytes], Deferred]
 
+_HEADER = struct.Struct("!I")
+
 
 class GasparProtocol(Int32StringReceiver):
     """Serve one request: read the frame, submit it, write the reply, close.
@@ -65,13 +67,20 @@ class GasparProtocol(Int32StringReceiver):
         if self._done:
             return
         self.heardAt = self.factory.idleSweep.count
+        if self._length is None and not self._received and len(data) >= 4:
+            # The usual case: the header (and often the whole request) in one read.
+            (length,) = _HEADER.unpack_from(data)
+            if length <= self.MAX_LENGTH and len(data) - 4 >= length:
+                self._done = True
+                self.stringReceived(data[4 : 4 + length])
+                return
         self._chunks.append(data)
         self._received += len(data)
         if self._length is None:
             if self._received < 4:
                 return
             buffered = b"".join(self._chunks)
-            (self._length,) = struct.unpack_from("!I", buffered)
+            (self._length,) = _HEADER.unpack_from(buffered)
             if self._length > self.MAX_LENGTH:
                 self._done = True
                 self.lengthLimitExceeded(self._length)
