@@ -26,6 +26,10 @@ log = Logger()
 
 #: Default largest request body accepted, in bytes.
 DEFAULT_MAX_LENGTH = 16 * 1024 * 1024
+#: Listen backlog for C{--port} and integer endpoints: one connection per request means as
+#: many connects in flight as concurrent clients, and Twisted's default of 50 overflows with
+#: more than 50 (each dropped SYN is retransmitted 1 s, then 3 s, later).
+DEFAULT_BACKLOG = 1024
 #: Default seconds a client may leave a request half sent before it is dropped.
 DEFAULT_IDLE_TIMEOUT = 30.0
 
