@@ -142,6 +142,18 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0 if summary["ok"] == summary["requests"] else 1
 
 
+def keygen_command(args: argparse.Namespace) -> int:
+    from gaspar_tw.curve import keygen
+
+    for path in keygen(args.directory):
+        print(path)
+    print(
+        "give the producer --curve-keys with this directory; copy it without"
+        " producer.key_secret to each worker host (--curve-keys there too)"
+    )
+    return 0
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -182,6 +194,12 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=bench_command)
+
+    keys = commands.add_parser(
+        "keygen", help="write CURVE key pairs for --bind/--connect (producer and worker)"
+    )
+    keys.add_argument("directory", metavar="DIR", help="created if missing")
+    keys.set_defaults(run=keygen_command)
     return top
 
 

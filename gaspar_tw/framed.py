@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -84,6 +84,11 @@ class FrameSplitter:
         self._partialSize = 0
         self._need = 4  # bytes the incomplete frame needs before it can be parsed
 
+    @property
+    def midFrame(self) -> bool:
+        """True while part of a frame has arrived and the rest has not."""
+        return bool(self._partial)
+
     def feed(self, data: bytes) -> list[tuple[bytes, int, int]]:
         """The complete frames now available, as C{(buffer, start, end)} of their bodies.
 
@@ -127,6 +132,7 @@ class FramedProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
+        self.heardAt = self.factory.idleSweep.count
         self._frames = FrameSplitter(self.factory.maxLength)
         self._sent = 0  # requests submitted on this connection
         self._written = 0  # replies written
@@ -135,13 +141,22 @@ class FramedProtocol(Protocol):
         self._paused = False
         self._closed = False
 
+    @property
+    def reading(self) -> bool:
+        """True while a request is half sent (what C{--idle-timeout} drops when it stalls).
+
+        A connection between requests is not reading: persistent clients may stay idle.
+        """
+        return self._frames.midFrame and not self._closed
+
     def dataReceived(self, data: bytes) -> None:
+        self.heardAt = self.factory.idleSweep.count
         try:
             frames = self._frames.feed(data)
         except FrameTooLong as e:
             self._tooLong(e.length)  # the connection closes: its requests get no reply
             return
-        submit = self.factory.submit
+        submit = self.factory.submit if not self.factory.draining else _refuseWhileDraining
         for buffer, start, end in frames:
             index = self._sent
             self._sent = index + 1
@@ -206,6 +221,15 @@ class FramedProtocol(Protocol):
 
 
 class FramedFactory(GasparFactory):
-    """Builds L{FramedProtocol}s that hand each request to C{submit}."""
+    """Builds L{FramedProtocol}s that hand each request to C{submit}.
+
+    While C{draining} (the producer is stopping), requests that arrive on open connections
+    are answered L{REFUSED} at once, so a pipelining client cannot hold a drain open.
+    """
 
     protocol = FramedProtocol
+    draining = False
+
+
+def _refuseWhileDraining(payload: bytes) -> Deferred:
+    return fail(ServiceStopped("gaspar_tw producer is stopping"))

@@ -14,13 +14,17 @@ DEFAULT_PORT = 10123
 
 
 def _positive_int(name: str):
+    return whole_number(name, 1)
+
+
+def whole_number(name: str, least: int):
     def convert(value: str) -> int:
         try:
             number = int(value)
         except ValueError:
             raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
-        if number < 1:
-            raise usage.UsageError(f"--{name} must be at least 1, not {number}")
+        if number < least:
+            raise usage.UsageError(f"--{name} must be at least {least}, not {number}")
         return number
 
     return convert
@@ -47,6 +51,14 @@ def _choice(name: str, choices: tuple[str, ...]):
         return value
 
     return convert
+
+
+def checkKeys(load, directory: str) -> None:
+    """C{load(directory)}, any error reading the keys made a usage error."""
+    try:
+        load(directory)
+    except ValueError as e:
+        raise usage.UsageError(f"--curve-keys: {e}") from None
 
 
 class Options(usage.Options):
@@ -88,8 +100,8 @@ class Options(usage.Options):
             "workers",
             "w",
             None,
-            "Number of worker processes [default: the CPUs available].",
-            _positive_int("workers"),
+            "Number of worker processes [default: the CPUs available]; 0 with --bind.",
+            whole_number("workers", 0),
         ],
         [
             "max-length",
@@ -130,6 +142,19 @@ class Options(usage.Options):
             _seconds("drain-timeout", allow_zero=True),
         ],
         [
+            "bind",
+            None,
+            None,
+            "Let remote worker hosts (twistd gaspar-worker --connect) join on this ZeroMQ"
+            " address, e.g. tcp://10.0.0.1:5570 (port * picks a free one) [default: off].",
+        ],
+        [
+            "curve-keys",
+            None,
+            None,
+            "Directory of CURVE keys (gaspar-tw keygen DIR) protecting --bind.",
+        ],
+        [
             "metrics",
             None,
             None,
@@ -165,5 +190,13 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["handler"]:
             raise usage.UsageError("--handler MODULE:FUNCTION is required")
+        if self["workers"] == 0 and not self["bind"]:
+            raise usage.UsageError("--workers 0 needs --bind (remote workers)")
+        if self["curve-keys"] and not self["bind"]:
+            raise usage.UsageError("--curve-keys protects --bind; give --bind too")
+        if self["curve-keys"]:
+            from gaspar_tw.curve import server_keys
+
+            checkKeys(server_keys, self["curve-keys"])
         if self["endpoint"] is None:
             self["endpoint"] = f"tcp:{self['port']}:backlog={DEFAULT_BACKLOG}"

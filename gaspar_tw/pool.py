@@ -77,14 +77,18 @@ class WorkerProcess(ProcessProtocol):
 
 
 class WorkerPool:
-    """Start C{size} workers running C{handler_spec}, and keep that many alive."""
+    """Start C{size} workers running C{handler_spec}, and keep that many alive.
+
+    With C{dispatcher} C{None} (a worker host's pool: its workers answer a remote producer),
+    give C{stats} and override L{socketArguments}.
+    """
 
     def __init__(
         self,
         reactor,
         handler_spec: str,
         size: int,
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher | None,
         pythonpath: Sequence[str] = (),
         stats: Stats | None = None,
     ) -> None:
@@ -136,10 +140,7 @@ class WorkerPool:
             str(token),
             "--slot",
             str(slot),
-            "--work",
-            self.hub.work_address(token),
-            "--reply",
-            self.hub.reply_address,
+            *self.socketArguments(token),
         ]
         for directory in self.pythonpath:
             argv += ["--pythonpath", directory]
@@ -148,6 +149,14 @@ class WorkerPool:
         self.reactor.spawnProcess(
             process, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
         )
+        self.spawned(process)
+
+    def socketArguments(self, token: int) -> list[str]:
+        """The worker's command-line arguments saying where its sockets are."""
+        return ["--work", self.hub.work_address(token), "--reply", self.hub.reply_address]
+
+    def spawned(self, process: WorkerProcess) -> None:
+        """Called after each worker process starts (for subclasses)."""
 
     def hello(self, token: int, pid: int) -> None:
         """A worker imported its handler and bound its socket: give it work."""
@@ -176,7 +185,8 @@ class WorkerPool:
     def _ended(self, process: WorkerProcess, reason: Failure) -> None:
         self.processes.pop(process.token, None)
         self.stats.workerEnded(process.token)
-        self.dispatcher.workerLost(process.token)
+        if self.dispatcher is not None:
+            self.dispatcher.workerLost(process.token)
         if self.hub is not None:
             self.hub.forget_worker(process.channel, process.token)
         if self.stopping:

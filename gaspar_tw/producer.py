@@ -61,9 +61,10 @@ class Producer(service.Service):
     (in-process L{submit} only). C{framed_endpoint}, if given, also serves the framed
     persistent protocol (L{gaspar_tw.framed}) there. C{max_pending}, C{timeout},
     C{retry_on_crash}, C{idle_timeout} and C{drain_timeout} work as the twistd options of the
-    same names (see the README, "Operations"). Use it as a service (C{startService}/
-    C{stopService}, e.g. under a C{MultiService} or twistd), or call L{start} to run a
-    reactor until stopped.
+    same names (see the README, "Operations"). C{bind} (a ZeroMQ address) lets remote worker
+    hosts join (C{workers} may then be 0); C{curve_keys} protects it with CURVE. Use it as a
+    service (C{startService}/C{stopService}, e.g. under a C{MultiService} or twistd), or
+    call L{start} to run a reactor until stopped.
     """
 
     def __init__(
@@ -82,6 +83,8 @@ class Producer(service.Service):
         pythonpath: Sequence[str] = (),
         framed_endpoint: int | str | IStreamServerEndpoint | None = None,
         proctitle: bool = False,
+        bind: str | None = None,
+        curve_keys: str | None = None,
         reactor=None,
     ) -> None:
         if reactor is None:
@@ -89,8 +92,12 @@ class Producer(service.Service):
         self.reactor = reactor
         self.consumer = consumer if isinstance(consumer, Consumer) else Consumer(consumer)
         self.workers = default_worker_count() if workers is None else int(workers)
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.workers < (0 if bind else 1):
+            raise ValueError(f"workers must be at least 1 (0 with bind), not {self.workers}")
+        #: ZeroMQ address for remote workers (L{gaspar_tw.remote}), e.g. tcp://10.0.0.1:5570.
+        self.bind = bind
+        self.curve_keys = curve_keys
+        self.remote = None
         self.endpoint = endpoint
         self.drain_timeout = drain_timeout
         #: Set the process title (C{gaspar-tw producer :10123}); for a process of our own.
@@ -115,7 +122,9 @@ class Producer(service.Service):
         )
         self.port: IListeningPort | None = None
         self.framed_endpoint = framed_endpoint
-        self.framedFactory = FramedFactory(self.dispatcher.submit, max_length, self.stats)
+        self.framedFactory = FramedFactory(
+            self.dispatcher.submit, max_length, self.stats, idle_timeout, reactor
+        )
         self.framedPort: IListeningPort | None = None
         self._framedListening: Deferred | None = None
         self.hub = None
@@ -160,8 +169,17 @@ class Producer(service.Service):
         self._draining = None
         self.dispatcher.start()
         self.factory.startIdleSweep()
+        self.framedFactory.startIdleSweep()
+        self.framedFactory.draining = False
         self.hub = ChannelHub(self._onWorkerMessage)
         self.pool.start(self.hub)
+        if self.bind is not None:
+            from gaspar_tw.remote import RemoteWorkers
+
+            self.remote = RemoteWorkers(
+                self.reactor, self.dispatcher, self.bind, self.stats, self.curve_keys
+            )
+            self.remote.start(self.hub.factory)
         log.info(
             "gaspar_tw producer: {n} workers running {spec}",
             n=self.workers,
@@ -231,6 +249,7 @@ class Producer(service.Service):
     async def _drain(self) -> bool:
         self._drainDeadline = self.reactor.seconds() + self.drain_timeout
         await self._stopListening()
+        self.framedFactory.draining = True
 
         def busyConnections() -> int:  # a client that has sent nothing yet is not waited for
             return sum(1 for connection in self.factory.connections if connection.started)
@@ -273,6 +292,7 @@ class Producer(service.Service):
         self.dispatcher.stopAccepting()
         self.dispatcher.stop()
         self.factory.stopIdleSweep()
+        self.framedFactory.stopIdleSweep()
         self.dispatcher.failAll(ServiceStopped("gaspar_tw producer stopped"))
         for connection in list(self.factory.connections):
             if connection.reading:  # the others are closing already, after a reply or error
@@ -280,6 +300,9 @@ class Producer(service.Service):
         for connection in list(self.framedFactory.connections):
             connection.transport.loseConnection()  # its replies are all written by now
         # After a drain that timed out, workers may be stuck in a handler: don't wait long.
+        if self.remote is not None:
+            self.remote.stop()
+            self.remote = None
         yield self.pool.stop(grace=5.0 if drained else 0.5)
         if self.hub is not None:
             self.hub.close()

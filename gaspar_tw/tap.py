@@ -33,22 +33,29 @@ class GasparService(MultiService):
         gc.freeze()
 
 
-def makeService(options: Options) -> IService:
-    """Build the producer (draining on SIGTERM, with its metrics port); a bad handler is a
-    one-line error and exit 1."""
+def loadConsumer(options, command: str):
+    """The consumer of C{--handler}, the current directory and C{--pythonpath} importable;
+    returns it and that path. A handler that cannot be imported exits with one line."""
     from gaspar_tw.consumer import Consumer
     from gaspar_tw.errors import HandlerError
-    from gaspar_tw.producer import Producer
-    from gaspar_tw.shutdown import DrainOnTerm
 
     pythonpath = [os.getcwd(), *options["pythonpath"]]
     for directory in reversed(pythonpath):
         if directory not in sys.path:
             sys.path.insert(0, directory)
     try:
-        consumer = Consumer(options["handler"])
+        return Consumer(options["handler"]), pythonpath
     except HandlerError as e:
-        raise SystemExit(f"twistd gaspar: {e}") from None
+        raise SystemExit(f"{command}: {e}") from None
+
+
+def makeService(options: Options) -> IService:
+    """Build the producer (draining on SIGTERM, with its metrics port); a bad handler is a
+    one-line error and exit 1."""
+    from gaspar_tw.producer import Producer
+    from gaspar_tw.shutdown import DrainOnTerm
+
+    consumer, pythonpath = loadConsumer(options, "twistd gaspar")
     producer = Producer(
         consumer,
         options["endpoint"],
@@ -62,6 +69,8 @@ def makeService(options: Options) -> IService:
         pythonpath=pythonpath,
         framed_endpoint=options["framed-endpoint"],
         proctitle=True,
+        bind=options["bind"],
+        curve_keys=options["curve-keys"],
     )
     top = GasparService()
     if options["log-format"] == "json":

@@ -86,17 +86,22 @@ class Worker:
         self.handler = handler
         self.token = token
         self.context = zmq.Context(1)
-        self.work = self.context.socket(zmq.PULL)
-        self.work.setsockopt(zmq.LINGER, 0)
-        self.work.bind(work_address)
-        self.replies = self.context.socket(zmq.PUSH)
-        self.replies.setsockopt(zmq.LINGER, 2000)
-        self.replies.copy_threshold = wire.ZERO_COPY_BYTES
-        self.replies.connect(reply_address)
+        self.work, self.replies = self.openSockets(work_address, reply_address)
         self._held = _Held()
         self._running = False  # a handler call is in progress
         self._alarm = False  # the flush timer is armed
         signal.signal(signal.SIGALRM, self._onAlarm)
+
+    def openSockets(self, work_address: str, reply_address: str) -> tuple[zmq.Socket, zmq.Socket]:
+        """The PULL socket work arrives on (bound) and the PUSH replies go to (connected)."""
+        work = self.context.socket(zmq.PULL)
+        work.setsockopt(zmq.LINGER, 0)
+        work.bind(work_address)
+        replies = self.context.socket(zmq.PUSH)
+        replies.setsockopt(zmq.LINGER, 2000)
+        replies.copy_threshold = wire.ZERO_COPY_BYTES
+        replies.connect(reply_address)
+        return work, replies
 
     def serve(self) -> None:
         """Announce readiness, then answer batches until stdin closes."""
@@ -189,10 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handler", required=True)
     parser.add_argument("--token", type=int, required=True)
     parser.add_argument("--slot", type=int, default=0, help="the pool slot, for the title")
-    parser.add_argument("--work", required=True, help="ZeroMQ address to bind the PULL socket")
-    parser.add_argument("--reply", required=True, help="ZeroMQ address of the producer's PULL")
+    parser.add_argument("--work", help="ZeroMQ address to bind the PULL socket")
+    parser.add_argument("--reply", help="ZeroMQ address of the producer's PULL")
+    parser.add_argument("--connect", help="a remote producer's --bind address (instead)")
+    parser.add_argument("--curve-keys", help="directory of CURVE keys for --connect")
     parser.add_argument("--pythonpath", action="append", default=[])
     args = parser.parse_args(argv)
+    if not args.connect and not (args.work and args.reply):
+        parser.error("either --work and --reply, or --connect, is required")
 
     _die_with_parent()
     set_title(worker_title(args.slot, args.handler))
@@ -205,7 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     except HandlerError as e:
         print(f"gaspar_tw worker: {e}", file=sys.stderr, flush=True)
         return EXIT_HANDLER_ERROR
-    worker = Worker(handler, args.token, args.work, args.reply)
+    if args.connect:
+        from gaspar_tw.relay import RemoteWorker
+
+        worker = RemoteWorker(handler, args.token, args.connect, args.curve_keys)
+    else:
+        worker = Worker(handler, args.token, args.work, args.reply)
     try:
         worker.serve()
     finally:

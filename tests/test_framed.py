@@ -16,7 +16,7 @@ from twisted.internet.defer import gatherResults
 
 from gaspar_tw import GasparClient, Overloaded, Producer, RemoteError
 from gaspar_tw.client import request
-from gaspar_tw.framed import HANDLER_ERROR, OK, TIMEOUT, FrameSplitter, FrameTooLong
+from gaspar_tw.framed import HANDLER_ERROR, OK, REFUSED, TIMEOUT, FrameSplitter, FrameTooLong
 
 FRAMED = re.compile(rb"listening on tcp ([\d.]+):(\d+) \(framed protocol\)")
 
@@ -162,3 +162,42 @@ def test_frame_splitter_finds_every_frame_however_the_stream_is_cut(bodies, cuts
 def test_frame_splitter_refuses_a_frame_over_its_limit():
     with pytest.raises(FrameTooLong):
         FrameSplitter(limit=10).feed(struct.pack("!I", 11))
+
+
+def test_a_half_sent_frame_is_dropped_after_idle_timeout_but_an_idle_connection_stays(
+    daemon_factory,
+):
+    daemon, address = framed_daemon(daemon_factory, "--idle-timeout", "0.5")
+    with (
+        socket.create_connection(address, timeout=15) as stalled,
+        socket.create_connection(address, timeout=15) as resting,
+    ):
+        send_all(resting, [b"first"])
+        assert read_reply(resting) == (OK, b"first")
+        stalled.sendall(struct.pack("!I", 100) + b"only part of it")
+        try:  # dropped without a reply (an abort: EOF or reset), well within the timeout
+            assert stalled.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        daemon.wait_for(rb"dropping 1 connections")
+        # The connection that finished its requests and stayed quiet is still served.
+        send_all(resting, [b"second"])
+        assert read_reply(resting) == (OK, b"second")
+
+
+def test_drain_answers_in_flight_requests_and_refuses_new_ones_on_open_connections(
+    daemon_factory,
+):
+    import signal
+
+    daemon, address = framed_daemon(daemon_factory, "--drain-timeout", "10")
+    with socket.create_connection(address, timeout=15) as sock:
+        send_all(sock, [b"sleep:1", b"behind it"])
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.wait_for(rb"draining")
+        send_all(sock, [b"during the drain"])
+        assert read_reply(sock) == (OK, b"sleep:1")
+        assert read_reply(sock) == (OK, b"behind it")
+        status, text = read_reply(sock)
+        assert status == REFUSED and b"stopping" in text
+    assert daemon.process.wait(15) == 0

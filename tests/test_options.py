@@ -35,3 +35,34 @@ def test_flags_and_values():
 def test_bad_values_are_usage_errors(args):
     with pytest.raises(usage.UsageError, match=args[0]):
         parse(*args)
+
+
+def test_workers_zero_needs_bind():
+    options = parse("--workers", "0", "--bind", "tcp://127.0.0.1:5570")
+    assert options["workers"] == 0 and options["bind"] == "tcp://127.0.0.1:5570"
+    with pytest.raises(usage.UsageError, match="--bind"):
+        parse("--workers", "0")
+    with pytest.raises(usage.UsageError, match="--bind"):
+        parse("--curve-keys", "keys")
+    with pytest.raises(usage.UsageError, match="--workers"):
+        parse("--workers", "-1", "--bind", "tcp://127.0.0.1:5570")
+
+
+def test_producer_without_workers_needs_bind():
+    from gaspar_tw.producer import Producer
+
+    with pytest.raises(ValueError, match="bind"):
+        Producer("gaspar_tw.examples:echo", None, 0)
+    assert Producer("gaspar_tw.examples:echo", None, 0, bind="tcp://127.0.0.1:*").workers == 0
+
+
+def test_unreadable_curve_keys_are_usage_errors(tmp_path):
+    from gaspar_tw import workerhost
+
+    with pytest.raises(usage.UsageError, match="producer.key_secret"):
+        parse("--bind", "tcp://127.0.0.1:5570", "--curve-keys", str(tmp_path))
+    host = workerhost.Options()
+    with pytest.raises(usage.UsageError, match="worker.key_secret"):
+        host.parseOptions(
+            ["--connect", "tcp://127.0.0.1:5570", "--handler", "m:f", "--curve-keys", str(tmp_path)]
+        )

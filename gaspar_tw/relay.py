@@ -1,0 +1,171 @@
+"""A remote worker's link to its producer: a thread owns the DEALER socket and heartbeats.
+
+The worker loop (L{gaspar_tw.worker.Worker}) runs unchanged on in-process sockets; a relay
+thread forwards work from the producer to it and its replies back, pings the producer every
+L{HEARTBEAT_SECONDS} (even while a handler runs) and, after L{HEARTBEAT_MISSES} silent
+intervals, connects afresh and says hello again. Nothing here imports Twisted.
+
+Besides L{gaspar_tw.wire}'s messages, one-frame control messages travel both ways:
+L{PING}; from the producer also L{WHO} (unknown to me: say hello again) and L{KILL} (given up
+on after C{--timeout}: exit, the worker host starts a new process). A remote hello is
+C{[b"H" + token, pid, capacity, hostname]}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import zmq
+
+from gaspar_tw import wire
+from gaspar_tw.handler import Handler
+from gaspar_tw.worker import Worker
+
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_MISSES = 3
+
+PING = b"P"
+WHO = b"?"
+KILL = b"K"
+
+#: Exit status of a worker the producer gave up on (the worker host starts another at once).
+EXIT_GIVEN_UP = 5
+
+_WORK = "inproc://gaspar-work"
+_REPLIES = "inproc://gaspar-replies"
+
+
+def _say(text: str) -> None:
+    print(f"gaspar_tw worker: {text}", flush=True)
+
+
+class RemoteWorker(Worker):
+    """A worker process answering a producer at C{address} (its C{--bind}) over a relay."""
+
+    def __init__(
+        self, handler: Handler, token: int, address: str, curve_keys: str | None = None
+    ) -> None:
+        self.address = address
+        self.curve_keys = curve_keys
+        super().__init__(handler, token, _WORK, _REPLIES)
+
+    def openSockets(self, work_address: str, reply_address: str):
+        relayReplies = self.context.socket(zmq.PULL)
+        relayReplies.bind(reply_address)
+        work, replies = super().openSockets(work_address, reply_address)
+        relayWork = self.context.socket(zmq.PUSH)
+        relayWork.setsockopt(zmq.LINGER, 0)
+        relayWork.connect(work_address)
+        self.relay = Relay(self.context, self.address, relayWork, relayReplies, self.curve_keys)
+        self.relay.start()
+        return work, replies
+
+    def close(self) -> None:
+        self.relay.stop()
+        self.replies.setsockopt(zmq.LINGER, 0)
+        super().close()
+
+
+class Relay(threading.Thread):
+    """Forward between the producer's ROUTER and the worker loop; keep both sides told."""
+
+    def __init__(self, context, address, work, replies, curve_keys=None) -> None:
+        super().__init__(name="gaspar-relay", daemon=True)
+        self.context = context
+        self.address = address
+        self.work = work  # PUSH to the worker loop
+        self.replies = replies  # PULL from the worker loop
+        self.curve_keys = curve_keys
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(5)
+
+    def _dealer(self) -> zmq.Socket:
+        dealer = self.context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.copy_threshold = wire.ZERO_COPY_BYTES
+        if self.curve_keys:
+            from gaspar_tw.curve import client_options
+
+            client_options(dealer, self.curve_keys)
+        dealer.connect(self.address)
+        return dealer
+
+    def run(self) -> None:
+        clock = time.monotonic
+        dealer = self._dealer()
+        poller = zmq.Poller()
+        poller.register(self.replies, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
+        hello = None
+        heard = next_ping = clock()
+        while not self._stopping.is_set():
+            wait = min(max(next_ping - clock(), 0.0), 0.25)
+            events = dict(poller.poll(wait * 1000))
+            if self.replies in events:
+                hello = self._forwardReplies(dealer, hello)
+            if dealer in events:
+                heard = clock()
+                self._forwardWork(dealer, hello)
+            now = clock()
+            if hello is None or now < next_ping:
+                continue
+            next_ping = now + HEARTBEAT_SECONDS
+            if now - heard > HEARTBEAT_SECONDS * HEARTBEAT_MISSES:
+                _say(
+                    f"no word from the producer at {self.address} for {now - heard:.1f}s;"
+                    " connecting again"
+                )
+                poller.unregister(dealer)
+                dealer.close()
+                dealer = self._dealer()
+                poller.register(dealer, zmq.POLLIN)
+                heard = now
+                _send(dealer, hello)
+            else:
+                _send(dealer, [PING])
+        dealer.close()
+        self.work.close()
+        self.replies.close()
+
+    def _forwardReplies(self, dealer: zmq.Socket, hello):
+        while True:
+            try:
+                frames = self.replies.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return hello
+            if frames[0].bytes[:1] == wire.HELLO:
+                hello = [frames[0].bytes, frames[1].bytes, b"1", socket.gethostname().encode()]
+                _say(f"pid {os.getpid()} connecting to {self.address}")
+                frames = hello
+            if not _send(dealer, frames):
+                _say("the producer is not taking replies (high-water mark); dropped some")
+
+    def _forwardWork(self, dealer: zmq.Socket, hello) -> None:
+        while True:
+            try:
+                frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) > 1:
+                self.work.send_multipart(frames, copy=False)
+                continue
+            kind = frames[0].bytes
+            if kind == WHO and hello is not None:
+                _send(dealer, hello)
+            elif kind == KILL:
+                _say("the producer gave up on this worker (--timeout); exiting")
+                os._exit(EXIT_GIVEN_UP)
+
+
+def _send(dealer: zmq.Socket, frames) -> bool:
+    try:
+        dealer.send_multipart(frames, zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return False
+    return True

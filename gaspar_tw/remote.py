@@ -1,0 +1,247 @@
+"""Remote workers: a bound ROUTER socket that worker hosts connect to, with heartbeats.
+
+Each remote worker process connects a DEALER (see L{gaspar_tw.relay}), says hello and
+becomes a L{WorkerLink} like a local worker: the dispatcher's per-worker window balances
+load by readiness. A worker that disconnects or stays silent for L{HEARTBEAT_MISSES}
+heartbeats is lost (its requests are retried or failed like a crashed worker's).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import dataclass
+from functools import partial
+from itertools import count
+from urllib.parse import urlsplit
+
+import zmq
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gaspar_tw import wire
+from gaspar_tw.channels import ReplyChannel
+from gaspar_tw.dispatch import Dispatcher, WorkerLink
+from gaspar_tw.relay import HEARTBEAT_MISSES, HEARTBEAT_SECONDS, KILL, PING, WHO
+from gaspar_tw.stats import Stats
+
+log = Logger()
+
+#: Remote workers' tokens start here, far from the local pool's.
+FIRST_TOKEN = 1 << 32
+#: Replies from a worker not (or no longer) known go to the dispatcher under this token.
+UNKNOWN_TOKEN = 0
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ZeroMQ address such as C{tcp://127.0.0.1:5570} binds to loopback only."""
+    if not address.startswith("tcp://"):
+        return True  # ipc://, inproc://: not reachable from another machine
+    host = urlsplit(address).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name, a host name
+
+
+class RouterChannel(ReplyChannel):
+    """The bound ROUTER socket: messages arrive as C{[identity, *frames]}."""
+
+    socketType = zmq.ROUTER
+
+    def __init__(self, factory, address, onMessage, curve_keys: str | None = None) -> None:
+        self.curve_keys = curve_keys
+        super().__init__(factory, address, onMessage)
+
+    def addEndpoints(self, endpoints) -> None:
+        # Options that must be set before the socket binds.
+        self.socket.set(zmq.ROUTER_MANDATORY, 1)  # sending to a gone worker raises
+        self.socket.set(zmq.LINGER, 0)
+        self.socket.copy_threshold = wire.ZERO_COPY_BYTES
+        if self.curve_keys:
+            from gaspar_tw.curve import server_options
+
+            server_options(self.socket, self.curve_keys)
+        super().addEndpoints(endpoints)
+
+    @property
+    def boundAddress(self) -> str:
+        return self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def sendTo(self, identity: bytes, messages: list[list]) -> None:
+        """Send messages to one worker without blocking (raises if it is gone or full)."""
+        send = self.socket.send_multipart
+        try:
+            for frames in messages:
+                send([identity, *frames], zmq.NOBLOCK, copy=False)
+        finally:
+            # The ZeroMQ fd is edge-triggered and shared by sends and receives: after a send,
+            # replies already waiting would not wake the reactor, so read on the next turn.
+            if self.read_scheduled is None and self.factory is not None:
+                self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+
+
+@dataclass(eq=False)
+class _Remote:
+    token: int
+    pid: int
+    host: str
+    heard: float
+
+
+class RemoteWorkers:
+    """Accept remote workers on C{address} and give them to C{dispatcher}."""
+
+    def __init__(
+        self,
+        reactor,
+        dispatcher: Dispatcher,
+        address: str,
+        stats: Stats | None = None,
+        curve_keys: str | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.dispatcher = dispatcher
+        self.stats = dispatcher.stats if stats is None else stats
+        self.address = address
+        self.curve_keys = curve_keys
+        self.remotes: dict[bytes, _Remote] = {}
+        self.channel: RouterChannel | None = None
+        self.boundAddress: str | None = None
+        self._tokens = count(FIRST_TOKEN)
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = reactor
+        self._auth = None
+
+    def start(self, factory) -> str:
+        """Bind (on C{factory}'s ZeroMQ context); return the address bound, port included."""
+        if self.curve_keys:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            self._auth = ThreadAuthenticator(factory.context)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=self.curve_keys)
+        elif not is_loopback(self.address):
+            log.warn(
+                "remote workers' socket {address} is not loopback and has no --curve-keys:"
+                " anyone who can reach it can take and answer requests; keep it on a private"
+                " network",
+                address=self.address,
+            )
+        self.channel = RouterChannel(factory, self.address, self._onMessage, self.curve_keys)
+        self.boundAddress = self.channel.boundAddress
+        log.info(
+            "gaspar_tw producer: remote workers connect to {address}{curve}",
+            address=self.boundAddress,
+            curve=" (CURVE)" if self.curve_keys else "",
+        )
+        self._heartbeat.start(HEARTBEAT_SECONDS, now=False)
+        return self.boundAddress
+
+    def stop(self) -> None:
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        for identity in list(self.remotes):
+            self._forget(identity)
+        if self.channel is not None and self.channel.socket is not None:
+            self.channel.shutdown()
+        self.channel = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    def pids(self) -> list[int]:
+        return [remote.pid for remote in self.remotes.values()]
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _onMessage(self, frames: list) -> None:
+        if len(frames) < 2:
+            return
+        identity, head = frames[0], frames[1]
+        remote = self.remotes.get(identity)
+        kind = head[:1]
+        if remote is not None:
+            remote.heard = self.reactor.seconds()
+        if kind == wire.REPLIES and len(frames) >= 5:
+            ids, statuses, payloads = wire.decode_replies(frames[1:])
+            self.dispatcher.handlerTime(len(ids), wire.busy_seconds(head))
+            token = UNKNOWN_TOKEN if remote is None else remote.token
+            self.dispatcher.repliesReceived(token, ids, statuses, payloads)
+        elif kind == wire.HELLO and len(frames) >= 5:
+            if remote is None:
+                self._hello(identity, frames[2:])
+            return
+        elif head != PING:
+            self.stats.badInput()
+            log.warn("remote worker sent a message of unknown kind {kind!r}", kind=kind)
+        if remote is None:
+            self._sendControl(identity, WHO)
+
+    def _hello(self, identity: bytes, frames: list) -> None:
+        try:
+            pid, capacity, host = int(frames[0]), int(frames[1]), frames[2].decode()
+        except (ValueError, UnicodeDecodeError):
+            self.stats.badInput()
+            log.warn("remote worker sent a malformed hello; ignored")
+            return
+        token = next(self._tokens)
+        self.remotes[identity] = _Remote(token, pid, host, self.reactor.seconds())
+        log.info(
+            "remote worker ready (pid {pid} on {host}, capacity {capacity})",
+            pid=pid,
+            host=host,
+            capacity=capacity,
+        )
+        # Remote workers have no pool slot: negative numbers keep their stats apart.
+        self.stats.workerReady(token, FIRST_TOKEN - 1 - token, pid)
+        link = WorkerLink(token, pid, partial(self._send, identity), partial(self._kill, identity))
+        self.dispatcher.workerReady(link)
+
+    def _send(self, identity: bytes, messages: list[list]) -> None:
+        self.channel.sendTo(identity, messages)
+
+    def _sendControl(self, identity: bytes, kind: bytes) -> bool:
+        """Send a one-frame control message; C{False} if the worker is disconnected."""
+        if self.channel is None:
+            return False
+        try:
+            self.channel.sendTo(identity, [[kind]])
+        except zmq.ZMQError as e:
+            return e.errno != errno.EHOSTUNREACH
+        return True
+
+    # -- liveness --------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        now = self.reactor.seconds()
+        limit = HEARTBEAT_SECONDS * HEARTBEAT_MISSES
+        for identity, remote in list(self.remotes.items()):
+            if now - remote.heard > limit:
+                self._lost(identity, f"was silent for {now - remote.heard:.1f}s")
+            elif not self._sendControl(identity, PING):
+                self._lost(identity, "disconnected")
+
+    def _lost(self, identity: bytes, why: str) -> None:
+        remote = self._forget(identity)
+        if remote is not None:
+            log.warn(
+                "remote worker pid {pid} on {host} {why}; treating it as lost",
+                pid=remote.pid,
+                host=remote.host,
+                why=why,
+            )
+            self.dispatcher.workerLost(remote.token)
+
+    def _kill(self, identity: bytes) -> None:
+        """The dispatcher gave up on this worker (--timeout): tell it to exit, forget it."""
+        if self._forget(identity) is not None:
+            self._sendControl(identity, KILL)
+
+    def _forget(self, identity: bytes) -> _Remote | None:
+        remote = self.remotes.pop(identity, None)
+        if remote is not None:
+            self.stats.workerEnded(remote.token)
+        return remote

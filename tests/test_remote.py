@@ -1,0 +1,190 @@
+"""Remote worker hosts on loopback: ``twistd gaspar --workers 0 --bind`` and ``gaspar-worker``.
+
+Issue 5: requests are served by another host's workers; a worker host that vanishes (SIGKILL)
+or goes silent (SIGSTOP) is lost, its requests retried; another host takes over.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import TESTS, TWISTD, assert_reaped, child_env, pid_alive, wait_until
+
+from gaspar_tw.client import request
+
+BOUND = re.compile(rb"remote workers connect to (tcp://[\d.]+:\d+)")
+REMOTE_READY = rb"remote worker ready \(pid (\d+) on"
+BIND = ("--handler", "handlers:faulty", "--bind", "tcp://127.0.0.1:*", "--timeout", "20")
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """Start worker hosts with start(address, workers); all are killed and reaped after."""
+    started: list[subprocess.Popen] = []
+
+    def start(address: str, workers: int = 2, *args: str) -> subprocess.Popen:
+        log = open(tmp_path / f"host-{len(started)}.log", "wb")
+        argv = [*TWISTD, "-n", "--pidfile=", "gaspar-worker", "--connect", address]
+        argv += ["--handler", "handlers:faulty", "--workers", str(workers)]
+        argv += ["--pythonpath", str(TESTS), *args]
+        with log:
+            process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=child_env()
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+    assert_reaped([p.pid for p in started])
+
+
+def ready_pids(daemon, count: int) -> list[int]:
+    return [int(pid) for pid in daemon.wait_for(REMOTE_READY, count, timeout=20)]
+
+
+def pid_of(reply: bytes) -> int:
+    return int(reply.split(b":", 1)[0])
+
+
+def test_remote_host_serves_and_a_killed_host_is_replaced(daemon_factory, hosts):
+    producer = daemon_factory(*BIND, workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    first = hosts(address, 2)
+    first_pids = ready_pids(producer, 2)
+    replies = [request(producer.address, b"hello %d" % i, timeout=15) for i in range(6)]
+    assert all(reply.endswith(b":hello %d" % i) for i, reply in enumerate(replies))
+    assert {pid_of(reply) for reply in replies} <= set(first_pids)
+
+    with ThreadPoolExecutor(4) as pool:
+        in_flight = [
+            pool.submit(request, producer.address, b"sleep:1", timeout=30) for _ in range(2)
+        ]
+        time.sleep(0.5)  # both are on the first host's workers now
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert_reaped(first_pids)  # its workers die with it (PR_SET_PDEATHSIG)
+        producer.wait_for(rb"remote worker pid \d+ on \S+ (disconnected|was silent)", 2)
+        waiting = pool.submit(request, producer.address, b"after", timeout=30)
+        time.sleep(0.5)
+        assert not waiting.done()  # no worker anywhere: the new request waits
+        hosts(address, 2)
+        second_pids = set(ready_pids(producer, 4)) - set(first_pids)
+        assert len(second_pids) == 2
+        for future in in_flight:  # retried on the new host's workers
+            assert pid_of(future.result(30)) in second_pids
+        assert pid_of(waiting.result(30)) in second_pids
+    assert b"retried" in producer.log()
+
+
+def test_silent_host_is_lost_then_announces_itself_again(daemon_factory, hosts):
+    producer = daemon_factory(*BIND, workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    host = hosts(address, 1)
+    (pid,) = ready_pids(producer, 1)
+    for stopped in (pid, host.pid):
+        subprocess.run(["kill", "-STOP", str(stopped)], check=True)
+    try:
+        producer.wait_for(rb"remote worker pid %d on \S+ was silent" % pid, timeout=15)
+    finally:
+        for stopped in (pid, host.pid):
+            subprocess.run(["kill", "-CONT", str(stopped)], check=True)
+    assert ready_pids(producer, 2)[1] == pid  # the same worker said hello again
+    assert pid_of(request(producer.address, b"back", timeout=15)) == pid
+    assert pid_alive(pid)
+    producer.stop()
+    assert wait_until(lambda: host.poll() is None)  # the host outlives its producer
+
+
+def keygen(directory) -> None:
+    command = [sys.executable, "-m", "gaspar_tw.cli", "keygen", str(directory)]
+    subprocess.run(command, check=True, env=child_env(), capture_output=True, timeout=30)
+
+
+def test_curve_right_keys_work_wrong_keys_get_nothing(daemon_factory, hosts, tmp_path):
+    keys, other = tmp_path / "keys", tmp_path / "other"
+    keygen(keys)
+    keygen(other)
+    # The intruder knows the producer's public key, but its own key is not authorized.
+    shutil.copy(keys / "producer.key", other / "producer.key")
+    producer = daemon_factory(*BIND, "--curve-keys", str(keys), workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    intruder = hosts(address, 1, "--curve-keys", str(other))
+    hosts(address, 1, "--curve-keys", str(keys))
+    (pid,) = ready_pids(producer, 1)
+    replies = [request(producer.address, b"secret %d" % i, timeout=15) for i in range(4)]
+    assert [pid_of(reply) for reply in replies] == [pid] * 4
+    time.sleep(1.0)
+    assert len(re.findall(REMOTE_READY, producer.log())) == 1  # the intruder never joined
+    assert intruder.poll() is None
+
+
+def test_loopback_detection():
+    from gaspar_tw.remote import is_loopback
+
+    assert is_loopback("tcp://127.0.0.1:5570")
+    assert is_loopback("tcp://[::1]:5570")
+    assert is_loopback("ipc:///tmp/x")
+    assert not is_loopback("tcp://0.0.0.0:5570")
+    assert not is_loopback("tcp://*:5570")
+    assert not is_loopback("tcp://10.0.0.1:5570")
+
+
+def test_remote_worker_past_timeout_is_told_to_exit_and_replaced(daemon_factory, hosts):
+    producer = daemon_factory(*BIND[:-1], "1", workers=0)  # --timeout 1
+    address = producer.wait_for(BOUND)[0].decode()
+    hosts(address, 1)
+    (pid,) = ready_pids(producer, 1)
+    assert request(producer.address, b"sleep:10", timeout=15) == b""  # failed: closed, no bytes
+    assert_reaped([pid])
+    new = ready_pids(producer, 2)[1]
+    assert new != pid
+    assert pid_of(request(producer.address, b"again", timeout=15)) == new
+
+
+def test_workers_find_a_restarted_producer(daemon_factory, hosts):
+    producer = daemon_factory(*BIND, workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    host = hosts(address, 1)
+    (pid,) = ready_pids(producer, 1)
+    producer.stop(signal.SIGKILL)
+    again = daemon_factory(*BIND[:-3], address, "--timeout", "20", workers=0)  # same address
+    assert again.wait_for(BOUND)[0].decode() == address
+    assert ready_pids(again, 1) == [pid]  # the same worker, connected again
+    assert pid_of(request(again.address, b"hi", timeout=15)) == pid
+    assert host.poll() is None
+
+
+def test_concurrent_load_flows_without_stalls(daemon_factory, hosts):
+    producer = daemon_factory(*BIND, workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    hosts(address, 1)
+    ready_pids(producer, 1)
+    messages = [b"load %d" % i for i in range(1500)]
+    with ThreadPoolExecutor(48) as pool:
+        replies = list(pool.map(lambda m: request(producer.address, m, timeout=30), messages))
+    assert [reply.split(b":", 1)[1] for reply in replies] == messages
+    assert b"treating it as lost" not in producer.log()
+
+
+def test_local_and_remote_workers_share_the_work(daemon_factory, hosts):
+    producer = daemon_factory(*BIND, workers=1)
+    address = producer.wait_for(BOUND)[0].decode()
+    hosts(address, 1)
+    (remote,) = ready_pids(producer, 1)
+    (local,) = producer.worker_pids.values()
+    with ThreadPoolExecutor(2) as pool:  # two slow requests at once: one on each worker
+        replies = list(
+            pool.map(lambda m: request(producer.address, m, timeout=15), [b"sleep:1"] * 2)
+        )
+    assert {pid_of(reply) for reply in replies} == {local, remote}
