@@ -17,6 +17,7 @@ from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory
 from txzmq.connection import ZmqConnection
 
 from gaspar_tw import wire
+from gaspar_tw.multipart import recv_frames, send_frames
 
 #: Replies are read from the reply socket for at most this long per reactor turn (and at
 #: most L{MAX_READS_PER_TURN} messages, L{READ_BYTES_PER_TURN} bytes), so that a stream of
@@ -52,7 +53,7 @@ class ReplyChannel(ZmqConnection):
             if self.factory is None:
                 return
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(socket)
             except zmq.Again:
                 return
             onMessage(frames)
@@ -82,9 +83,9 @@ class WorkChannel(ZmqConnection):
 
     def send(self, messages: list[list]) -> None:
         """Send L{gaspar_tw.wire.encode_work}'s messages (large frames without a copy)."""
-        send = self.socket.send_multipart
+        socket = self.socket
         for frames in messages:
-            send(frames, zmq.NOBLOCK, copy=False)
+            send_frames(socket, frames, copy=False)
 
 
 class ChannelHub:

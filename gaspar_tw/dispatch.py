@@ -146,7 +146,9 @@ class Dispatcher:
             return self._refuse()
         rid = next(self._ids)
         queued = self._turn_time or monotonic()
-        request = _Request(rid, bytes(payload), Deferred(self._cancel), queued, self._sweep.count)
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        request = _Request(rid, payload, Deferred(self._cancel), queued, self._sweep.count)
         request.deferred.rid = rid  # type: ignore[attr-defined]
         self._requests[rid] = request
         self._queue.append(request)

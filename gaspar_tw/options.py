@@ -7,7 +7,7 @@ import os
 from twisted.python import usage
 
 from gaspar_tw.dispatch import DEFAULT_TIMEOUT
-from gaspar_tw.protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH
+from gaspar_tw.protocol import DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH
 from gaspar_tw.shutdown import DEFAULT_DRAIN_TIMEOUT
 
 DEFAULT_PORT = 10123
@@ -79,7 +79,7 @@ class Options(usage.Options):
             "port",
             "p",
             DEFAULT_PORT,
-            "TCP port to listen on (all interfaces).",
+            "TCP port to listen on (all interfaces, listen backlog 1024).",
             _positive_int("port"),
         ],
         [
@@ -199,4 +199,4 @@ class Options(usage.Options):
 
             checkKeys(server_keys, self["curve-keys"])
         if self["endpoint"] is None:
-            self["endpoint"] = f"tcp:{self['port']}"
+            self["endpoint"] = f"tcp:{self['port']}:backlog={DEFAULT_BACKLOG}"

@@ -22,7 +22,12 @@ from gaspar_tw.framed import FramedFactory
 from gaspar_tw.handler import Handler
 from gaspar_tw.pool import WorkerPool
 from gaspar_tw.proctitle import producer_title, set_title
-from gaspar_tw.protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH, GasparFactory
+from gaspar_tw.protocol import (
+    DEFAULT_BACKLOG,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LENGTH,
+    GasparFactory,
+)
 from gaspar_tw.shutdown import DEFAULT_DRAIN_TIMEOUT
 from gaspar_tw.stats import Stats
 
@@ -42,10 +47,10 @@ def default_worker_count() -> int:
 
 
 def endpoint_description(endpoint: int | str | None) -> str | None:
-    """C{10123} -> C{"tcp:10123"}; a string is a Twisted server endpoint description."""
+    """C{10123} -> C{"tcp:10123:backlog=1024"}; a string is a Twisted server endpoint."""
     if endpoint is None or isinstance(endpoint, str):
         return endpoint
-    return f"tcp:{int(endpoint)}"
+    return f"tcp:{int(endpoint)}:backlog={DEFAULT_BACKLOG}"
 
 
 class Producer(service.Service):

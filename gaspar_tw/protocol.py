@@ -26,10 +26,16 @@ log = Logger()
 
 #: Default largest request body accepted, in bytes.
 DEFAULT_MAX_LENGTH = 16 * 1024 * 1024
+#: Listen backlog for C{--port} and integer endpoints: one connection per request means as
+#: many connects in flight as concurrent clients, and Twisted's default of 50 overflows with
+#: more than 50 (each dropped SYN is retransmitted 1 s, then 3 s, later).
+DEFAULT_BACKLOG = 1024
 #: Default seconds a client may leave a request half sent before it is dropped.
 DEFAULT_IDLE_TIMEOUT = 30.0
 
 Submit = Callable[[bytes], Deferred]
+
+_HEADER = struct.Struct("!I")
 
 
 class GasparProtocol(Int32StringReceiver):
@@ -65,13 +71,20 @@ class GasparProtocol(Int32StringReceiver):
         if self._done:
             return
         self.heardAt = self.factory.idleSweep.count
+        if self._length is None and not self._received and len(data) >= 4:
+            # The usual case: the header (and often the whole request) in one read.
+            (length,) = _HEADER.unpack_from(data)
+            if length <= self.MAX_LENGTH and len(data) - 4 >= length:
+                self._done = True
+                self.stringReceived(data[4 : 4 + length])
+                return
         self._chunks.append(data)
         self._received += len(data)
         if self._length is None:
             if self._received < 4:
                 return
             buffered = b"".join(self._chunks)
-            (self._length,) = struct.unpack_from("!I", buffered)
+            (self._length,) = _HEADER.unpack_from(buffered)
             if self._length > self.MAX_LENGTH:
                 self._done = True
                 self.lengthLimitExceeded(self._length)

@@ -20,6 +20,7 @@ import zmq
 from gaspar_tw import wire
 from gaspar_tw.errors import HandlerError
 from gaspar_tw.handler import Handler, load_handler
+from gaspar_tw.multipart import BLOCK, recv_frames, send_frames
 from gaspar_tw.proctitle import set_title, worker_title
 
 #: Exit status meaning "the handler cannot be loaded": the producer stops respawning.
@@ -111,13 +112,14 @@ class Worker:
         poller.register(stdin, zmq.POLLIN)
         work = self.work
         while True:
+            # Sleep until work arrives or the producer closes our stdin. (answer() returns
+            # once the work socket is empty, so trying it before polling would only fail.)
+            for socket, _ in poller.poll():
+                if socket == stdin and not os.read(stdin, 4096):
+                    return
             try:
-                frames = work.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(work)
             except zmq.Again:
-                # Idle: sleep until work arrives or the producer closes our stdin.
-                for socket, _ in poller.poll():
-                    if socket == stdin and not os.read(stdin, 4096):
-                        return
                 continue
             self.answer(frames)
 
@@ -152,7 +154,7 @@ class Worker:
                 if held.size >= wire.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
                     self.flush()
             try:
-                frames = self.work.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(self.work)
             except zmq.Again:
                 frames = None
         self.flush()
@@ -164,11 +166,13 @@ class Worker:
             signal.setitimer(signal.ITIMER_REAL, 0)
         held = self._held
         if held.ids:
-            self.replies.send_multipart(
+            send_frames(
+                self.replies,
                 wire.encode_replies(
                     self.token, held.ids, bytes(held.statuses), held.results, held.busy
                 ),
                 copy=False,
+                flags=BLOCK,
             )
             self._held = _Held()
 

@@ -17,6 +17,8 @@ def test_defaults():
     assert options["timeout"] == 30.0 and options["idle-timeout"] == 30.0
     assert options["drain-timeout"] == 10.0 and options["max-pending"] is None
     assert options["retry-on-crash"] is True
+    # Room in the listen queue for 64+ concurrent one-connection-per-request clients.
+    assert options["endpoint"] == "tcp:10123:backlog=1024"
 
 
 def test_flags_and_values():
