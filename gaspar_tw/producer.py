@@ -21,7 +21,7 @@ from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.framed import FramedFactory
 from gaspar_tw.handler import Handler
 from gaspar_tw.pool import WorkerPool
-from gaspar_tw.proctitle import producer_title, set_title
+from gaspar_tw.proctitle import address_text, producer_title, set_title
 from gaspar_tw.protocol import (
     DEFAULT_BACKLOG,
     DEFAULT_IDLE_TIMEOUT,
@@ -350,8 +350,6 @@ def _chain(d: Deferred) -> Deferred:
 
 
 def _describe(address) -> str:
-    host = getattr(address, "host", None)
-    if host is not None:
-        kind = str(getattr(address, "type", "TCP")).lower()
-        return f"{kind} [{host}]:{address.port}" if ":" in host else f"{kind} {host}:{address.port}"
-    return f"unix {getattr(address, 'name', address)}"
+    """C{tcp 127.0.0.1:10123}, C{tcp [::1]:10123} or C{unix /run/gaspar.sock}, for the log."""
+    kind = "unix" if getattr(address, "host", None) is None else str(address.type).lower()
+    return f"{kind} {address_text(address)}"

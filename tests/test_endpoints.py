@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -30,7 +31,7 @@ def test_unix_socket_endpoint(tmp_path, daemon_factory):
     daemon = daemon_factory(
         "--handler", "gaspar_tw.examples:upper", "--endpoint", f"unix:{path}", wait=False
     )
-    daemon.wait_for(rb"listening on unix")
+    daemon.wait_for(b"listening on unix " + re.escape(str(path).encode()))  # path as text
     daemon.wait_for(READY, 2)
     assert unix_request(str(path), b"over unix") == b"OVER UNIX"
 
