@@ -61,7 +61,27 @@ def checkKeys(load, directory: str) -> None:
         raise usage.UsageError(f"--curve-keys: {e}") from None
 
 
-class Options(usage.Options):
+class HandlerOptions(usage.Options):
+    """What every command that runs a handler takes: C{--handler} (required), C{--pythonpath}."""
+
+    optParameters = [
+        ["handler", "H", None, "The handler to run, as MODULE:FUNCTION (required)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["pythonpath"] = []
+
+    def opt_pythonpath(self, directory: str) -> None:
+        """A directory to add to the Python path to find the handler (repeatable)."""
+        self["pythonpath"].append(os.path.abspath(directory))
+
+    def postOptions(self) -> None:
+        if not self["handler"]:
+            raise usage.UsageError("--handler MODULE:FUNCTION is required")
+
+
+class Options(HandlerOptions):
     """Options for ``twistd gaspar``."""
 
     synopsis = "--handler MODULE:FUNCTION [options]"
@@ -74,7 +94,6 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["handler", "H", None, "The handler to run, as MODULE:FUNCTION (required)."],
         [
             "port",
             "p",
@@ -172,7 +191,6 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        self["pythonpath"] = []
         self["retry-on-crash"] = True
 
     def opt_retry_on_crash(self) -> None:
@@ -183,13 +201,8 @@ class Options(usage.Options):
         """Requests held by a worker that dies fail (closed, no reply) instead of running again."""
         self["retry-on-crash"] = False
 
-    def opt_pythonpath(self, directory: str) -> None:
-        """A directory to add to the Python path to find the handler (repeatable)."""
-        self["pythonpath"].append(os.path.abspath(directory))
-
     def postOptions(self) -> None:
-        if not self["handler"]:
-            raise usage.UsageError("--handler MODULE:FUNCTION is required")
+        super().postOptions()
         if self["workers"] == 0 and not self["bind"]:
             raise usage.UsageError("--workers 0 needs --bind (remote workers)")
         if self["curve-keys"] and not self["bind"]:

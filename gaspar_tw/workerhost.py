@@ -6,14 +6,12 @@ only starts them, replaces the ones that die and stops them, like the producer's
 
 from __future__ import annotations
 
-import os
-
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from gaspar_tw.options import checkKeys, whole_number
+from gaspar_tw.options import HandlerOptions, checkKeys, whole_number
 from gaspar_tw.pool import WorkerPool, WorkerProcess
 from gaspar_tw.stats import Stats
 
@@ -22,7 +20,7 @@ log = Logger()
 __all__ = ["Options", "makeService", "WorkerHost"]
 
 
-class Options(usage.Options):
+class Options(HandlerOptions):
     """Options for ``twistd gaspar-worker``."""
 
     synopsis = "--connect tcp://HOST:5570 --handler MODULE:FUNCTION [--workers N]"
@@ -35,7 +33,6 @@ class Options(usage.Options):
 
     optParameters = [
         ["connect", "c", None, "The producer's --bind address, e.g. tcp://10.0.0.1:5570."],
-        ["handler", "H", None, "The handler to run, as MODULE:FUNCTION (required)."],
         [
             "workers",
             "w",
@@ -46,17 +43,8 @@ class Options(usage.Options):
         ["curve-keys", None, None, "Directory of CURVE keys (gaspar-tw keygen DIR)."],
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["pythonpath"] = []
-
-    def opt_pythonpath(self, directory: str) -> None:
-        """A directory to add to the Python path to find the handler (repeatable)."""
-        self["pythonpath"].append(os.path.abspath(directory))
-
     def postOptions(self) -> None:
-        if not self["handler"]:
-            raise usage.UsageError("--handler MODULE:FUNCTION is required")
+        super().postOptions()
         if not self["connect"]:
             raise usage.UsageError("--connect tcp://HOST:PORT is required")
         if self["curve-keys"]:
