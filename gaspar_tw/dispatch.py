@@ -152,7 +152,7 @@ class Dispatcher:
         request.deferred.rid = rid  # type: ignore[attr-defined]
         self._requests[rid] = request
         self._queue.append(request)
-        if self._flush_call is None and self._links:
+        if self._flush_call is None and self._links:  # _scheduleFlush, inlined: hot path
             self._flush_call = self._reactor.callLater(0, self._flush)
         self._turn_time = queued if self._flush_call is not None else None
         return request.deferred
@@ -209,8 +209,8 @@ class Dispatcher:
 
     def workerReady(self, link: WorkerLink) -> None:
         self._links[link.token] = link
-        if (self._queue or self._suspects) and self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self._flush)
+        if self._queue or self._suspects:
+            self._scheduleFlush()
 
     def workerLost(self, token: int) -> None:
         """A worker ended: retry each request it held once, alone, or fail them.
@@ -245,8 +245,8 @@ class Dispatcher:
         for request in retry:
             request.queuedAt = self._sweep.count
         self._suspects.extend(retry)
-        if retry and self._flush_call is None and self._links:
-            self._flush_call = self._reactor.callLater(0, self._flush)
+        if retry:
+            self._scheduleFlush()
         self.stats.error += len(failed)
         for request in failed:
             del self._requests[request.rid]
@@ -338,8 +338,7 @@ class Dispatcher:
         for request in requests:
             request.queuedAt = self._sweep.count
         self._queue.extendleft(reversed(requests))
-        if self._flush_call is None and self._links:
-            self._flush_call = self._reactor.callLater(0, self._flush)
+        self._scheduleFlush()
 
     # -- timeouts --------------------------------------------------------------------------
 
@@ -408,6 +407,11 @@ class Dispatcher:
 
     # -- sending ---------------------------------------------------------------------------
 
+    def _scheduleFlush(self) -> None:
+        """Flush on the next reactor turn (once per turn), if any worker can take work."""
+        if self._flush_call is None and self._links:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
     def _flush(self) -> None:
         """Send queued requests to workers with room, least-loaded first, fair shares."""
         if self._flush_call is not None:
@@ -439,13 +443,18 @@ class Dispatcher:
                 try:
                     link.send(wire.encode_work(ids, [request.payload for request in batch]))
                 except Exception:
-                    log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
                     queue.extendleft(reversed(batch))
-                    del self._links[link.token]
-                    self._requeue(self._held(link))
-                    link.kill()
+                    self._sendFailed(link)
                     continue
                 link.outstanding.update(dict.fromkeys(ids))
+
+    def _sendFailed(self, link: WorkerLink) -> None:
+        """Sending to C{link} failed (call from the except block): give up on that worker,
+        requeue what it held, and have it ended."""
+        log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
+        del self._links[link.token]
+        self._requeue(self._held(link))
+        link.kill()
 
     def _sendSuspects(self) -> None:
         """Give each retried request, alone, to a worker that holds nothing else."""
@@ -459,10 +468,8 @@ class Dispatcher:
             try:
                 link.send(wire.encode_work([request.rid], [request.payload]))
             except Exception:
-                log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
                 self._suspects.appendleft(request)
-                del self._links[link.token]
-                link.kill()
+                self._sendFailed(link)  # it held nothing: idle
                 continue
             link.outstanding[request.rid] = None
             self._isolating.add(link.token)
