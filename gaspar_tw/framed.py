@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import struct
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet import defer
+from twisted.internet import error as twisted_errors
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from gaspar_tw.dispatch import IReplyReceiver
 from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped
 from gaspar_tw.protocol import GasparFactory, _peer, log_handler_error
 
@@ -47,18 +50,15 @@ def reply_header(status: int, payload_length: int) -> bytes:
     return _HEADER.pack(payload_length + 1, status)
 
 
-def status_of(failure: Failure) -> tuple[int, bytes]:
-    """Map a failed request to its reply status and error text."""
-    error = failure.value
+def status_of(error: BaseException) -> tuple[int, bytes]:
+    """Map a failed request's exception to its reply status and error text."""
     text = f"{type(error).__name__}: {error}"
     if isinstance(error, RemoteError):
         text = f"{error.type}: {error.message}"
         return HANDLER_ERROR, text.encode("utf-8", "replace")
     if isinstance(error, Overloaded | ServiceStopped):
         return REFUSED, text.encode("utf-8", "replace")
-    if isinstance(error, TimeoutError) or failure.check(
-        "twisted.internet.defer.TimeoutError", "twisted.internet.error.TimeoutError"
-    ):
+    if isinstance(error, TimeoutError | defer.TimeoutError | twisted_errors.TimeoutError):
         return TIMEOUT, text.encode("utf-8", "replace")
     return HANDLER_ERROR, text.encode("utf-8", "replace")
 
@@ -125,8 +125,12 @@ class FrameSplitter:
         return frames
 
 
+@implementer(IReplyReceiver)
 class FramedProtocol(Protocol):
-    """Read pipelined requests, submit each, write the replies back in request order."""
+    """Read pipelined requests, submit each, write the replies back in request order.
+
+    The protocol receives its requests' outcomes itself (L{IReplyReceiver}), by request id.
+    """
 
     factory: FramedFactory
 
@@ -137,7 +141,8 @@ class FramedProtocol(Protocol):
         self._sent = 0  # requests submitted on this connection
         self._written = 0  # replies written
         self._done: dict[int, tuple[int, bytes]] = {}  # finished, waiting for earlier ones
-        self._pending: dict[int, Deferred] = {}
+        self._pending: dict[int, int] = {}  # request id -> index on this connection
+        self._submitting = 0  # the index being submitted (a refusal comes back at once)
         self._paused = False
         self._closed = False
 
@@ -156,31 +161,34 @@ class FramedProtocol(Protocol):
         except FrameTooLong as e:
             self._tooLong(e.length)  # the connection closes: its requests get no reply
             return
-        submit = self.factory.submit if not self.factory.draining else _refuseWhileDraining
+        factory = self.factory
+        submitTo = factory.dispatcher.submitTo
+        pending = self._pending
         for buffer, start, end in frames:
             index = self._sent
             self._sent = index + 1
-            d = submit(buffer[start:end])
-            if not d.called:
-                self._pending[index] = d
-            d.addCallbacks(self._succeeded, self._failed, (index,), None, (index,))
+            self._submitting = index
+            if factory.draining:
+                self.requestFailed(0, ServiceStopped("gaspar_tw producer is stopping"))
+                continue
+            rid = submitTo(buffer[start:end], self)
+            if rid:
+                pending[rid] = index
         if not self._paused and self._sent - self._written >= MAX_IN_FLIGHT:
             self._paused = True
             self.transport.pauseProducing()
 
-    def _succeeded(self, reply: bytes, index: int) -> None:
-        self._finish(index, OK, reply)
+    def replyReceived(self, rid: int, reply: bytes) -> None:
+        self._finish(self._pending.pop(rid), OK, reply)
 
-    def _failed(self, failure: Failure, index: int) -> None:
-        if failure.check(CancelledError) and self._closed:
-            return
-        status, text = status_of(failure)
-        if status == HANDLER_ERROR and failure.check(RemoteError):
-            log_handler_error(failure.value, self.transport)
+    def requestFailed(self, rid: int, reason: Exception) -> None:
+        index = self._pending.pop(rid) if rid else self._submitting
+        status, text = status_of(reason)
+        if isinstance(reason, RemoteError):
+            log_handler_error(reason, self.transport)
         self._finish(index, status, text)
 
     def _finish(self, index: int, status: int, payload: bytes) -> None:
-        self._pending.pop(index, None)
         if self._closed:
             return
         if index != self._written:
@@ -216,12 +224,13 @@ class FramedProtocol(Protocol):
         self._closed = True
         self._done.clear()
         pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.cancel()
+        cancel = self.factory.dispatcher.cancel
+        for rid in pending:
+            cancel(rid)
 
 
 class FramedFactory(GasparFactory):
-    """Builds L{FramedProtocol}s that hand each request to C{submit}.
+    """Builds L{FramedProtocol}s that hand each request to C{dispatcher}.
 
     While C{draining} (the producer is stopping), requests that arrive on open connections
     are answered L{REFUSED} at once, so a pipelining client cannot hold a drain open.
@@ -230,6 +239,3 @@ class FramedFactory(GasparFactory):
     protocol = FramedProtocol
     draining = False
 
-
-def _refuseWhileDraining(payload: bytes) -> Deferred:
-    return fail(ServiceStopped("gaspar_tw producer is stopping"))

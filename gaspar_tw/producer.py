@@ -118,12 +118,12 @@ class Producer(service.Service):
             reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath, self.stats
         )
         self.factory = GasparFactory(
-            self.dispatcher.submit, max_length, self.stats, idle_timeout, reactor
+            self.dispatcher, max_length, self.stats, idle_timeout, reactor
         )
         self.port: IListeningPort | None = None
         self.framed_endpoint = framed_endpoint
         self.framedFactory = FramedFactory(
-            self.dispatcher.submit, max_length, self.stats, idle_timeout, reactor
+            self.dispatcher, max_length, self.stats, idle_timeout, reactor
         )
         self.framedPort: IListeningPort | None = None
         self._framedListening: Deferred | None = None

@@ -10,14 +10,15 @@ stops arriving for C{idleTimeout} seconds (one periodic sweep, no timer per conn
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from gaspar_tw.closing import writeAndClose
+from gaspar_tw.dispatch import Dispatcher, IReplyReceiver
 from gaspar_tw.errors import GasparError, Overloaded, RemoteError
 from gaspar_tw.stats import Stats
 from gaspar_tw.sweep import Sweep
@@ -33,21 +34,21 @@ DEFAULT_BACKLOG = 1024
 #: Default seconds a client may leave a request half sent before it is dropped.
 DEFAULT_IDLE_TIMEOUT = 30.0
 
-Submit = Callable[[bytes], Deferred]
-
 _HEADER = struct.Struct("!I")
 
 
+@implementer(IReplyReceiver)
 class GasparProtocol(Int32StringReceiver):
     """Serve one request: read the frame, submit it, write the reply, close.
 
     The body is collected as a list of chunks (the base class re-joins its whole buffer on
     every read, which is quadratic for multi-megabyte requests). Bytes after the first
-    request are ignored: a gaspar connection carries exactly one request.
+    request are ignored: a gaspar connection carries exactly one request. The protocol
+    receives its request's outcome itself (L{IReplyReceiver}).
     """
 
     _length: int | None = None
-    _pending: Deferred | None = None
+    _rid = 0  # the request being answered, 0 when none
     _done = False
 
     def connectionMade(self) -> None:
@@ -98,8 +99,7 @@ class GasparProtocol(Int32StringReceiver):
             self.stringReceived(body[: self._length])
 
     def stringReceived(self, request: bytes) -> None:
-        self._pending = self.factory.submit(request)
-        self._pending.addCallbacks(self._reply, self._failed)
+        self._rid = self.factory.dispatcher.submitTo(request, self)
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.factory.stats.badInput()
@@ -111,40 +111,37 @@ class GasparProtocol(Int32StringReceiver):
         )
         self.transport.loseConnection()
 
-    def _reply(self, reply: bytes) -> None:
-        self._pending = None
-        self.transport.write(reply)
-        self.transport.loseConnection()
+    def replyReceived(self, rid: int, reply: bytes) -> None:
+        self._rid = 0
+        writeAndClose(self.transport, reply)
 
-    def _failed(self, failure: Failure) -> None:
-        self._pending = None
-        if failure.check(CancelledError):
-            return
-        if failure.check(Overloaded):  # counted, and logged once a second, by the dispatcher
-            self.transport.loseConnection()
-            return
-        if failure.check(RemoteError):
-            log_handler_error(failure.value, self.transport)
-        elif failure.check(GasparError):
-            log.warn(
-                "request from {peer} failed: {error}",
-                peer=_peer(self.transport),
-                error=failure.value,
-            )
+    def requestFailed(self, rid: int, reason: Exception) -> None:
+        self._rid = 0
+        if isinstance(reason, RemoteError):
+            log_handler_error(reason, self.transport)
+        elif isinstance(reason, GasparError):
+            if not isinstance(reason, Overloaded):  # counted, logged once a second, elsewhere
+                log.warn(
+                    "request from {peer} failed: {error}",
+                    peer=_peer(self.transport),
+                    error=reason,
+                )
         else:
-            log.failure("request from {peer} failed", failure, peer=_peer(self.transport))
+            log.error(
+                "request from {peer} failed: {error!r}", peer=_peer(self.transport), error=reason
+            )
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         self._done = True
         self.factory.connections.discard(self)
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
+        if self._rid:
+            rid, self._rid = self._rid, 0
+            self.factory.dispatcher.cancel(rid)
 
 
 class GasparFactory(Factory):
-    """Builds L{GasparProtocol}s that hand each request to C{submit}; drops idle readers.
+    """Builds L{GasparProtocol}s that hand each request to C{dispatcher}; drops idle readers.
 
     C{connections} holds every open connection.
     """
@@ -154,13 +151,13 @@ class GasparFactory(Factory):
 
     def __init__(
         self,
-        submit: Submit,
+        dispatcher: Dispatcher,
         maxLength: int = DEFAULT_MAX_LENGTH,
         stats: Stats | None = None,
         idleTimeout: float | None = DEFAULT_IDLE_TIMEOUT,
         clock=None,
     ) -> None:
-        self.submit = submit
+        self.dispatcher = dispatcher
         self.maxLength = maxLength
         self.stats = Stats() if stats is None else stats
         self.idleTimeout = idleTimeout or None

@@ -31,7 +31,7 @@ inputs = st.one_of(
 def serve(clock: Clock) -> tuple[Dispatcher, GasparFactory]:
     """A real dispatcher with no workers (requests wait in its queue) behind the factory."""
     dispatcher = Dispatcher(clock, max_pending=10)
-    return dispatcher, GasparFactory(dispatcher.submit, LIMIT, idleTimeout=1.0, clock=clock)
+    return dispatcher, GasparFactory(dispatcher, LIMIT, idleTimeout=1.0, clock=clock)
 
 
 def connect(factory: GasparFactory):
