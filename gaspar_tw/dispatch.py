@@ -149,6 +149,7 @@ class Dispatcher:
         self._isolating: set[int] = set()  # tokens of workers running one suspect alone
         self._links: dict[int, WorkerLink] = {}
         self._flush_call = None
+        self._afterReplies: list[Callable[[], None]] = []
         self._nextRefusalLog = 0.0
         # monotonic() read once per reactor turn: the submit time of every request queued
         # until the next flush (kept only while a flush is scheduled).
@@ -219,7 +220,7 @@ class Dispatcher:
             link.outstanding.clear()
         self.stats.error += len(requests)
         for request in requests.values():
-            request.receiver.requestFailed(request.rid, reason)
+            self._fail(request, reason)
 
     def _refuse(self) -> Overloaded:
         self.stats.requestRefused()
@@ -297,8 +298,8 @@ class Dispatcher:
         self.stats.error += len(failed)
         for request in failed:
             del self._requests[request.rid]
-            request.receiver.requestFailed(
-                request.rid,
+            self._fail(
+                request,
                 WorkerCrashed(f"worker pid {link.pid} died while handling the request; {why}"),
             )
 
@@ -344,10 +345,15 @@ class Dispatcher:
             stats.latency_sum += seconds
             if status == wire.OK:
                 stats.ok += 1
-                request.receiver.replyReceived(rid, payload)
+                try:
+                    request.receiver.replyReceived(rid, payload)
+                except Exception:
+                    log.failure("delivering the reply to request {rid} failed", rid=rid)
             else:
                 stats.error += 1
                 self._remoteError(request, payload)
+        if self._afterReplies:
+            self._repliesDelivered()
         if self._queue or self._suspects:
             self._flush()
 
@@ -361,18 +367,44 @@ class Dispatcher:
             answered.add(rid)
             if status == wire.OK:
                 self.stats.ok += 1
-                request.receiver.replyReceived(rid, payload)
+                try:
+                    request.receiver.replyReceived(rid, payload)
+                except Exception:
+                    log.failure("delivering the reply to request {rid} failed", rid=rid)
             else:
                 self.stats.error += 1
                 self._remoteError(request, payload)
+        if self._afterReplies:
+            self._repliesDelivered()
         if answered:
             self._queue = deque(r for r in self._queue if r.rid not in answered)
             self._suspects = deque(r for r in self._suspects if r.rid not in answered)
 
     def _remoteError(self, request: _Request, payload: bytes) -> None:
         info = wire.decode_error(payload)
-        error = RemoteError(info["type"], info["message"], info["traceback"])
-        request.receiver.requestFailed(request.rid, error)
+        self._fail(request, RemoteError(info["type"], info["message"], info["traceback"]))
+
+    def _fail(self, request: _Request, error: Exception) -> None:
+        try:
+            request.receiver.requestFailed(request.rid, error)
+        except Exception:
+            log.failure("delivering the failure of request {rid} failed", rid=request.rid)
+
+    def afterReplies(self, call: Callable[[], None]) -> None:
+        """Have C{call} run once the batch of replies being delivered now is all delivered.
+
+        For a receiver that writes once per batch, not once per reply; call it from
+        L{IReplyReceiver.replyReceived} only.
+        """
+        self._afterReplies.append(call)
+
+    def _repliesDelivered(self) -> None:
+        calls, self._afterReplies = self._afterReplies, []
+        for call in calls:
+            try:
+                call()
+            except Exception:
+                log.failure("writing a batch of replies failed")
 
     def _held(self, link: WorkerLink) -> list[_Request]:
         """Take a lost worker's pending requests off it, in the order they were sent."""
@@ -432,8 +464,8 @@ class Dispatcher:
         self._requeue(others)
         if stuck is not None:
             self.stats.requestTimedOut()
-            stuck.receiver.requestFailed(
-                running, RequestTimeout(f"the handler ran for over {self.timeout}s (--timeout)")
+            self._fail(
+                stuck, RequestTimeout(f"the handler ran for over {self.timeout}s (--timeout)")
             )
 
     def _expireQueued(self) -> None:
@@ -450,8 +482,8 @@ class Dispatcher:
         for request in expired:
             del self._requests[request.rid]
             self.stats.requestTimedOut()
-            request.receiver.requestFailed(
-                request.rid, RequestTimeout(f"no worker was free for {self.timeout}s (--timeout)")
+            self._fail(
+                request, RequestTimeout(f"no worker was free for {self.timeout}s (--timeout)")
             )
 
     # -- sending ---------------------------------------------------------------------------

@@ -143,6 +143,8 @@ class FramedProtocol(Protocol):
         self._done: dict[int, tuple[int, bytes]] = {}  # finished, waiting for earlier ones
         self._pending: dict[int, int] = {}  # request id -> index on this connection
         self._submitting = 0  # the index being submitted (a refusal comes back at once)
+        self._out: list[bytes] = []  # replies ready to write, in order
+        self._flushPending = False  # a write is due once the current batch is delivered
         self._paused = False
         self._closed = False
 
@@ -179,7 +181,12 @@ class FramedProtocol(Protocol):
             self.transport.pauseProducing()
 
     def replyReceived(self, rid: int, reply: bytes) -> None:
+        # Replies come in batches: they are written once the batch is delivered, one write
+        # per connection per batch instead of one per reply.
         self._finish(self._pending.pop(rid), OK, reply)
+        if self._out and not self._flushPending:
+            self._flushPending = True
+            self.factory.dispatcher.afterReplies(self._flushReplies)
 
     def requestFailed(self, rid: int, reason: Exception) -> None:
         index = self._pending.pop(rid) if rid else self._submitting
@@ -187,23 +194,33 @@ class FramedProtocol(Protocol):
         if isinstance(reason, RemoteError):
             log_handler_error(reason, self.transport)
         self._finish(index, status, text)
+        if not self._flushPending:
+            self._flushReplies()
 
     def _finish(self, index: int, status: int, payload: bytes) -> None:
+        """Queue reply C{index} for writing, with any later ones it was holding back."""
         if self._closed:
             return
         if index != self._written:
             self._done[index] = (status, payload)
             return
-        out = [reply_header(status, len(payload)), payload]
+        out = self._out
+        out += (_HEADER.pack(len(payload) + 1, status), payload)
         written = index + 1
         done = self._done
         while written in done:
             status, payload = done.pop(written)
-            out += (reply_header(status, len(payload)), payload)
+            out += (_HEADER.pack(len(payload) + 1, status), payload)
             written += 1
         self._written = written
+
+    def _flushReplies(self) -> None:
+        self._flushPending = False
+        out, self._out = self._out, []
+        if self._closed or not out:
+            return
         self.transport.writeSequence(out)
-        if self._paused and self._sent - written < MAX_IN_FLIGHT // 2:
+        if self._paused and self._sent - self._written < MAX_IN_FLIGHT // 2:
             self._paused = False
             self.transport.resumeProducing()
 
@@ -223,6 +240,7 @@ class FramedProtocol(Protocol):
         self.factory.connections.discard(self)
         self._closed = True
         self._done.clear()
+        self._out = []
         pending, self._pending = self._pending, {}
         cancel = self.factory.dispatcher.cancel
         for rid in pending:
