@@ -17,7 +17,7 @@ from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory
 from txzmq.connection import ZmqConnection
 
 from gaspar_tw import wire
-from gaspar_tw.multipart import recv_frames, send_frames
+from gaspar_tw.multipart import recv_frames, send_frames, waiting
 
 #: Replies are read from the reply socket for at most this long per reactor turn (and at
 #: most L{MAX_READS_PER_TURN} messages, L{READ_BYTES_PER_TURN} bytes), so that a stream of
@@ -50,12 +50,9 @@ class ReplyChannel(ZmqConnection):
         deadline = clock() + READ_SECONDS_PER_TURN
         size = 0
         for _ in range(MAX_READS_PER_TURN):
-            if self.factory is None:
+            if self.factory is None or not waiting(socket):
                 return
-            try:
-                frames = recv_frames(socket)
-            except zmq.Again:
-                return
+            frames = recv_frames(socket)
             onMessage(frames)
             size += sum(map(len, frames))
             if size >= READ_BYTES_PER_TURN or clock() > deadline:

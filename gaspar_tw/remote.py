@@ -165,7 +165,7 @@ class RemoteWorkers:
         kind = head[:1]
         if remote is not None:
             remote.heard = self.reactor.seconds()
-        if kind == wire.REPLIES and len(frames) >= 5:
+        if kind == wire.REPLIES and len(frames) >= 3:
             ids, statuses, payloads = wire.decode_replies(frames[1:])
             self.dispatcher.handlerTime(len(ids), wire.busy_seconds(head))
             token = UNKNOWN_TOKEN if remote is None else remote.token

@@ -2,22 +2,25 @@
 
 Work (producer -> one worker, on that worker's PUSH socket)::
 
-    [ids, sizes, body_1, ..., body_k]
+    [n + ids + sizes, body_1, ..., body_k]
 
 Replies and control (every worker -> producer, on the shared PULL socket)::
 
-    [b"H" + token, pid]                                               worker ready
-    [b"R" + token + busy, ids, statuses, sizes, body_1, ..., body_k]  replies
+    [b"H" + token, pid]                                                   worker ready
+    [b"R" + token + busy + n + ids + statuses + sizes, body_1, ..., body_k]   replies
 
 C{token} is a worker process's unique number (u64), C{busy} the microseconds the handler
-spent on these requests (u32, so the producer can size its batches), C{ids} the request
-ids as native u64s, C{sizes} each payload's length as native u32s, C{statuses} one byte a
-reply (L{OK} or L{ERROR}; an error payload is L{encode_error}'s JSON). Small payloads travel
-packed in one frame (k = 1: one ZeroMQ frame costs as much as a few hundred bytes of
-copying); a message holding a payload of L{PACK_LIMIT} bytes or more carries one frame per
-payload (k = n), sent without a copy. L{encode_work} cuts a batch into messages of about
-L{MESSAGE_BYTES}, so a worker can start on the first requests while the rest are on their way.
-Nothing here imports Twisted: the worker process uses this module too.
+spent on these requests (u32, so the producer can size its batches), C{n} the number of
+requests (u32), C{ids} their ids (n native u64s), C{sizes} each payload's length (n native
+u32s), C{statuses} one byte a reply (L{OK} or L{ERROR}; an error payload is
+L{encode_error}'s JSON). The small fields share the first frame: every ZeroMQ frame costs
+about a microsecond to send and another to receive, so a message of small payloads is two
+frames. Small payloads travel packed in one frame (k = 1: one frame costs as much as a few
+hundred bytes of copying); a message holding a payload of L{PACK_LIMIT} bytes or more
+carries one frame per payload (k = n), sent without a copy. L{encode_work} cuts a batch
+into messages of about L{MESSAGE_BYTES}, so a worker can start on the first requests while
+the rest are on their way. Nothing here imports Twisted: the worker process uses this
+module too.
 """
 
 from __future__ import annotations
@@ -45,40 +48,44 @@ ZERO_COPY_BYTES = 256 * 1024
 
 _TOKEN = struct.Struct("<Q")
 _BUSY = struct.Struct("<I")
+_COUNT = struct.Struct("<I")
+#: The replies head: kind, token, busy microseconds, count.
+_REPLIES_HEAD = struct.Struct("<cQII")
 
 
-def pack_ids(ids: Sequence[int]) -> bytes:
-    return array("Q", ids).tobytes()
-
-
-def unpack_ids(frame: bytes) -> array:
+def unpack_ids(frame, offset: int, n: int) -> array:
     ids = array("Q")
-    ids.frombytes(frame)
+    ids.frombytes(memoryview(frame)[offset : offset + 8 * n])
     return ids
 
 
-def pack_bodies(payloads: Sequence[Any]) -> list:
-    """C{[sizes, body_1, ..., body_k]} for C{payloads}: packed if all are small."""
+def pack_bodies(payloads: Sequence[Any]) -> tuple[bytes, list]:
+    """C{(sizes, [body_1, ..., body_k])} for C{payloads}: packed if all are small."""
     sizes = array("I", map(len, payloads))
     if len(payloads) > 1 and max(sizes) < PACK_LIMIT:
-        return [sizes.tobytes(), b"".join(payloads)]
-    return [sizes.tobytes(), *payloads]
+        return sizes.tobytes(), [b"".join(payloads)]
+    return sizes.tobytes(), list(payloads)
 
 
-def unpack_bodies(sizes_frame: bytes, bodies: Sequence[Any]) -> Sequence[Any]:
-    """The payloads of C{[sizes, body_1, ..., body_k]}, as a sequence of bytes."""
-    sizes = array("I")
-    sizes.frombytes(sizes_frame)
-    if len(bodies) == len(sizes):
+def unpack_bodies(frame, offset: int, n: int, bodies: Sequence[Any]) -> Sequence[Any]:
+    """The payloads of a message whose sizes start at C{offset} of C{frame}."""
+    if len(bodies) == n:
         return bodies
+    sizes = array("I")
+    sizes.frombytes(memoryview(frame)[offset : offset + 4 * n])
     blob = bodies[0]
     payloads = []
-    offset = 0
+    start = 0
     for size in sizes:
-        end = offset + size
-        payloads.append(blob[offset:end])
-        offset = end
+        end = start + size
+        payloads.append(blob[start:end])
+        start = end
     return payloads
+
+
+def _work_message(ids: Sequence[int], payloads: Sequence[Any]) -> list:
+    sizes, bodies = pack_bodies(payloads)
+    return [_COUNT.pack(len(ids)) + array("Q", ids).tobytes() + sizes, *bodies]
 
 
 def encode_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]:
@@ -90,15 +97,17 @@ def encode_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]:
         size += len(payload)
         if size >= MESSAGE_BYTES:
             end = index + 1
-            messages.append([pack_ids(ids[start:end]), *pack_bodies(payloads[start:end])])
+            messages.append(_work_message(ids[start:end], payloads[start:end]))
             start, size = end, 0
     if start < len(payloads):
-        messages.append([pack_ids(ids[start:]), *pack_bodies(payloads[start:])])
+        messages.append(_work_message(ids[start:], payloads[start:]))
     return messages
 
 
 def decode_work(frames: Sequence[Any]) -> tuple[array, Sequence[Any]]:
-    return unpack_ids(frames[0]), unpack_bodies(frames[1], frames[2:])
+    meta = frames[0]
+    (n,) = _COUNT.unpack_from(meta)
+    return unpack_ids(meta, 4, n), unpack_bodies(meta, 4 + 8 * n, n, frames[1:])
 
 
 def encode_hello(token: int, pid: int) -> list:
@@ -108,8 +117,10 @@ def encode_hello(token: int, pid: int) -> list:
 def encode_replies(
     token: int, ids: Sequence[int], statuses: bytes, payloads: Sequence[Any], busy: float = 0.0
 ) -> list:
-    head = REPLIES + _TOKEN.pack(token) + _BUSY.pack(min(int(busy * 1e6), 0xFFFFFFFF))
-    return [head, pack_ids(ids), statuses, *pack_bodies(payloads)]
+    micros = min(int(busy * 1e6), 0xFFFFFFFF)
+    sizes, bodies = pack_bodies(payloads)
+    head = _REPLIES_HEAD.pack(REPLIES, token, micros, len(ids))
+    return [head + array("Q", ids).tobytes() + statuses + sizes, *bodies]
 
 
 def busy_seconds(head: bytes) -> float:
@@ -119,7 +130,13 @@ def busy_seconds(head: bytes) -> float:
 
 def decode_replies(frames: Sequence[Any]) -> tuple[array, bytes, Sequence[Any]]:
     """C{(ids, statuses, payloads)} of a replies message (after L{frame_kind})."""
-    return unpack_ids(frames[1]), frames[2], unpack_bodies(frames[3], frames[4:])
+    head = frames[0]
+    offset = _REPLIES_HEAD.size
+    (n,) = _COUNT.unpack_from(head, offset - 4)
+    ids = unpack_ids(head, offset, n)
+    offset += 8 * n
+    statuses = head[offset : offset + n]
+    return ids, statuses, unpack_bodies(head, offset + n, n, frames[1:])
 
 
 def frame_kind(head: bytes) -> tuple[bytes, int]:

@@ -20,7 +20,7 @@ import zmq
 from gaspar_tw import wire
 from gaspar_tw.errors import HandlerError
 from gaspar_tw.handler import Handler, load_handler
-from gaspar_tw.multipart import BLOCK, recv_frames, send_frames
+from gaspar_tw.multipart import BLOCK, recv_frames, send_frames, waiting
 from gaspar_tw.proctitle import set_title, worker_title
 
 #: Exit status meaning "the handler cannot be loaded": the producer stops respawning.
@@ -153,10 +153,7 @@ class Worker:
                 held.add(rid, status, result, now - started)
                 if held.size >= wire.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
                     self.flush()
-            try:
-                frames = recv_frames(self.work)
-            except zmq.Again:
-                frames = None
+            frames = recv_frames(self.work) if waiting(self.work) else None
         self.flush()
 
     def flush(self) -> None:
