@@ -25,6 +25,7 @@ from zope.interface import implementer
 from gaspar_tw.dispatch import IReplyReceiver
 from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped
 from gaspar_tw.protocol import GasparFactory, _peer, log_handler_error
+from gaspar_tw.sendnow import DIRECT_BYTES, writeNow
 
 log = Logger()
 
@@ -219,7 +220,10 @@ class FramedProtocol(Protocol):
         out, self._out = self._out, []
         if self._closed or not out:
             return
-        self.transport.writeSequence(out)
+        if sum(map(len, out)) > DIRECT_BYTES:
+            self.transport.writeSequence(out)  # large replies: no copy
+        else:
+            writeNow(self.transport, b"".join(out))
         if self._paused and self._sent - self._written < MAX_IN_FLIGHT // 2:
             self._paused = False
             self.transport.resumeProducing()

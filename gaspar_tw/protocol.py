@@ -17,9 +17,9 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gaspar_tw.closing import writeAndClose
 from gaspar_tw.dispatch import Dispatcher, IReplyReceiver
 from gaspar_tw.errors import GasparError, Overloaded, RemoteError
+from gaspar_tw.sendnow import writeAndClose
 from gaspar_tw.stats import Stats
 from gaspar_tw.sweep import Sweep
 
