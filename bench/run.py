@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from spin import spin
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(BENCH, "results")
 CONCURRENCY = 64
@@ -37,6 +39,7 @@ ROW_NAMES = {
     "ppe": "ProcessPoolExecutor + callFromThread",
     "txzmq": "raw txZMQ PUSH/PULL round trip",
     "bare": "bare Twisted Int32StringReceiver (TCP ceiling)",
+    "processes": "plain processes looping the handler (no pool: the hardware's ceiling)",
 }
 TCP_ROWS = {"gaspar-tcp", "framed", "bare"}
 
@@ -70,13 +73,31 @@ def workloads() -> list[dict]:
             "handler": "cpu",
             "size": 100,
             "concurrency": 16,
-            "rows": [(r, w) for r in ("submit", "ampoule", "ppe") for w in (1, 2)],
+            "rows": [(r, w) for r in ("submit", "ampoule", "ppe", "processes") for w in (1, 2)],
         },
     ]
 
 
 def row_key(row: str, workers: int) -> str:
     return f"{row} w{workers}"
+
+
+class SpinRow:
+    """The C{processes} row: no server, plain processes started for each measurement."""
+
+    port = None
+
+    def __init__(self, row: str, handler: str, workers: int) -> None:
+        self.row, self.handler, self.workers = row, handler, workers
+
+    def wait_ready(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class Row:
@@ -147,7 +168,9 @@ def measure(
     row: Row, size: int, seconds: float, loadgen: str, concurrency: int = CONCURRENCY
 ) -> dict:
     """One measurement of one row: requests/s, latencies, parent CPU, reactor lag."""
-    if row.row in TCP_ROWS:
+    if isinstance(row, SpinRow):
+        result = spin(row.handler, row.workers, seconds)
+    elif row.row in TCP_ROWS:
         mode = "framed" if row.row == "framed" else "oneshot"
         row.send("start")
         out = subprocess.run(
@@ -178,9 +201,11 @@ def measure(
     return result
 
 
-def start_rows(work: dict, number: int) -> list[Row]:
+def start_rows(work: dict, number: int) -> list[Row | SpinRow]:
     return [
-        Row(r, work["handler"], w, f"{number}-{work['handler']}-{r}-w{w}.log")
+        SpinRow(r, work["handler"], w)
+        if r == "processes"
+        else Row(r, work["handler"], w, f"{number}-{work['handler']}-{r}-w{w}.log")
         for r, w in work["rows"]
     ]
 
@@ -230,6 +255,19 @@ def ratio(samples: dict, a: str, b: str) -> float | None:
     return median(values) if values else None
 
 
+def scaling_share(samples: dict, row: str) -> float | None:
+    """Median over rounds of (row's 2 vs 1 workers) / (plain processes' 2 vs 1)."""
+    keys = (f"{row} w2", f"{row} w1", "processes w2", "processes w1")
+    if not all(k in samples for k in keys):
+        return None
+    values = [
+        (a["rps"] / b["rps"]) / (c["rps"] / d["rps"])
+        for a, b, c, d in zip(*(samples[k] for k in keys), strict=False)
+        if b["rps"] and c["rps"] and d["rps"]
+    ]
+    return median(values) if values else None
+
+
 def summarize(result: dict) -> list[dict]:
     rows = []
     for key, samples in result["samples"].items():
@@ -276,6 +314,18 @@ def targets(results: dict) -> list[tuple[str, float | None, float, str]]:
         ("gaspar TCP vs bare Twisted", ratio(echo, "gaspar-tcp w2", "bare w2"), 0.85, "x"),
         ("gaspar TCP p99 (ms, at most)", gaspar_p99, 20.0, "ms"),
         ("cpu 5 ms: submit() 2 workers vs 1", ratio(cpu, "submit w2", "submit w1"), 1.9, "x"),
+        (
+            "(for scale) cpu 5 ms: 2 plain processes vs 1, no pool (the hardware's ceiling)",
+            ratio(cpu, "processes w2", "processes w1"),
+            1.9,
+            "x",
+        ),
+        (
+            "(for scale) cpu 5 ms: submit() 2 vs 1 as a share of the hardware's 2 vs 1",
+            scaling_share(cpu, "submit"),
+            1.0,
+            "",
+        ),
         (
             f"reactor lag p99, worst gaspar_tw row ({worst}) (ms, at most)",
             row_lags.get(worst),
