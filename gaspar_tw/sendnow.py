@@ -29,14 +29,18 @@ _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
 
 
 def _idleSocket(transport: ITransport) -> socket.socket | None:
-    """The socket of a plain TCP or UNIX transport with nothing queued to write, else None."""
+    """The socket of a plain TCP or UNIX transport with nothing queued to write, else None.
+
+    Reads Twisted's write-buffer attributes; if a Twisted release renames them, every write
+    takes Twisted's own path (tests/test_sendnow.py notices).
+    """
     if (
         isinstance(transport, tcp.Connection)
         and transport.connected
         and not transport.disconnecting
-        and not transport._aborting
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
+        and not getattr(transport, "_aborting", True)
+        and not getattr(transport, "dataBuffer", True)
+        and not getattr(transport, "_tempDataBuffer", True)
         and transport.producer is None
         and not getattr(transport, "TLS", False)
     ):
