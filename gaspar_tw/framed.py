@@ -260,4 +260,3 @@ class FramedFactory(GasparFactory):
 
     protocol = FramedProtocol
     draining = False
-

@@ -117,9 +117,7 @@ class Producer(service.Service):
         self.pool = WorkerPool(
             reactor, self.consumer.spec, self.workers, self.dispatcher, pythonpath, self.stats
         )
-        self.factory = GasparFactory(
-            self.dispatcher, max_length, self.stats, idle_timeout, reactor
-        )
+        self.factory = GasparFactory(self.dispatcher, max_length, self.stats, idle_timeout, reactor)
         self.port: IListeningPort | None = None
         self.framed_endpoint = framed_endpoint
         self.framedFactory = FramedFactory(
