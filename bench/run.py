@@ -412,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rows", help="comma-separated rows to run (default: all)")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (2 if args.quick else 3)
-    seconds = args.seconds or (0.2 if args.quick else 0.8)
+    rounds = args.rounds or (2 if args.quick else 5)
+    seconds = args.seconds or (0.2 if args.quick else 0.5)
     warmup = 0.03 if args.quick else 0.3
     os.makedirs(RESULTS, exist_ok=True)
     loadgen = build_loadgen()
