@@ -239,10 +239,11 @@ class Dispatcher:
     def cancel(self, rid: int) -> None:
         """Forget request C{rid}: drop it if queued; a reply that still comes is ignored.
 
-        Its receiver is not called.
+        Its receiver is not called; the request counts as cancelled.
         """
         request = self._requests.pop(rid, None)
         if request is not None:
+            self.stats.requestCancelled()
             for waiting in (self._queue, self._suspects):
                 try:
                     waiting.remove(request)

@@ -32,7 +32,7 @@ LATENCY_BUCKETS = (
 )
 
 #: The outcomes a request ends with, as counted by L{Stats}.
-OUTCOMES = ("ok", "error", "timeout", "refused", "bad_input")
+OUTCOMES = ("ok", "error", "timeout", "refused", "bad_input", "cancelled")
 
 
 def latency_bucket(seconds: float) -> int:
@@ -60,6 +60,7 @@ class Stats:
         self.timeout = 0
         self.refused = 0
         self.bad_input = 0
+        self.cancelled = 0
         self.worker_restarts = 0
         #: Ready workers by token.
         self.workers: dict[int, WorkerStats] = {}
@@ -77,6 +78,10 @@ class Stats:
     def requestRefused(self) -> None:
         """A request was turned away (overload, stopping)."""
         self.refused += 1
+
+    def requestCancelled(self) -> None:
+        """The client went away (or cancelled) before its request was answered."""
+        self.cancelled += 1
 
     def badInput(self) -> None:
         """A client sent something unusable (over-long length, bad framing, idle too long)."""

@@ -11,7 +11,7 @@ import pytest_twisted
 from test_producer import producers as producers  # noqa: F401 - the fixture, shared
 from test_producer import started
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import CancelledError, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
@@ -78,3 +78,26 @@ async def test_refusals_and_worker_restarts_are_counted(producers):
     assert stats.worker_restarts == 1
     assert [w.pid for w in stats.workers.values()] != [victim]
     assert await producer.submit(b"0") == b"0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_whose_client_left_are_counted_cancelled(producers):
+    producers.append(producer := await started("handlers:slow", workers=1))
+    stats = producer.stats
+    port = producer.port.getHost().port
+    client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Closed())
+    client.transport.write(struct.pack("!I", 3) + b"0.3")
+    from twisted.internet import task
+
+    for _ in range(200):  # until the producer has the request
+        if producer.dispatcher.pending == 1:
+            break
+        await task.deferLater(reactor, 0.01)
+    client.transport.loseConnection()  # hangs up before the reply
+    await client.closed.addTimeout(10, reactor)
+    waiting = producer.submit(b"0.3")
+    waiting.cancel()
+    with pytest.raises(CancelledError):
+        await waiting
+    assert await producer.submit(b"0") == b"0"  # the worker finished both, replies dropped
+    assert stats.cancelled == 2 and stats.ok == 1 and stats.error == 0
