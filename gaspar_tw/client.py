@@ -12,7 +12,7 @@ import socket
 import struct
 from collections import deque
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
@@ -200,7 +200,9 @@ class GasparClient:
     format requires. With C{framed=True}, C{endpoint} is a framed endpoint
     (``--framed-endpoint``): requests are pipelined over up to C{connections} persistent
     connections, and a failed request fails its Deferred with L{gaspar_tw.RemoteError},
-    L{gaspar_tw.RequestTimeout} or L{gaspar_tw.Overloaded}. Call L{close} when done.
+    L{gaspar_tw.RequestTimeout} or L{gaspar_tw.Overloaded}. Past C{timeout} seconds without
+    a reply, either way, it fails with L{gaspar_tw.RequestTimeout} (a built-in
+    C{TimeoutError}). Call L{close} when done.
     """
 
     def __init__(
@@ -224,10 +226,7 @@ class GasparClient:
     def request(self, message: bytes) -> Deferred:
         """Send C{message}; the Deferred fires with the reply bytes."""
         if self._pool is not None:
-            result = self._pool.request(bytes(message))
-            if self.timeout is not None:
-                result.addTimeout(self.timeout, self.reactor)
-            return result
+            return self._withTimeout(self._pool.request(bytes(message)))
         finished: Deferred = Deferred()
         connecting = self.endpoint.connect(
             Factory.forProtocol(lambda: _OneRequest(message, finished))
@@ -251,6 +250,16 @@ class GasparClient:
                 result.callback(outcome)
 
         finished.addBoth(relay)
-        if self.timeout is not None:
-            result.addTimeout(self.timeout, self.reactor)
-        return result
+        return self._withTimeout(result)
+
+    def _withTimeout(self, result: Deferred) -> Deferred:
+        """Fail C{result} with L{gaspar_tw.RequestTimeout} if no reply comes in time."""
+        if self.timeout is None:
+            return result
+
+        def timedOut(outcome, seconds):
+            if isinstance(outcome, Failure) and outcome.check(CancelledError):
+                return Failure(RequestTimeout(f"no reply within {seconds}s (client timeout)"))
+            return outcome
+
+        return result.addTimeout(self.timeout, self.reactor, onTimeoutCancel=timedOut)

@@ -11,10 +11,10 @@ import pytest_twisted
 from conftest import TESTS, pid_alive
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
-from gaspar_tw import GasparClient, Overloaded, Producer, RemoteError
+from gaspar_tw import GasparClient, Overloaded, Producer, RemoteError, RequestTimeout
 from gaspar_tw.client import request
 from gaspar_tw.framed import HANDLER_ERROR, OK, REFUSED, TIMEOUT, FrameSplitter, FrameTooLong
 
@@ -99,7 +99,7 @@ def test_bad_input_on_the_framed_port_closes_only_that_connection(daemon_factory
 async def test_client_pipelines_over_its_pool_and_maps_statuses():
     producer = Producer(
         "framed_handlers:mixed",
-        None,
+        "tcp:0:interface=127.0.0.1",
         2,
         max_pending=3,
         pythonpath=[str(TESTS)],
@@ -130,11 +130,16 @@ async def test_client_pipelines_over_its_pool_and_maps_statuses():
             reactor, f"tcp:127.0.0.1:{port}", timeout=1.0, framed=True, connections=1
         )
         try:
-            with pytest.raises(defer.TimeoutError):
+            with pytest.raises(RequestTimeout, match="client timeout"):
                 await impatient.request(b"sleep:1.5")
             assert await impatient.request(b"after the late one") == b"after the late one"
         finally:
             await impatient.close()
+        # The gaspar format's client times out the same way.
+        gaspar_port = producer.port.getHost().port
+        plain = GasparClient(reactor, f"tcp:127.0.0.1:{gaspar_port}", timeout=0.5)
+        with pytest.raises(RequestTimeout, match="client timeout"):
+            await plain.request(b"sleep:1")
     finally:
         if client is not None:
             await client.close()
