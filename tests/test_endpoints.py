@@ -76,8 +76,9 @@ async def test_deferred_client_reports_connection_refused():
 
 @pytest_twisted.ensureDeferred
 async def test_deferred_client_times_out_and_closes_its_connection():
-    from twisted.internet.defer import TimeoutError
     from twisted.internet.protocol import Factory, Protocol
+
+    from gaspar_tw import RequestTimeout
 
     lost = []
 
@@ -88,7 +89,7 @@ async def test_deferred_client_times_out_and_closes_its_connection():
     port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
     try:
         client = GasparClient(reactor, f"tcp:127.0.0.1:{port.getHost().port}", timeout=0.3)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(RequestTimeout, match="client timeout"):
             await client.request(b"hello?")
         for _ in range(100):  # the server side sees the close within a second
             if lost:
