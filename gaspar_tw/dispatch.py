@@ -57,6 +57,11 @@ def _noop() -> None:
     pass
 
 
+def _frozenView(payload) -> bool:
+    """True for a view of immutable bytes (what the protocols pass for large bodies)."""
+    return type(payload) is memoryview and type(payload.obj) is bytes
+
+
 class IReplyReceiver(Interface):
     """Where L{Dispatcher.submitTo} delivers the outcome of a request, exactly once.
 
@@ -188,8 +193,8 @@ class Dispatcher:
             return 0
         rid = next(self._ids)
         queued = self._turn_time or monotonic()
-        if type(payload) is not bytes:
-            payload = bytes(payload)
+        if type(payload) is not bytes and not _frozenView(payload):
+            payload = bytes(payload)  # a mutable buffer could change while it waits
         request = _Request(rid, payload, receiver, queued, self._sweep.count)
         self._requests[rid] = request
         self._queue.append(request)

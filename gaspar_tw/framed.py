@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from gaspar_tw.dispatch import IReplyReceiver
 from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped
-from gaspar_tw.protocol import GasparFactory, _peer, log_handler_error
+from gaspar_tw.protocol import GasparFactory, _peer, body_of, log_handler_error
 from gaspar_tw.sendnow import DIRECT_BYTES, writeNow
 
 log = Logger()
@@ -174,7 +174,7 @@ class FramedProtocol(Protocol):
             if factory.draining:
                 self.requestFailed(0, ServiceStopped("gaspar_tw producer is stopping"))
                 continue
-            rid = submitTo(buffer[start:end], self)
+            rid = submitTo(body_of(buffer, start, end), self)
             if rid:
                 pending[rid] = index
         if not self._paused and self._sent - self._written >= MAX_IN_FLIGHT:

@@ -36,6 +36,17 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 
 _HEADER = struct.Struct("!I")
 
+#: Request bodies this large are passed on as read-only views of the bytes they arrived in,
+#: not copied out of them (smaller ones are copied: a copy costs less than a view there).
+VIEW_BYTES = 16 * 1024
+
+
+def body_of(buffer: bytes, start: int, end: int) -> bytes | memoryview:
+    """C{buffer[start:end]}, as a view of C{buffer} when it is large (no copy)."""
+    if end - start < VIEW_BYTES or (start == 0 and end == len(buffer)):
+        return buffer[start:end]
+    return memoryview(buffer)[start:end]
+
 
 @implementer(IReplyReceiver)
 class GasparProtocol(Int32StringReceiver):
@@ -77,26 +88,26 @@ class GasparProtocol(Int32StringReceiver):
             (length,) = _HEADER.unpack_from(data)
             if length <= self.MAX_LENGTH and len(data) - 4 >= length:
                 self._done = True
-                self.stringReceived(data[4 : 4 + length])
+                self.stringReceived(body_of(data, 4, 4 + length))
                 return
         self._chunks.append(data)
-        self._received += len(data)
+        self._received += len(data)  # header included
         if self._length is None:
             if self._received < 4:
                 return
-            buffered = b"".join(self._chunks)
-            (self._length,) = _HEADER.unpack_from(buffered)
+            first = self._chunks[0]
+            (self._length,) = _HEADER.unpack_from(
+                first if len(first) >= 4 else b"".join(self._chunks)
+            )
             if self._length > self.MAX_LENGTH:
                 self._done = True
                 self.lengthLimitExceeded(self._length)
                 return
-            self._chunks = [buffered[4:]]
-            self._received -= 4
-        if self._received >= self._length:
-            body = b"".join(self._chunks)
+        if self._received >= 4 + self._length:
+            buffered = b"".join(self._chunks)  # the one copy of a request split over reads
             self._chunks = []
             self._done = True
-            self.stringReceived(body[: self._length])
+            self.stringReceived(body_of(buffered, 4, 4 + self._length))
 
     def stringReceived(self, request: bytes) -> None:
         self._rid = self.factory.dispatcher.submitTo(request, self)

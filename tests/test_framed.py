@@ -70,6 +70,22 @@ def test_pipelined_replies_come_back_in_request_order(daemon_factory):
     assert request(daemon.address, b"plain", timeout=10) == b"plain"
 
 
+def test_large_and_small_requests_mixed_on_one_connection_come_back_whole(daemon_factory):
+    # Large bodies travel as views of the bytes they arrived in; small ones beside them,
+    # split over many reads, must come back byte for byte and in order.
+    daemon, address = framed_daemon(daemon_factory)
+    messages = [
+        bytes(range(256)) * 4096,  # 1 MiB
+        b"small",
+        b"z" * (16 * 1024),  # exactly at the view threshold
+        b"y" * (16 * 1024 - 1),
+        bytes(reversed(range(256))) * 300,
+    ]
+    with socket.create_connection(address, timeout=15) as sock:
+        send_all(sock, messages)
+        assert [read_reply(sock) for _ in messages] == [(OK, m) for m in messages]
+
+
 def test_a_request_past_the_timeout_gets_status_2_and_the_next_one_is_served(daemon_factory):
     daemon, address = framed_daemon(daemon_factory, "--timeout", "0.5")
     with socket.create_connection(address, timeout=15) as sock:
