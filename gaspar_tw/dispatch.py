@@ -337,6 +337,7 @@ class Dispatcher:
         # their submit time, so their histogram bucket is found once.
         now = monotonic()
         latency_counts = stats.latency_counts
+        deliver = self._deliver
         last_queued = None
         for rid, status, payload in zip(ids, statuses, payloads, strict=False):
             outstanding.pop(rid, None)
@@ -349,15 +350,7 @@ class Dispatcher:
                 bucket = latency_bucket(seconds)
             latency_counts[bucket] += 1
             stats.latency_sum += seconds
-            if status == wire.OK:
-                stats.ok += 1
-                try:
-                    request.receiver.replyReceived(rid, payload)
-                except Exception:
-                    log.failure("delivering the reply to request {rid} failed", rid=rid)
-            else:
-                stats.error += 1
-                self._remoteError(request, payload)
+            deliver(request, status, payload)
         if self._afterReplies:
             self._repliesDelivered()
         if self._queue or self._suspects:
@@ -371,20 +364,24 @@ class Dispatcher:
             if request is None:
                 continue
             answered.add(rid)
-            if status == wire.OK:
-                self.stats.ok += 1
-                try:
-                    request.receiver.replyReceived(rid, payload)
-                except Exception:
-                    log.failure("delivering the reply to request {rid} failed", rid=rid)
-            else:
-                self.stats.error += 1
-                self._remoteError(request, payload)
+            self._deliver(request, status, payload)
         if self._afterReplies:
             self._repliesDelivered()
         if answered:
             self._queue = deque(r for r in self._queue if r.rid not in answered)
             self._suspects = deque(r for r in self._suspects if r.rid not in answered)
+
+    def _deliver(self, request: _Request, status: int, payload: bytes) -> None:
+        """Hand a worker's answer to its request's receiver, and count it."""
+        if status == wire.OK:
+            self.stats.ok += 1
+            try:
+                request.receiver.replyReceived(request.rid, payload)
+            except Exception:
+                log.failure("delivering the reply to request {rid} failed", rid=request.rid)
+        else:
+            self.stats.error += 1
+            self._remoteError(request, payload)
 
     def _remoteError(self, request: _Request, payload: bytes) -> None:
         info = wire.decode_error(payload)
