@@ -17,6 +17,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gaspar_tw import wire
 from gaspar_tw.dispatch import Dispatcher, IReplyReceiver
 from gaspar_tw.errors import GasparError, Overloaded, RemoteError
 from gaspar_tw.sendnow import writeAndClose
@@ -36,9 +37,10 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 
 _HEADER = struct.Struct("!I")
 
-#: Request bodies this large are passed on as read-only views of the bytes they arrived in,
-#: not copied out of them (smaller ones are copied: a copy costs less than a view there).
-VIEW_BYTES = 16 * 1024
+#: Request bodies this large (those that travel to a worker in a ZeroMQ frame of their own)
+#: are passed on as read-only views of the bytes they arrived in, not copied out of them;
+#: smaller ones are packed with others into one frame anyway.
+VIEW_BYTES = wire.PACK_LIMIT
 
 
 def body_of(buffer: bytes, start: int, end: int) -> bytes | memoryview:
@@ -130,17 +132,14 @@ class GasparProtocol(Int32StringReceiver):
         self._rid = 0
         if isinstance(reason, RemoteError):
             log_handler_error(reason, self.transport)
+        elif isinstance(reason, Overloaded):
+            pass  # counted, and logged once a second, by the dispatcher
         elif isinstance(reason, GasparError):
-            if not isinstance(reason, Overloaded):  # counted, logged once a second, elsewhere
-                log.warn(
-                    "request from {peer} failed: {error}",
-                    peer=_peer(self.transport),
-                    error=reason,
-                )
+            peer = _peer(self.transport)
+            log.warn("request from {peer} failed: {error}", peer=peer, error=reason)
         else:
-            log.error(
-                "request from {peer} failed: {error!r}", peer=_peer(self.transport), error=reason
-            )
+            peer = _peer(self.transport)
+            log.error("request from {peer} failed: {error!r}", peer=peer, error=reason)
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
