@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from gaspar_tw import framed
 from gaspar_tw.errors import Overloaded, RemoteError, RequestTimeout
+from gaspar_tw.frames import FrameSplitter
 
 MAX_MESSAGE = 0xFFFFFFFF
 
@@ -97,7 +98,7 @@ class _FramedConnection(Protocol):
         self.pool = pool
         self.waiting: deque[Deferred] = deque()
         self.ended: Deferred = Deferred()
-        self._frames = framed.FrameSplitter()
+        self._frames = FrameSplitter()
 
     def send(self, message: bytes, d: Deferred | None = None) -> Deferred:
         """Write a request; C{d} (or a new Deferred) fires with its reply."""

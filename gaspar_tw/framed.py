@@ -24,7 +24,8 @@ from zope.interface import implementer
 
 from gaspar_tw.dispatch import IReplyReceiver
 from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped
-from gaspar_tw.protocol import GasparFactory, _peer, body_of, log_handler_error
+from gaspar_tw.frames import LENGTH, FrameSplitter, FrameTooLong, body_of
+from gaspar_tw.protocol import GasparFactory, _peer, log_handler_error
 from gaspar_tw.sendnow import DIRECT_BYTES, writeNow
 
 log = Logger()
@@ -37,13 +38,12 @@ REFUSED = 3
 #: Requests one connection may have in flight before we stop reading from it.
 MAX_IN_FLIGHT = 1024
 
-_LENGTH = struct.Struct("!I")
 _HEADER = struct.Struct("!IB")
 
 
 def request_header(payload_length: int) -> bytes:
     """The C{[u32 length]} that precedes a request's payload."""
-    return _LENGTH.pack(payload_length)
+    return LENGTH.pack(payload_length)
 
 
 def reply_header(status: int, payload_length: int) -> bytes:
@@ -62,68 +62,6 @@ def status_of(error: BaseException) -> tuple[int, bytes]:
     if isinstance(error, TimeoutError | defer.TimeoutError | twisted_errors.TimeoutError):
         return TIMEOUT, text.encode("utf-8", "replace")
     return HANDLER_ERROR, text.encode("utf-8", "replace")
-
-
-class FrameTooLong(ValueError):
-    """A frame announced more bytes than allowed."""
-
-    def __init__(self, length: int) -> None:
-        super().__init__(f"frame of {length} bytes is over the limit")
-        self.length = length
-
-
-class FrameSplitter:
-    """Cut a byte stream into C{[u32 length][body]} frames.
-
-    A frame split over many reads is kept as a list of chunks and joined once, when
-    complete: no buffer that grows, or moves, with every read.
-    """
-
-    def __init__(self, limit: int = 0xFFFFFFFF) -> None:
-        self.limit = limit
-        self._partial: list[bytes] = []
-        self._partialSize = 0
-        self._need = 4  # bytes the incomplete frame needs before it can be parsed
-
-    @property
-    def midFrame(self) -> bool:
-        """True while part of a frame has arrived and the rest has not."""
-        return bool(self._partial)
-
-    def feed(self, data: bytes) -> list[tuple[bytes, int, int]]:
-        """The complete frames now available, as C{(buffer, start, end)} of their bodies.
-
-        Raises L{FrameTooLong} for a frame longer than C{limit}; the stream cannot be
-        parsed further.
-        """
-        if self._partial:
-            self._partial.append(data)
-            self._partialSize += len(data)
-            if self._partialSize < self._need:
-                return []
-            data = b"".join(self._partial)
-            self._partial = []
-            self._partialSize = 0
-        frames = []
-        offset = 0
-        end = len(data)
-        need = 4
-        while end - offset >= 4:
-            (length,) = _LENGTH.unpack_from(data, offset)
-            if length > self.limit:
-                raise FrameTooLong(length)
-            start = offset + 4
-            if end - start < length:
-                need = 4 + length
-                break
-            offset = start + length
-            frames.append((data, start, offset))
-        if offset < end:
-            rest = data[offset:] if offset else data
-            self._partial = [rest]
-            self._partialSize = len(rest)
-            self._need = need
-        return frames
 
 
 @implementer(IReplyReceiver)

@@ -9,17 +9,15 @@ stops arriving for C{idleTimeout} seconds (one periodic sweep, no timer per conn
 
 from __future__ import annotations
 
-import struct
-
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gaspar_tw import wire
 from gaspar_tw.dispatch import Dispatcher, IReplyReceiver
 from gaspar_tw.errors import GasparError, Overloaded, RemoteError
+from gaspar_tw.frames import LENGTH, FrameSplitter, FrameTooLong, body_of
 from gaspar_tw.sendnow import writeAndClose
 from gaspar_tw.stats import Stats
 from gaspar_tw.sweep import Sweep
@@ -35,39 +33,24 @@ DEFAULT_BACKLOG = 1024
 #: Default seconds a client may leave a request half sent before it is dropped.
 DEFAULT_IDLE_TIMEOUT = 30.0
 
-_HEADER = struct.Struct("!I")
-
-#: Request bodies this large (those that travel to a worker in a ZeroMQ frame of their own)
-#: are passed on as read-only views of the bytes they arrived in, not copied out of them;
-#: smaller ones are packed with others into one frame anyway.
-VIEW_BYTES = wire.PACK_LIMIT
-
-
-def body_of(buffer: bytes, start: int, end: int) -> bytes | memoryview:
-    """C{buffer[start:end]}, as a view of C{buffer} when it is large (no copy)."""
-    if end - start < VIEW_BYTES or (start == 0 and end == len(buffer)):
-        return buffer[start:end]
-    return memoryview(buffer)[start:end]
-
 
 @implementer(IReplyReceiver)
 class GasparProtocol(Int32StringReceiver):
     """Serve one request: read the frame, submit it, write the reply, close.
 
-    The body is collected as a list of chunks (the base class re-joins its whole buffer on
-    every read, which is quadratic for multi-megabyte requests). Bytes after the first
+    A request split over reads goes through L{FrameSplitter}, which joins it once, when
+    complete (the base class re-joins its whole buffer on every read, which is quadratic for
+    multi-megabyte requests). Bytes after the first
     request are ignored: a gaspar connection carries exactly one request. The protocol
     receives its request's outcome itself (L{IReplyReceiver}).
     """
 
-    _length: int | None = None
+    _frames: FrameSplitter | None = None  # made when a request arrives over several reads
     _rid = 0  # the request being answered, 0 when none
     _done = False
 
     def connectionMade(self) -> None:
         self.MAX_LENGTH = self.factory.maxLength
-        self._chunks: list[bytes] = []
-        self._received = 0
         self.heardAt = self.factory.idleSweep.count
         self.factory.connections.add(self)
 
@@ -79,37 +62,30 @@ class GasparProtocol(Int32StringReceiver):
     @property
     def started(self) -> bool:
         """True once the client has sent anything: a drain waits for this connection."""
-        return self._done or self._received > 0 or self._length is not None
+        return self._done or self._frames is not None
 
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             return
         self.heardAt = self.factory.idleSweep.count
-        if self._length is None and not self._received and len(data) >= 4:
-            # The usual case: the header (and often the whole request) in one read.
-            (length,) = _HEADER.unpack_from(data)
-            if length <= self.MAX_LENGTH and len(data) - 4 >= length:
-                self._done = True
-                self.stringReceived(body_of(data, 4, 4 + length))
-                return
-        self._chunks.append(data)
-        self._received += len(data)  # header included
-        if self._length is None:
-            if self._received < 4:
-                return
-            first = self._chunks[0]
-            (self._length,) = _HEADER.unpack_from(
-                first if len(first) >= 4 else b"".join(self._chunks)
-            )
-            if self._length > self.MAX_LENGTH:
-                self._done = True
-                self.lengthLimitExceeded(self._length)
-                return
-        if self._received >= 4 + self._length:
-            buffered = b"".join(self._chunks)  # the one copy of a request split over reads
-            self._chunks = []
+        if self._frames is None:
+            if len(data) >= 4:
+                # The usual case: the header (and often the whole request) in one read.
+                (length,) = LENGTH.unpack_from(data)
+                if length <= self.MAX_LENGTH and len(data) - 4 >= length:
+                    self._done = True
+                    self.stringReceived(body_of(data, 4, 4 + length))
+                    return
+            self._frames = FrameSplitter(self.MAX_LENGTH, most=1)
+        try:
+            frames = self._frames.feed(data)
+        except FrameTooLong as e:
             self._done = True
-            self.stringReceived(body_of(buffered, 4, 4 + self._length))
+            self.lengthLimitExceeded(e.length)
+            return
+        if frames:
+            self._done = True
+            self.stringReceived(body_of(*frames[0]))
 
     def stringReceived(self, request: bytes) -> None:
         self._rid = self.factory.dispatcher.submitTo(request, self)

@@ -16,7 +16,8 @@ from twisted.internet.defer import gatherResults
 
 from gaspar_tw import GasparClient, Overloaded, Producer, RemoteError, RequestTimeout
 from gaspar_tw.client import request
-from gaspar_tw.framed import HANDLER_ERROR, OK, REFUSED, TIMEOUT, FrameSplitter, FrameTooLong
+from gaspar_tw.framed import HANDLER_ERROR, OK, REFUSED, TIMEOUT
+from gaspar_tw.frames import FrameSplitter, FrameTooLong
 
 FRAMED = re.compile(rb"listening on tcp ([\d.]+):(\d+) \(framed protocol\)")
 
@@ -178,6 +179,14 @@ def test_frame_splitter_finds_every_frame_however_the_stream_is_cut(bodies, cuts
 def test_frame_splitter_refuses_a_frame_over_its_limit():
     with pytest.raises(FrameTooLong):
         FrameSplitter(limit=10).feed(struct.pack("!I", 11))
+
+
+def test_frame_splitter_with_most_ignores_what_follows_its_frames():
+    # The gaspar protocol's use: one request per connection, trailing bytes unread.
+    splitter = FrameSplitter(limit=10, most=1)
+    assert splitter.feed(struct.pack("!I", 2) + b"a") == []
+    [(buffer, start, end)] = splitter.feed(b"b" + struct.pack("!I", 11) + b"junk")
+    assert buffer[start:end] == b"ab" and not splitter.midFrame
 
 
 def test_a_half_sent_frame_is_dropped_after_idle_timeout_but_an_idle_connection_stays(
