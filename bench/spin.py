@@ -33,6 +33,12 @@ def _loop(handler_name: str, seconds: float, start, results) -> None:
     results.put(durations)
 
 
+def _quantile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
 def spin(handler_name: str, processes: int, seconds: float) -> dict:
     """Run C{processes} plain processes for C{seconds}: calls/s and call-time percentiles."""
     context = multiprocessing.get_context("spawn")
@@ -50,14 +56,13 @@ def spin(handler_name: str, processes: int, seconds: float) -> dict:
     for child in children:
         child.join(10)
     durations.sort()
-    pick = lambda q: durations[min(len(durations) - 1, int(len(durations) * q))] * 1e3  # noqa: E731
     return {
         "requests": len(durations),
         "completed": len(durations),
         "errors": 0,
         "seconds": seconds,
-        "p50_ms": pick(0.5) if durations else 0.0,
-        "p99_ms": pick(0.99) if durations else 0.0,
+        "p50_ms": _quantile(durations, 0.5) * 1e3,
+        "p99_ms": _quantile(durations, 0.99) * 1e3,
         "cpu_s": 0.0,
         "lag_p99_ms": 0.0,
         "lag_max_ms": 0.0,
