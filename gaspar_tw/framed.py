@@ -144,12 +144,12 @@ class FramedProtocol(Protocol):
             self._done[index] = (status, payload)
             return
         out = self._out
-        out += (_HEADER.pack(len(payload) + 1, status), payload)
+        out += (reply_header(status, len(payload)), payload)
         written = index + 1
         done = self._done
         while written in done:
             status, payload = done.pop(written)
-            out += (_HEADER.pack(len(payload) + 1, status), payload)
+            out += (reply_header(status, len(payload)), payload)
             written += 1
         self._written = written
 
