@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 DIRECT_BYTES = 64 * 1024
 
 #: One Failure for every clean close, as Twisted's reactor and C{loseConnection} keep one:
-#: building a Failure costs more than the rest of the close.
+#: building a Failure names every class of the exception's hierarchy (about 2 µs a close).
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
 
 
