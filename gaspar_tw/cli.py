@@ -93,21 +93,29 @@ def bench_command(args: argparse.Namespace) -> int:
     from twisted.internet import reactor, task
     from twisted.internet.defer import ensureDeferred
 
-    from gaspar_tw.loadgen import LoadRun, gasparSender
+    from gaspar_tw.client import GasparClient
+    from gaspar_tw.loadgen import LoadRun
 
     endpoint = client_endpoint(args.endpoint)
     try:
-        sender = gasparSender(reactor, endpoint, timeout=args.timeout)
+        client = GasparClient(
+            reactor,
+            endpoint,
+            timeout=args.timeout,
+            framed=args.framed,
+            connections=args.connections,
+        )
     except (ValueError, TypeError, KeyError) as e:
         print(f"gaspar-tw bench: bad endpoint {args.endpoint!r}: {e}", file=sys.stderr)
         return 2
     load = LoadRun(
         reactor,
-        sender,
+        client.request,
         os.urandom(args.size),
         args.requests,
         args.concurrency,
         max_seconds=args.max_seconds,
+        empty_is_failure=not args.framed,
     )
     results: list = []
 
@@ -128,6 +136,7 @@ def bench_command(args: argparse.Namespace) -> int:
             ticker.stop()
             bar.update(load.finished - bar.n)
             bar.close()
+            await client.close()
 
     try:
         task.react(lambda reactor: ensureDeferred(run(reactor)))
@@ -174,7 +183,9 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(run=status_command)
 
     bench = commands.add_parser(
-        "bench", help="load a running daemon: one connection per request, gaspar format"
+        "bench",
+        help="load a running daemon: the gaspar format (one connection per request),"
+        " or the framed protocol (--framed)",
     )
     bench.add_argument(
         "endpoint", metavar="ENDPOINT", help="tcp:HOST:PORT (any Twisted client endpoint)"
@@ -191,6 +202,14 @@ def parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar on stderr [when it is a terminal]",
+    )
+    bench.add_argument(
+        "--framed",
+        action="store_true",
+        help="ENDPOINT is a --framed-endpoint: pipeline requests over persistent connections",
+    )
+    bench.add_argument(
+        "--connections", type=_positive, default=8, help="persistent connections, --framed [8]"
     )
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=bench_command)

@@ -79,7 +79,9 @@ class LoadRun:
     """Send C{payload} C{requests} times, C{concurrency} at a time; L{start} fires a result.
 
     C{finished} counts the requests done so far (read it to show progress). No new request
-    starts after C{max_seconds}; those in flight still finish.
+    starts after C{max_seconds}; those in flight still finish. An empty reply counts as
+    C{empty}, not ok, unless C{empty_is_failure} is false: it is the gaspar format's only
+    failure signal, while over the framed protocol it is a reply like any other.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class LoadRun:
         requests: int,
         concurrency: int,
         max_seconds: float | None = None,
+        empty_is_failure: bool = True,
     ) -> None:
         if requests < 1 or concurrency < 1:
             raise ValueError("requests and concurrency must be at least 1")
@@ -98,6 +101,7 @@ class LoadRun:
         self.payload = payload
         self.concurrency = concurrency
         self.max_seconds = max_seconds
+        self.empty_is_failure = empty_is_failure
         self.result = LoadResult(requests)
         self.started = 0
         self.finished = 0
@@ -120,7 +124,7 @@ class LoadRun:
         d.addBoth(self._finishedOne)
 
     def _replied(self, reply: bytes, began: float) -> None:
-        if reply:
+        if reply or not self.empty_is_failure:
             self.result.ok += 1
             self.result.latencies.append(time.perf_counter() - began)
         else:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from conftest import child_env
+from test_framed import framed_daemon
 from test_metrics import metrics_address
 
 GASPAR_TW = Path(sys.executable).parent / "gaspar-tw"
@@ -35,6 +36,19 @@ def test_bench_drives_a_bounded_load_and_reports_every_request_ok(daemon):
     text = gaspar_tw("bench", f"{daemon.host}:{daemon.port}", "-n", "50", "-c", "8")
     assert text.returncode == 0 and "50 ok, 0 empty replies, 0 errors" in text.stdout
     assert "requests/s" in text.stdout and "p99" in text.stdout
+
+
+def test_bench_drives_the_framed_port_over_a_few_connections(daemon_factory):
+    daemon, (host, port) = framed_daemon(daemon_factory)
+    args = ("--framed", "--connections", "4", "-c", "32", "-n", "300", "--json")
+    result = gaspar_tw("bench", f"tcp:{host}:{port}", *args)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ok"] == summary["sent"] == 300 and summary["errors"] == 0
+    # Over the framed protocol an empty reply is a reply (failures have a status of their own).
+    empty = gaspar_tw("bench", f"tcp:{host}:{port}", "--framed", "-n", "5", "-s", "0", "--json")
+    assert empty.returncode == 0, empty.stderr
+    assert json.loads(empty.stdout)["ok"] == 5
 
 
 def test_bench_counts_failed_requests_and_exits_non_zero(daemon_factory):
