@@ -102,7 +102,10 @@ class WorkerLink:
     pid: int
     send: Callable[[list], None]
     kill: Callable[[], None] = _noop
+    #: Called once a retiring worker (L{Dispatcher.retire}) has answered all it held.
+    drained: Callable[[], None] = _noop
     outstanding: dict = field(default_factory=dict)
+    retiring: bool = False
     watched: int | None = None
     watchedSince: float = 0.0
 
@@ -266,6 +269,17 @@ class Dispatcher:
         if self._queue or self._suspects:
             self._scheduleFlush()
 
+    def retire(self, token: int) -> None:
+        """Give the worker C{token} no more work; call its C{drained} once it has answered
+        what it holds (at once if nothing). Its requests stay its own until then: a reply
+        answers them, and if it dies or stalls they are retried or failed as usual."""
+        link = self._links.get(token)
+        if link is None or link.retiring:
+            return
+        link.retiring = True
+        if not link.outstanding:
+            link.drained()
+
     def workerLost(self, token: int) -> None:
         """A worker ended: retry each request it held once, alone, or fail them.
 
@@ -353,6 +367,8 @@ class Dispatcher:
             deliver(request, status, payload)
         if self._afterReplies:
             self._repliesDelivered()
+        if link.retiring and not outstanding:
+            link.drained()
         if self._queue or self._suspects:
             self._flush()
 
@@ -508,7 +524,11 @@ class Dispatcher:
         queue = self._queue
         window = self._window()
         while queue:
-            links = [link for link in self._links.values() if len(link.outstanding) < window]
+            links = [
+                link
+                for link in self._links.values()
+                if len(link.outstanding) < window and not link.retiring
+            ]
             if self._isolating:
                 links = [link for link in links if link.token not in self._isolating]
             if not links:
@@ -545,7 +565,7 @@ class Dispatcher:
         for link in self._links.values():
             if link.token in self._isolating and not link.outstanding:
                 self._isolating.discard(link.token)
-        idle = [link for link in self._links.values() if not link.outstanding]
+        idle = [link for link in self._links.values() if not link.outstanding and not link.retiring]
         while self._suspects and idle:
             link = idle.pop()
             request = self._suspects.popleft()

@@ -6,8 +6,10 @@ L{HEARTBEAT_SECONDS} (even while a handler runs) and, after L{HEARTBEAT_MISSES} 
 intervals, connects afresh and says hello again. Nothing here imports Twisted.
 
 Besides L{gaspar_tw.wire}'s messages, one-frame control messages travel both ways:
-L{PING}; from the producer also L{WHO} (unknown to me: say hello again) and L{KILL} (given up
-on after C{--timeout}: exit, the worker host starts a new process). A remote hello is
+L{PING}; from the producer also L{WHO} (unknown to me: say hello again), L{KILL} (given up
+on after C{--timeout}: exit, the worker host starts a new process) and L{DONE} (the answer to
+the worker's L{BYE}, sent when its host stops it: every request it held is answered, it may
+exit; no request is cut short or run twice). A remote hello is
 C{[b"H" + token, pid, capacity, hostname]}.
 """
 
@@ -30,6 +32,10 @@ HEARTBEAT_MISSES = 3
 PING = b"P"
 WHO = b"?"
 KILL = b"K"
+#: Worker -> producer: "I am stopping: send me no more work" (its host was told to stop).
+BYE = b"B"
+#: Producer -> worker: "you have answered all you held: go".
+DONE = b"D"
 
 #: Exit status of a worker the producer gave up on (the worker host starts another at once).
 EXIT_GIVEN_UP = 5
@@ -63,6 +69,11 @@ class RemoteWorker(Worker):
         self.relay.start()
         return work, replies
 
+    def retire(self) -> bool:
+        """Tell the producer we are stopping; keep serving until it answers L{DONE}."""
+        self.relay.retiring.set()
+        return True
+
     def close(self) -> None:
         self.relay.stop()
         self.replies.setsockopt(zmq.LINGER, 0)
@@ -80,6 +91,8 @@ class Relay(threading.Thread):
         self.replies = replies  # PULL from the worker loop
         self.curve_keys = curve_keys
         self._stopping = threading.Event()
+        #: Set by the worker loop when its host stops it: say L{BYE}, await L{DONE}.
+        self.retiring = threading.Event()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -104,19 +117,28 @@ class Relay(threading.Thread):
         poller.register(dealer, zmq.POLLIN)
         hello = None
         heard = next_ping = clock()
+        word = None  # the producer's last word (unlike heard, not reset when reconnecting)
+        silence = HEARTBEAT_SECONDS * HEARTBEAT_MISSES
+        byeSent = cued = False
         while not self._stopping.is_set():
+            if self.retiring.is_set():
+                if not byeSent and hello is not None:
+                    byeSent = _send(dealer, [BYE])
+                if not cued and (word is None or clock() - word > silence):
+                    cued = True
+                    self.work.send(DONE)  # no producer to hand back to: stop now
             wait = min(max(next_ping - clock(), 0.0), 0.25)
             events = dict(poller.poll(wait * 1000))
             if self.replies in events:
                 hello = self._forwardReplies(dealer, hello)
             if dealer in events:
-                heard = clock()
+                heard = word = clock()
                 self._forwardWork(dealer, hello)
             now = clock()
             if hello is None or now < next_ping:
                 continue
             next_ping = now + HEARTBEAT_SECONDS
-            if now - heard > HEARTBEAT_SECONDS * HEARTBEAT_MISSES:
+            if now - heard > silence:
                 _say(
                     f"no word from the producer at {self.address} for {now - heard:.1f}s;"
                     " connecting again"
@@ -156,11 +178,13 @@ class Relay(threading.Thread):
                 self.work.send_multipart(frames, copy=False)
                 continue
             kind = frames[0].bytes
-            if kind == WHO and hello is not None:
-                _send(dealer, hello)
+            if kind == WHO and hello is not None and not self.retiring.is_set():
+                _send(dealer, hello)  # (a retiring worker does not join again)
             elif kind == KILL:
                 _say("the producer gave up on this worker (--timeout); exiting")
                 os._exit(EXIT_GIVEN_UP)
+            elif kind == DONE:
+                self.work.send(DONE)  # one frame: the worker loop's cue to stop
 
 
 def _send(dealer: zmq.Socket, frames) -> bool:

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from gaspar_tw import wire
 from gaspar_tw.channels import ReplyChannel
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
-from gaspar_tw.relay import HEARTBEAT_MISSES, HEARTBEAT_SECONDS, KILL, PING, WHO
+from gaspar_tw.relay import BYE, DONE, HEARTBEAT_MISSES, HEARTBEAT_SECONDS, KILL, PING, WHO
 from gaspar_tw.stats import Stats
 
 log = Logger()
@@ -174,6 +174,15 @@ class RemoteWorkers:
             if remote is None:
                 self._hello(identity, frames[2:])
             return
+        elif head == BYE:
+            if remote is not None:
+                log.info(
+                    "remote worker pid {pid} on {host} is stopping; it gets no more work",
+                    pid=remote.pid,
+                    host=remote.host,
+                )
+                self.dispatcher.retire(remote.token)
+            return
         elif head != PING:
             self.stats.badInput()
             log.warn("remote worker sent a message of unknown kind {kind!r}", kind=kind)
@@ -197,7 +206,13 @@ class RemoteWorkers:
         )
         # Remote workers have no pool slot: negative numbers keep their stats apart.
         self.stats.workerReady(token, FIRST_TOKEN - 1 - token, pid)
-        link = WorkerLink(token, pid, partial(self._send, identity), partial(self._kill, identity))
+        link = WorkerLink(
+            token,
+            pid,
+            partial(self._send, identity),
+            partial(self._kill, identity),
+            partial(self._retired, identity),
+        )
         self.dispatcher.workerReady(link)
 
     def _send(self, identity: bytes, messages: list[list]) -> None:
@@ -234,6 +249,18 @@ class RemoteWorkers:
                 why=why,
             )
             self.dispatcher.workerLost(remote.token)
+
+    def _retired(self, identity: bytes) -> None:
+        """A stopping worker answered all it held: tell it to go, and forget it."""
+        remote = self._forget(identity)
+        if remote is not None:
+            log.info(
+                "remote worker pid {pid} on {host} answered all it held; it may stop",
+                pid=remote.pid,
+                host=remote.host,
+            )
+            self.dispatcher.workerLost(remote.token)  # it holds nothing: nothing is retried
+            self._sendControl(identity, DONE)
 
     def _kill(self, identity: bytes) -> None:
         """The dispatcher gave up on this worker (--timeout): tell it to exit, forget it."""

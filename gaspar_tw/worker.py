@@ -28,6 +28,9 @@ EXIT_HANDLER_ERROR = 4
 
 #: Replies computed for longer than this are sent without waiting for the rest of the batch.
 FLUSH_AFTER_SECONDS = 0.001
+#: A worker that asked to retire (L{Worker.retire}) stops after this long without the word to
+#: go (its worker host sends SIGTERM at 5 s).
+RETIRE_SECONDS = 4.5
 
 
 def _die_with_parent() -> None:
@@ -111,20 +114,34 @@ class Worker:
         stdin = sys.stdin.fileno()
         poller.register(stdin, zmq.POLLIN)
         work = self.work
+        deadline = None
         while True:
             # Sleep until work arrives or the producer closes our stdin. (answer() returns
             # once the work socket is empty, so trying it before polling would only fail.)
-            for socket, _ in poller.poll():
+            wait = None if deadline is None else max(0, deadline - time.monotonic()) * 1000
+            for socket, _ in poller.poll(wait):
                 if socket == stdin and not os.read(stdin, 4096):
-                    return
-            try:
-                frames = recv_frames(work)
-            except zmq.Again:
+                    if not self.retire():
+                        return
+                    poller.unregister(stdin)
+                    deadline = time.monotonic() + RETIRE_SECONDS
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if not waiting(work):
                 continue
-            self.answer(frames)
+            frames = recv_frames(work)
+            if len(frames) == 1 or self.answer(frames):
+                return  # told to stop (a remote worker whose producer said it is done)
 
-    def answer(self, frames: list) -> None:
+    def retire(self) -> bool:
+        """Stdin closed: C{False} to stop now; C{True} to keep serving until told to stop
+        (what a remote worker does, so the producer can take back nothing mid-request)."""
+        return False
+
+    def answer(self, frames: list) -> bool:
         """Answer a batch, and any batch already waiting behind it, in few reply messages.
+
+        Returns C{True} if a stop cue (a one-frame message, see L{retire}) came behind them.
 
         Replies are held while more work is at hand, and go out once the oldest is
         L{FLUSH_AFTER_SECONDS} old, they reach L{wire.MESSAGE_BYTES}, or no work is left: a
@@ -137,6 +154,9 @@ class Worker:
         clock = time.monotonic
         oldest = 0.0
         while frames is not None:
+            if len(frames) == 1:  # a stop cue behind the work: answered all, now stop
+                self.flush()
+                return True
             ids, payloads = wire.decode_work(frames)
             for rid, payload in zip(ids, payloads, strict=False):
                 if self._held.ids and not self._alarm:
@@ -155,6 +175,7 @@ class Worker:
                     self.flush()
             frames = recv_frames(self.work) if waiting(self.work) else None
         self.flush()
+        return False
 
     def flush(self) -> None:
         """Send the held replies, if any, and disarm the timer."""

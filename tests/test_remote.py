@@ -87,6 +87,31 @@ def test_remote_host_serves_and_a_killed_host_is_replaced(daemon_factory, hosts)
     assert b"retried" in producer.log()
 
 
+def test_a_stopped_host_answers_what_it_holds_and_nothing_runs_twice(
+    daemon_factory, hosts, tmp_path
+):
+    producer = daemon_factory(*BIND, workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    first = hosts(address, 1)
+    (first_pid,) = ready_pids(producer, 1)
+    # "once:PATH:sleep:1" sleeps only on its first run: a reply ending ":sleep:1" ran once.
+    messages = [b"once:%s:sleep:1" % str(tmp_path / f"ran-{i}").encode() for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        replies = [pool.submit(request, producer.address, m, timeout=30) for m in messages]
+        time.sleep(0.5)  # both are on the first host's one worker: one running, one queued
+        first.send_signal(signal.SIGTERM)
+        producer.wait_for(rb"remote worker pid \d+ on \S+ is stopping")
+        assert [r.result(timeout=20) for r in replies] == [b"%d:sleep:1" % first_pid] * 2
+    producer.wait_for(rb"answered all it held; it may stop")
+    first.wait(10)  # well before its host's SIGTERM to workers at 5 s: they were told to go
+    assert_reaped([first_pid])
+    assert b"treating it as lost" not in producer.log()
+    second = hosts(address, 1)
+    (second_pid,) = ready_pids(producer, 2)[1:]
+    assert request(producer.address, b"next", timeout=15) == b"%d:next" % second_pid
+    second.terminate()
+
+
 def test_silent_host_is_lost_then_announces_itself_again(daemon_factory, hosts):
     producer = daemon_factory(*BIND, workers=0)
     address = producer.wait_for(BOUND)[0].decode()
