@@ -240,27 +240,26 @@ class RemoteWorkers:
                 self._lost(identity, "disconnected")
 
     def _lost(self, identity: bytes, why: str) -> None:
-        remote = self._forget(identity)
-        if remote is not None:
-            log.warn(
-                "remote worker pid {pid} on {host} {why}; treating it as lost",
-                pid=remote.pid,
-                host=remote.host,
-                why=why,
-            )
-            self.dispatcher.workerLost(remote.token)
+        self._end(identity, log.warn, "{why}; treating it as lost", why=why)
 
     def _retired(self, identity: bytes) -> None:
         """A stopping worker answered all it held: tell it to go, and forget it."""
+        if self._end(identity, log.info, "answered all it held; it may stop") is not None:
+            self._sendControl(identity, DONE)
+
+    def _end(self, identity: bytes, emit, text: str, **fields) -> _Remote | None:
+        """Forget a remote worker, say why, and take it from the dispatcher, which retries or
+        fails whatever it still held (nothing, for a retired one)."""
         remote = self._forget(identity)
         if remote is not None:
-            log.info(
-                "remote worker pid {pid} on {host} answered all it held; it may stop",
+            emit(
+                "remote worker pid {pid} on {host} " + text,
                 pid=remote.pid,
                 host=remote.host,
+                **fields,
             )
-            self.dispatcher.workerLost(remote.token)  # it holds nothing: nothing is retried
-            self._sendControl(identity, DONE)
+            self.dispatcher.workerLost(remote.token)
+        return remote
 
     def _kill(self, identity: bytes) -> None:
         """The dispatcher gave up on this worker (--timeout): tell it to exit, forget it."""
