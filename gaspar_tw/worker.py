@@ -129,8 +129,7 @@ class Worker:
                 return
             if not waiting(work):
                 continue
-            frames = recv_frames(work)
-            if len(frames) == 1 or self.answer(frames):
+            if self.answer(recv_frames(work)):
                 return  # told to stop (a remote worker whose producer said it is done)
 
     def retire(self) -> bool:
