@@ -20,6 +20,7 @@ from gaspar_tw.dispatch import DEFAULT_TIMEOUT, Dispatcher, default_max_pending
 from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.framed import FramedFactory
 from gaspar_tw.handler import Handler
+from gaspar_tw.limits import logAcceptFailures, raise_file_limit
 from gaspar_tw.pool import WorkerPool
 from gaspar_tw.proctitle import address_text, producer_title, set_title
 from gaspar_tw.protocol import (
@@ -204,7 +205,7 @@ class Producer(service.Service):
         d.addErrback(failures.append)
         if failures:  # synchronous failure (port in use, bad address): raise it to the caller
             failures[0].raiseException()
-        return d.addCallback(listened)
+        return d.addCallback(logAcceptFailures, self.reactor).addCallback(listened)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
@@ -310,12 +311,17 @@ class Producer(service.Service):
     # -- running stand-alone ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the reactor with this producer until SIGINT/SIGTERM (blocks)."""
+        """Run the reactor with this producer until SIGINT/SIGTERM (blocks).
+
+        The process is taken to be the producer's own: its title is set and its soft limit
+        on open files raised to the hard one (L{gaspar_tw.limits.raise_file_limit}).
+        """
         from twisted.logger import globalLogBeginner, textFileLogObserver
 
         globalLogBeginner.beginLoggingTo(
             [textFileLogObserver(sys.stderr)], redirectStandardIO=False
         )
+        raise_file_limit()
         self.proctitle = True
         self.reactor.callWhenRunning(self._startOrStop)
         self.reactor.addSystemEventTrigger("before", "shutdown", self._stopIfRunning)

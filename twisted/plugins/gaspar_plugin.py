@@ -1,8 +1,8 @@
 """The ``twistd gaspar`` plugin. Imports nothing heavy: gaspar_tw.tap is loaded on use."""
 
-from twisted.application.service import ServiceMaker
+from gaspar_tw.limits import OwnProcessServiceMaker
 
-gaspar = ServiceMaker(
+gaspar = OwnProcessServiceMaker(
     "gaspar",
     "gaspar_tw.tap",
     "Run a bytes->bytes handler in worker processes behind a gaspar TCP port.",

@@ -1,8 +1,8 @@
 """The ``twistd gaspar-worker`` plugin. Imports nothing heavy: gaspar_tw.workerhost on use."""
 
-from twisted.application.service import ServiceMaker
+from gaspar_tw.limits import OwnProcessServiceMaker
 
-gasparWorker = ServiceMaker(
+gasparWorker = OwnProcessServiceMaker(
     "gaspar-worker",
     "gaspar_tw.workerhost",
     "Run worker processes here for a gaspar producer started with --bind.",
