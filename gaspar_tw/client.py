@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections import deque
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
@@ -44,18 +45,32 @@ def request(address: str, message: bytes, timeout: float | None = 30.0) -> bytes
     """Send one request to a gaspar server and return its reply (blocking).
 
     An empty reply means the handler returned C{b""} or the request failed on the server
-    (the gaspar format carries no error signal). Raises C{OSError} (C{socket.timeout}
-    included) on network errors.
+    (the gaspar format carries no error signal). Raises C{OSError} on network errors, and
+    C{socket.timeout} (a C{TimeoutError}) when C{timeout} seconds pass without the whole
+    reply: one deadline for connecting, sending and reading, however the reply trickles in.
     """
     host, port = parse_address(address)
+    deadline = None if timeout is None else time.monotonic() + timeout
     with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(_remaining(deadline, timeout))
         sock.sendall(pack(message))
         chunks = []
         while True:
+            sock.settimeout(_remaining(deadline, timeout))
             chunk = sock.recv(65536)
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
+
+
+def _remaining(deadline: float | None, timeout: float | None) -> float | None:
+    """Seconds left until C{deadline}; C{TimeoutError} (C{socket.timeout}) once it has passed."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"no whole reply within {timeout}s")
+    return left
 
 
 class _OneRequest(Protocol):
