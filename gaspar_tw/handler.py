@@ -1,14 +1,28 @@
-"""Turn a ``"module:function"`` specification into a callable, and a callable into one."""
+"""Turn a ``"module:function"`` specification into a callable, and a callable into one.
+
+``python -m gaspar_tw.handler SPEC [--pythonpath DIR]...`` imports a handler as a worker
+would and says why it cannot (L{check_import} runs it, with a time limit).
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
-from collections.abc import Callable
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gaspar_tw.errors import HandlerError
 
 Handler = Callable[[bytes], Any]
+
+#: Seconds a handler's module may take to import when twistd starts (C{--import-timeout}).
+DEFAULT_IMPORT_TIMEOUT = 30.0
+#: Exit status of C{python -m gaspar_tw.handler} for a handler that cannot be loaded.
+EXIT_CANNOT_LOAD = 3
 
 
 def load_handler(spec: str) -> Handler:
@@ -66,3 +80,67 @@ def handler_spec(fn: Handler) -> str:
             " cannot import; define it at module level"
         )
     return f"{module}:{qualname}"
+
+
+def check_import(
+    spec: str, pythonpath: Sequence[str] = (), timeout: float = DEFAULT_IMPORT_TIMEOUT
+) -> None:
+    """Load C{spec} in a child process, as a worker will, allowing it C{timeout} seconds.
+
+    Raises L{HandlerError} with one line saying why if it cannot be loaded, ends its
+    process while importing, or takes longer (the child and what it started are killed).
+    """
+    argv = [sys.executable, "-m", "gaspar_tw.handler", spec]
+    for directory in pythonpath:
+        argv += ["--pythonpath", directory]
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, killed whole
+    ) as child:
+        errors = None
+        try:
+            _, errors = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if child.poll() is None:  # out of time (or we were interrupted)
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+    if errors is None:
+        raise HandlerError(
+            f"importing handler {spec!r} took over {timeout:g}s (does the module loop at"
+            " import? --import-timeout sets the limit)"
+        )
+    if child.returncode == 0:
+        return
+    last = errors.decode("utf-8", "replace").strip().rpartition("\n")[2]
+    if child.returncode == EXIT_CANNOT_LOAD and last:
+        raise HandlerError(last)
+    raise HandlerError(
+        f"importing handler {spec!r} ended its process (exit status {child.returncode})"
+        + (f": {last}" if last else "")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gaspar_tw.handler", description="Check that a handler loads."
+    )
+    parser.add_argument("spec", help="the handler, as MODULE:FUNCTION")
+    parser.add_argument("--pythonpath", action="append", default=[])
+    args = parser.parse_args(argv)
+    for directory in reversed(args.pythonpath):
+        sys.path.insert(0, directory)
+    try:
+        load_handler(args.spec)
+    except HandlerError as e:
+        print(e, file=sys.stderr, flush=True)
+        return EXIT_CANNOT_LOAD
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ import os
 from twisted.python import usage
 
 from gaspar_tw.dispatch import DEFAULT_TIMEOUT
+from gaspar_tw.handler import DEFAULT_IMPORT_TIMEOUT
 from gaspar_tw.protocol import DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH
 from gaspar_tw.shutdown import DEFAULT_DRAIN_TIMEOUT
 
@@ -62,10 +63,19 @@ def checkKeys(load, directory: str) -> None:
 
 
 class HandlerOptions(usage.Options):
-    """What every command that runs a handler takes: C{--handler} (required), C{--pythonpath}."""
+    """What every command that runs a handler takes: C{--handler} (required), C{--pythonpath},
+    C{--import-timeout}."""
 
     optParameters = [
         ["handler", "H", None, "The handler to run, as MODULE:FUNCTION (required)."],
+        [
+            "import-timeout",
+            None,
+            DEFAULT_IMPORT_TIMEOUT,
+            "Seconds the handler's module may take to import at start (tried first in a"
+            " child process); 0 for no limit and no such check.",
+            _seconds("import-timeout", allow_zero=True),
+        ],
     ]
 
     def __init__(self) -> None:

@@ -7,10 +7,13 @@ import os
 import sys
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 
 from gaspar_tw.options import Options
 
 __all__ = ["Options", "makeService"]
+
+log = Logger()
 
 
 class GasparService(MultiService):
@@ -35,16 +38,23 @@ class GasparService(MultiService):
 
 def loadConsumer(options, command: str):
     """The consumer of C{--handler}, the current directory and C{--pythonpath} importable;
-    returns it and that path. A handler that cannot be imported exits with one line."""
+    returns it and that path. A handler that cannot be imported, or not within
+    C{--import-timeout} seconds (tried in a child process first), exits with one line."""
     from gaspar_tw.consumer import Consumer
     from gaspar_tw.errors import HandlerError
+    from gaspar_tw.handler import check_import
 
     pythonpath = [os.getcwd(), *options["pythonpath"]]
     for directory in reversed(pythonpath):
         if directory not in sys.path:
             sys.path.insert(0, directory)
+    spec, timeout = options["handler"], options["import-timeout"]
+    # twistd shows this once its log starts (after makeService), with the time it was said.
+    log.info("importing handler {spec} (--import-timeout {timeout:g}s)", spec=spec, timeout=timeout)
     try:
-        return Consumer(options["handler"]), pythonpath
+        if timeout:
+            check_import(spec, pythonpath, timeout)
+        return Consumer(spec), pythonpath
     except HandlerError as e:
         raise SystemExit(f"{command}: {e}") from None
 

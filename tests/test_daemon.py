@@ -8,9 +8,18 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import READY, TWISTD, child_env, pid_alive, wait_until
+from conftest import (
+    READY,
+    TESTS,
+    TWISTD,
+    assert_reaped,
+    child_env,
+    pid_alive,
+    wait_until,
+)
 
 from gaspar_tw.client import pack, request
 
@@ -92,6 +101,24 @@ def test_handler_that_cannot_be_imported_fails_at_start_in_one_line(tmp_path):
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "no_such_module" in lines[0] and "--pythonpath" in lines[0]
     assert b"worker" not in result.stdout
+
+
+def test_handler_that_hangs_at_import_fails_at_start_in_one_line(tmp_path):
+    started = time.monotonic()
+    result = subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "gaspar", "--handler", "hang_at_import:echo"]
+        + ["--pythonpath", str(TESTS), "--import-timeout", "1"],
+        capture_output=True,
+        timeout=15,
+        cwd=tmp_path,
+        env=child_env(),
+    )
+    assert result.returncode == 1 and time.monotonic() - started < 5
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "'hang_at_import:echo' took over 1s (does the module loop at import?" in lines[0]
+    assert_reaped([int((tmp_path / "hang-at-import.pid").read_text())], 2)
+    assert b"listening" not in result.stdout
 
 
 def test_handler_in_current_directory_is_importable(tmp_path, daemon_factory):
