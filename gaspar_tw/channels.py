@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from itertools import count
 
 import zmq
 from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory
@@ -83,6 +84,25 @@ class WorkChannel(ZmqConnection):
         socket = self.socket
         for frames in messages:
             send_frames(socket, frames, copy=False)
+
+
+class MonitorChannel(ZmqConnection):
+    """Reads the monitor events of C{watched} (a socket of the same context): calls
+    C{onEvent(frames)} for each of C{events}."""
+
+    socketType = zmq.PAIR
+    _numbers = count()
+
+    def __init__(
+        self, factory: ZmqFactory, watched: zmq.Socket, events: int, onEvent: Callable[[list], None]
+    ):
+        self.onEvent = onEvent
+        address = f"inproc://gaspar-monitor-{next(self._numbers)}"
+        watched.monitor(address, events)
+        super().__init__(factory, ZmqEndpoint(ZmqEndpointType.connect, address))
+
+    def messageReceived(self, message: list) -> None:
+        self.onEvent(message)
 
 
 class ChannelHub:

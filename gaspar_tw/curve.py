@@ -3,18 +3,33 @@
 A key directory holds C{producer.key}/C{producer.key_secret} and C{worker.key}/
 C{worker.key_secret} (ZeroMQ certificate files). The producer needs its secret key and the
 workers' public keys; a worker host needs its own key pair and the producer's public key.
+Keys that do not match make the connection fail in its handshake, which ZeroMQ tells only a
+socket monitor: L{HandshakeFailures} turns those events into log lines on both ends.
 Nothing here imports Twisted: worker processes use this module too.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 import zmq
 import zmq.auth
+from zmq.utils.monitor import parse_monitor_message
 
 PRODUCER = "producer"
 WORKER = "worker"
+
+#: The socket-monitor events of a failed handshake (keys that do not match, among others).
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+#: Each kind of failed handshake is logged at once, then at most once this often (a worker
+#: keeps trying, up to ten times a second).
+HANDSHAKE_LOG_INTERVAL = 10.0
 
 
 def keygen(directory: str) -> list[str]:
@@ -60,3 +75,51 @@ def client_options(socket: zmq.Socket, directory: str) -> None:
     public, secret, server_public = client_keys(directory)
     socket.curve_publickey, socket.curve_secretkey = public, secret
     socket.curve_serverkey = server_public
+
+
+def handshake_failure(event: int, value: int) -> str:
+    """What a failed handshake's monitor event means, and what to check."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"the producer refused the worker's key (ZAP status {value}): the worker's"
+            " worker.key is not in the producer's --curve-keys directory"
+        )
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return "only one side uses CURVE: give --curve-keys to both or to neither"
+    if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return (
+            "a cryptographic error: the worker's producer.key is not this producer's"
+            " public key (check --curve-keys)"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return (
+            f"the other end closed the connection during the handshake ({os.strerror(value)}):"
+            " is the worker's producer.key this producer's public key?"
+        )
+    return f"ZeroMQ protocol error 0x{value:x} (check --curve-keys on both sides)"
+
+
+class HandshakeFailures:
+    """Read a socket monitor's events (L{event}); C{say(text)} each kind of failed handshake
+    at once, then at most once every L{HANDSHAKE_LOG_INTERVAL} seconds, counted."""
+
+    def __init__(
+        self, say: Callable[[str], None], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.say = say
+        self.clock = clock
+        self._kinds: dict[str, list] = {}  # what it means -> [next report time, count]
+
+    def event(self, frames: list[bytes]) -> None:
+        """Take one monitor message (other events than a failed handshake are ignored)."""
+        event = parse_monitor_message(frames)
+        if not event["event"] & HANDSHAKE_FAILED:
+            return
+        meaning = handshake_failure(event["event"], event["value"])
+        kind = self._kinds.setdefault(meaning, [0.0, 0])
+        kind[1] += 1
+        now = self.clock()
+        if now >= kind[0]:
+            times = f" ({kind[1]} times in {HANDSHAKE_LOG_INTERVAL:g}s)" if kind[1] > 1 else ""
+            kind[:] = [now + HANDSHAKE_LOG_INTERVAL, 0]
+            self.say(meaning + times)

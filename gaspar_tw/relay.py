@@ -19,10 +19,12 @@ import os
 import socket
 import threading
 import time
+from itertools import count
 
 import zmq
 
 from gaspar_tw import wire
+from gaspar_tw.curve import HANDSHAKE_FAILED, HandshakeFailures
 from gaspar_tw.handler import Handler
 from gaspar_tw.worker import Worker
 
@@ -42,6 +44,7 @@ EXIT_GIVEN_UP = 5
 
 _WORK = "inproc://gaspar-work"
 _REPLIES = "inproc://gaspar-replies"
+_monitors = count()
 
 
 def _say(text: str) -> None:
@@ -91,6 +94,10 @@ class Relay(threading.Thread):
         self.replies = replies  # PULL from the worker loop
         self.curve_keys = curve_keys
         self._stopping = threading.Event()
+        self._handshakes = HandshakeFailures(
+            lambda why: _say(f"the CURVE handshake with the producer at {address} failed: {why}")
+        )
+        self._monitor: zmq.Socket | None = None
         #: Set by the worker loop when its host stops it: say L{BYE}, await L{DONE}.
         self.retiring = threading.Event()
 
@@ -98,7 +105,8 @@ class Relay(threading.Thread):
         self._stopping.set()
         self.join(5)
 
-    def _dealer(self) -> zmq.Socket:
+    def _dealer(self, poller: zmq.Poller) -> zmq.Socket:
+        """A new DEALER to the producer, polled, with a monitor of its handshakes."""
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.copy_threshold = wire.ZERO_COPY_BYTES
@@ -106,15 +114,33 @@ class Relay(threading.Thread):
             from gaspar_tw.curve import client_options
 
             client_options(dealer, self.curve_keys)
+        self._monitor = dealer.get_monitor_socket(
+            HANDSHAKE_FAILED, f"inproc://gaspar-relay-monitor-{next(_monitors)}"
+        )
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         dealer.connect(self.address)
         return dealer
 
+    def _closeDealer(self, poller: zmq.Poller, dealer: zmq.Socket) -> None:
+        poller.unregister(dealer)
+        poller.unregister(self._monitor)
+        dealer.disable_monitor()
+        self._monitor.close()
+        dealer.close()
+
+    def _readMonitor(self) -> None:
+        while True:
+            try:
+                self._handshakes.event(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+
     def run(self) -> None:
         clock = time.monotonic
-        dealer = self._dealer()
         poller = zmq.Poller()
         poller.register(self.replies, zmq.POLLIN)
-        poller.register(dealer, zmq.POLLIN)
+        dealer = self._dealer(poller)
         hello = None
         heard = next_ping = clock()
         word = None  # the producer's last word (unlike heard, not reset when reconnecting)
@@ -134,6 +160,8 @@ class Relay(threading.Thread):
             if dealer in events:
                 heard = word = clock()
                 self._forwardWork(dealer, hello)
+            if self._monitor in events:
+                self._readMonitor()
             now = clock()
             if hello is None or now < next_ping:
                 continue
@@ -143,15 +171,13 @@ class Relay(threading.Thread):
                     f"no word from the producer at {self.address} for {now - heard:.1f}s;"
                     " connecting again"
                 )
-                poller.unregister(dealer)
-                dealer.close()
-                dealer = self._dealer()
-                poller.register(dealer, zmq.POLLIN)
+                self._closeDealer(poller, dealer)
+                dealer = self._dealer(poller)
                 heard = now
                 _send(dealer, hello)
             else:
                 _send(dealer, [PING])
-        dealer.close()
+        self._closeDealer(poller, dealer)
         self.work.close()
         self.replies.close()
 

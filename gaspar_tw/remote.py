@@ -20,7 +20,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gaspar_tw import wire
-from gaspar_tw.channels import ReplyChannel
+from gaspar_tw.channels import MonitorChannel, ReplyChannel
+from gaspar_tw.curve import HANDSHAKE_FAILED, HandshakeFailures
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.relay import BYE, DONE, HEARTBEAT_MISSES, HEARTBEAT_SECONDS, KILL, PING, WHO
 from gaspar_tw.stats import Stats
@@ -114,6 +115,7 @@ class RemoteWorkers:
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
         self._auth = None
+        self._handshakes = None
 
     def start(self, factory) -> str:
         """Bind (on C{factory}'s ZeroMQ context); return the address bound, port included."""
@@ -132,6 +134,17 @@ class RemoteWorkers:
             )
         self.channel = RouterChannel(factory, self.address, self._onMessage, self.curve_keys)
         self.boundAddress = self.channel.boundAddress
+        failures = HandshakeFailures(
+            lambda why: log.warn(
+                "a remote worker failed the CURVE handshake on {address}: {why}",
+                address=self.boundAddress,
+                why=why,
+            ),
+            self.reactor.seconds,
+        )
+        self._handshakes = MonitorChannel(
+            factory, self.channel.socket, HANDSHAKE_FAILED, failures.event
+        )
         log.info(
             "gaspar_tw producer: remote workers connect to {address}{curve}",
             address=self.boundAddress,
@@ -145,6 +158,9 @@ class RemoteWorkers:
             self._heartbeat.stop()
         for identity in list(self.remotes):
             self._forget(identity)
+        if self._handshakes is not None:
+            self._handshakes.shutdown()
+            self._handshakes = None
         if self.channel is not None and self.channel.socket is not None:
             self.channel.shutdown()
         self.channel = None

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pytest
 from conftest import TESTS, TWISTD, assert_reaped, child_env, pid_alive, wait_until
@@ -213,3 +214,30 @@ def test_local_and_remote_workers_share_the_work(daemon_factory, hosts):
             pool.map(lambda m: request(producer.address, m, timeout=15), [b"sleep:1"] * 2)
         )
     assert {pid_of(reply) for reply in replies} == {local, remote}
+
+
+def said_in(pattern: bytes, log_path) -> bool:
+    return re.search(pattern, log_path.read_bytes()) is not None
+
+
+def test_curve_key_mismatch_is_logged_on_both_sides(daemon_factory, hosts, tmp_path):
+    keys, stranger, intruder = tmp_path / "keys", tmp_path / "stranger", tmp_path / "intruder"
+    for directory in (keys, stranger, intruder):
+        keygen(directory)
+    shutil.copy(keys / "producer.key", intruder / "producer.key")  # only its own key is wrong
+    producer = daemon_factory(*BIND, "--curve-keys", str(keys), workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    hosts(address, 1, "--curve-keys", str(stranger))  # holds another producer's public key
+    hosts(address, 1, "--curve-keys", str(intruder))
+    failed = rb"a remote worker failed the CURVE handshake on tcp://127.0.0.1:\d+: "
+    producer.wait_for(failed + rb"a cryptographic error", timeout=8)
+    producer.wait_for(failed + rb"the producer refused the worker's key", timeout=8)
+    for n, why in enumerate([rb"the other end closed the connection", rb"the producer refused"]):
+        host_log = tmp_path / f"host-{n}.log"
+        said = rb"the CURVE handshake with the producer at %s failed: %s" % (address.encode(), why)
+        assert wait_until(partial(said_in, said, host_log), 8), host_log.read_text()
+        assert b"file descriptor limit" in host_log.read_bytes()
+    time.sleep(2)  # the stranger tries again several times a second: still one line a kind
+    assert len(re.findall(failed + rb"a cryptographic error", producer.log())) == 1
+    said = rb"the CURVE handshake with the producer at \S+ failed: the other end closed"
+    assert len(re.findall(said, (tmp_path / "host-0.log").read_bytes())) == 1
