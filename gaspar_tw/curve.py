@@ -11,12 +11,12 @@ Nothing here imports Twisted: worker processes use this module too.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Callable
 
 import zmq
 import zmq.auth
-from zmq.utils.monitor import parse_monitor_message
 
 PRODUCER = "producer"
 WORKER = "worker"
@@ -30,6 +30,9 @@ HANDSHAKE_FAILED = (
 #: Each kind of failed handshake is logged at once, then at most once this often (a worker
 #: keeps trying, up to ten times a second).
 HANDSHAKE_LOG_INTERVAL = 10.0
+#: A monitor message's first frame: the event and its value (read here: zmq.utils.monitor
+#: imports zmq.asyncio, which would slow every remote worker's start).
+_EVENT = struct.Struct("=HI")
 
 
 def keygen(directory: str) -> list[str]:
@@ -112,10 +115,10 @@ class HandshakeFailures:
 
     def event(self, frames: list[bytes]) -> None:
         """Take one monitor message (other events than a failed handshake are ignored)."""
-        event = parse_monitor_message(frames)
-        if not event["event"] & HANDSHAKE_FAILED:
+        event, value = _EVENT.unpack_from(frames[0])
+        if not event & HANDSHAKE_FAILED:
             return
-        meaning = handshake_failure(event["event"], event["value"])
+        meaning = handshake_failure(event, value)
         kind = self._kinds.setdefault(meaning, [0.0, 0])
         kind[1] += 1
         now = self.clock()
