@@ -82,8 +82,8 @@ class AcceptFailureLog:
 
     def __call__(self, event: dict) -> None:
         form = event.get("log_format")
-        if form not in _ACCEPT_FAILURES:
-            self.observer(event)
+        if form not in _ACCEPT_FAILURES or event.get("acceptError") == "ECONNABORTED":
+            self.observer(event)  # (a client that gave up while queued: BSD only, harmless)
             return
         if form == _CLOSED:
             self.closed += 1
