@@ -237,7 +237,7 @@ def test_curve_key_mismatch_is_logged_on_both_sides(daemon_factory, hosts, tmp_p
         said = rb"the CURVE handshake with the producer at %s failed: %s" % (address.encode(), why)
         assert wait_until(partial(said_in, said, host_log), 8), host_log.read_text()
         assert b"file descriptor limit" in host_log.read_bytes()
-    time.sleep(2)  # the stranger tries again several times a second: still one line a kind
+    time.sleep(1)  # the stranger tries again several times a second: still one line a kind
     assert len(re.findall(failed + rb"a cryptographic error", producer.log())) == 1
     said = rb"the CURVE handshake with the producer at \S+ failed: the other end closed"
     assert len(re.findall(said, (tmp_path / "host-0.log").read_bytes())) == 1
