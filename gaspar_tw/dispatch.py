@@ -106,8 +106,9 @@ class WorkerLink:
     drained: Callable[[], None] = _noop
     outstanding: dict = field(default_factory=dict)
     retiring: bool = False
+    #: The request first at the last sweep, and the sweep count stamped when it became so.
     watched: int | None = None
-    watchedSince: float = 0.0
+    watchedAt: int = 0
 
 
 class _Request:
@@ -443,7 +444,7 @@ class Dispatcher:
     # -- timeouts --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start enforcing C{timeout} (a sweep every C{timeout/4} s, at most 1 s)."""
+        """Start enforcing C{timeout} (see L{Sweep} for how often it sweeps)."""
         self._sweep.start()
 
     def stop(self) -> None:
@@ -452,16 +453,18 @@ class Dispatcher:
     def _checkTimeouts(self) -> None:
         """Abandon workers stuck on one request for C{timeout}; expire requests queued as long.
 
-        A worker's first outstanding request is the one it is running. If the same request
-        has been first at every sweep for C{timeout} seconds, the worker has run it for at
-        least that long (and at most one sweep interval more).
+        A worker's first outstanding request is the one it is running. One first seen at this
+        sweep became first since the previous one: it is stamped like a request queued then,
+        in sweep counts (not reactor times, whose jitter cost a whole extra sweep), so the
+        worker is abandoned after it has run the request for C{timeout} and less than one
+        sweep interval more.
         """
-        now = self._reactor.seconds()
+        sweep = self._sweep
         for link in list(self._links.values()):
             running = next(iter(link.outstanding), None)
             if running is None or running != link.watched:
-                link.watched, link.watchedSince = running, now
-            elif now - link.watchedSince >= self.timeout:
+                link.watched, link.watchedAt = running, sweep.count - 1
+            elif sweep.expired(link.watchedAt):
                 self._abandon(link, running)
         if self._queue or self._suspects:
             self._expireQueued()

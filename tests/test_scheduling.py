@@ -1,0 +1,115 @@
+"""Scheduling under faults: retried requests under load, cancelled requests, timeout precision.
+
+Issue 10, items 4, 5 and 11. The unit tests drive a real L{Dispatcher} on a
+L{twisted.internet.task.Clock} with links that record what they are sent; the end-to-end
+tests run ``twistd gaspar`` (and worker hosts) on loopback.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from test_remote import hosts as hosts  # the fixture: worker hosts, killed and reaped after
+from twisted.internet.task import Clock
+
+from gaspar_tw import wire
+from gaspar_tw.client import request
+from gaspar_tw.dispatch import Dispatcher, WorkerLink
+from gaspar_tw.errors import RequestTimeout
+
+FAULTY = ("--handler", "handlers:faulty")
+REMOTE = (*FAULTY, "--bind", "tcp://127.0.0.1:*")
+
+
+class Recorder:
+    """What a dispatcher sends one worker: each work batch's ids, and each cancel's ids."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.cancels: list[int] = []
+
+    def send(self, messages: list[list]) -> None:
+        for frames in messages:
+            if len(frames) == 1 and frames[0][:1] == wire.CANCEL:
+                self.cancels += wire.decode_cancel(frames[0])
+            else:
+                self.batches.append(list(wire.decode_work(frames)[0]))
+
+
+def link(token: int) -> tuple[WorkerLink, Recorder]:
+    recorder = Recorder()
+    return WorkerLink(token, 1000 + token, recorder.send), recorder
+
+
+def answer(dispatcher: Dispatcher, worker: WorkerLink, n: int = 1) -> list[int]:
+    """The worker answers the first C{n} requests it holds (OK, echoing the id)."""
+    ids = list(worker.outstanding)[:n]
+    replies = [b"%d" % rid for rid in ids]
+    dispatcher.repliesReceived(worker.token, ids, bytes(len(ids)), replies)
+    return ids
+
+
+class Outcomes:
+    """The receiver of every request: replies and failures by id."""
+
+    def __init__(self) -> None:
+        self.replies: dict[int, bytes] = {}
+        self.failures: dict[int, Exception] = {}
+
+    def replyReceived(self, rid: int, reply: bytes) -> None:
+        self.replies[rid] = reply
+
+    def requestFailed(self, rid: int, reason: Exception) -> None:
+        self.failures[rid] = reason
+
+
+# -- 11. timeout precision -----------------------------------------------------------------
+
+
+def test_a_stuck_request_fails_between_the_timeout_and_one_sweep_more():
+    clock = Clock()
+    dispatcher = Dispatcher(clock, timeout=1.0)  # a sweep every 0.25 s
+    dispatcher.start()
+    worker, _ = link(1)
+    dispatcher.workerReady(worker)
+    outcomes = Outcomes()
+    clock.advance(0.2)
+    rid = dispatcher.submitTo(b"stuck", outcomes)
+    clock.advance(0)  # sent at 0.2: the worker runs it from now on
+    clock.advance(0.1)  # the first sweep (due at 0.25) runs 50 ms late, at 0.3
+    while rid not in outcomes.failures and clock.seconds() < 5:
+        clock.advance(0.005)  # the other sweeps are (nearly) on time
+    assert isinstance(outcomes.failures[rid], RequestTimeout)
+    ran = clock.seconds() - 0.2
+    assert 1.0 <= ran <= 1.25 + 0.005, f"failed after {ran:.2f}s (timeout 1 s, sweeps of 0.25 s)"
+    dispatcher.stop()
+
+
+def test_sweeps_divide_the_timeout_so_a_queued_request_fails_within_one_sweep_of_it():
+    clock = Clock()
+    dispatcher = Dispatcher(clock, timeout=10.5)
+    dispatcher.start()
+    outcomes = Outcomes()
+    clock.advance(0.01)
+    rid = dispatcher.submitTo(b"waits", outcomes)  # no worker: it waits in the queue
+    while rid not in outcomes.failures and clock.seconds() < 30:
+        clock.advance(0.01)
+    waited = clock.seconds() - 0.01
+    assert 10.5 <= waited <= 10.5 + dispatcher._sweep.interval + 0.01, f"failed after {waited:.2f}s"
+    dispatcher.stop()
+
+
+def test_stuck_requests_close_between_the_timeout_and_one_sweep_more(daemon_factory):
+    producer = daemon_factory(*FAULTY, "--timeout", "1", workers=3)
+
+    def stuck(_) -> float:
+        started = time.monotonic()
+        assert request(producer.address, b"sleep:10", 15) == b""
+        return time.monotonic() - started
+
+    for round_ in range(2):
+        with ThreadPoolExecutor(3) as pool:
+            closed = list(pool.map(stuck, range(3)))
+        assert all(0.99 <= t <= 1.25 + 0.15 for t in closed), closed
+        producer.wait_for(rb"worker \d+ ready", 3 * (round_ + 2))  # stuck ones replaced
