@@ -6,7 +6,8 @@ an L{IReplyReceiver}: the protocols' path, no Deferred per request); workers are
 L{WorkerLink}s that come and go. Each worker is given at most C{window} requests at a time,
 least-loaded first, in one ZeroMQ message per reactor turn. At most C{max_pending} requests
 are accepted at once; a dead worker's requests are retried once, each alone on an idle
-worker, or failed; one periodic sweep enforces C{timeout} (no timer per request).
+worker (one is emptied for them if none is), or failed; one periodic sweep enforces
+C{timeout} (no timer per request).
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ class Dispatcher:
         # Requests held by a worker that died: each is retried alone on an idle worker.
         self._suspects: deque[_Request] = deque()
         self._isolating: set[int] = set()  # tokens of workers running one suspect alone
+        # Tokens of workers given no new work until they are idle, for the waiting suspects.
+        self._reserved: set[int] = set()
         self._links: dict[int, WorkerLink] = {}
         self._flush_call = None
         self._afterReplies: list[Callable[[], None]] = []
@@ -259,6 +262,8 @@ class Dispatcher:
                     break
                 except ValueError:
                     pass  # not waiting there (on a worker, its reply will be dropped)
+            if self._reserved:
+                self._scheduleFlush()  # a worker held back for it may take other work
 
     def _cancelDeferred(self, deferred: _ReplyDeferred) -> None:
         self.cancel(deferred.rid)
@@ -288,11 +293,11 @@ class Dispatcher:
         dying can be lost with it), so each is retried on an otherwise idle worker; a request
         whose worker dies while running it alone fails with L{WorkerCrashed}.
         """
-        link = self._links.pop(token, None)
+        link = self._links.get(token)
         if link is None:
             return
         alone = token in self._isolating
-        self._isolating.discard(token)
+        self._forget(link)
         held = self._held(link)
         if not held:
             return
@@ -471,8 +476,7 @@ class Dispatcher:
 
     def _abandon(self, link: WorkerLink, running: int) -> None:
         """Give up on a stuck worker: fail its current request, requeue the rest, kill it."""
-        del self._links[link.token]
-        self._isolating.discard(link.token)
+        self._forget(link)
         stuck = self._requests.pop(running, None)
         others = self._held(link)
         log.warn(
@@ -496,6 +500,8 @@ class Dispatcher:
             return
         self._queue = deque(r for r in self._queue if r not in expired)
         self._suspects = deque(r for r in self._suspects if r not in expired)
+        if self._reserved:
+            self._scheduleFlush()
         log.warn(
             "{n} requests waited over {timeout}s for a free worker (--timeout); failing them",
             n=len(expired),
@@ -522,7 +528,7 @@ class Dispatcher:
                 self._flush_call.cancel()
             self._flush_call = None
         self._turn_time = None
-        if self._suspects or self._isolating:
+        if self._suspects or self._isolating or self._reserved:
             self._sendSuspects()
         queue = self._queue
         window = self._window()
@@ -532,8 +538,9 @@ class Dispatcher:
                 for link in self._links.values()
                 if len(link.outstanding) < window and not link.retiring
             ]
-            if self._isolating:
-                links = [link for link in links if link.token not in self._isolating]
+            if self._isolating or self._reserved:
+                setAside = self._isolating | self._reserved
+                links = [link for link in links if link.token not in setAside]
             if not links:
                 return
             links.sort(key=lambda link: len(link.outstanding))
@@ -559,16 +566,28 @@ class Dispatcher:
         """Sending to C{link} failed (call from the except block): give up on that worker,
         requeue what it held, and have it ended."""
         log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
-        del self._links[link.token]
+        self._forget(link)
         self._requeue(self._held(link))
         link.kill()
 
     def _sendSuspects(self) -> None:
-        """Give each retried request, alone, to a worker that holds nothing else."""
-        for link in self._links.values():
-            if link.token in self._isolating and not link.outstanding:
-                self._isolating.discard(link.token)
-        idle = [link for link in self._links.values() if not link.outstanding and not link.retiring]
+        """Give each retried request, alone, to a worker that holds nothing else.
+
+        While retried requests wait and no worker is idle, the least-loaded workers (one per
+        waiting request) are reserved: they get no new work, so each is idle once it has
+        answered what it holds, and a retried request waits that long at most under any load.
+        """
+        links = self._links
+        for token in list(self._isolating):
+            if not links[token].outstanding:
+                self._isolating.discard(token)
+        reserved = self._reserved
+        idle = [
+            link
+            for link in links.values()
+            if not link.outstanding and not link.retiring and link.token not in self._isolating
+        ]
+        idle.sort(key=lambda link: link.token in reserved)  # reserved ones are taken first
         while self._suspects and idle:
             link = idle.pop()
             request = self._suspects.popleft()
@@ -580,3 +599,36 @@ class Dispatcher:
                 continue
             link.outstanding[request.rid] = None
             self._isolating.add(link.token)
+            reserved.discard(link.token)
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Hold back as many workers as retried requests wait: the least loaded ones."""
+        reserved = self._reserved
+        for token in list(reserved):
+            if self._links[token].retiring:
+                reserved.discard(token)
+        excess = len(reserved) - len(self._suspects)
+        if excess > 0:
+            held = sorted((self._links[token] for token in reserved), key=_load)
+            reserved.difference_update(link.token for link in held[-excess:])
+        elif excess < 0:
+            free = [
+                link
+                for link in self._links.values()
+                if not link.retiring
+                and link.token not in reserved
+                and link.token not in self._isolating
+            ]
+            free.sort(key=_load)
+            reserved.update(link.token for link in free[:-excess])
+
+    def _forget(self, link: WorkerLink) -> None:
+        """Stop giving work to C{link} (it died, or was given up on)."""
+        del self._links[link.token]
+        self._isolating.discard(link.token)
+        self._reserved.discard(link.token)
+
+
+def _load(link: WorkerLink) -> int:
+    return len(link.outstanding)

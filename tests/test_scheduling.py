@@ -7,9 +7,12 @@ tests run ``twistd gaspar`` (and worker hosts) on loopback.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from test_remote import BOUND, ready_pids
 from test_remote import hosts as hosts  # the fixture: worker hosts, killed and reaped after
 from twisted.internet.task import Clock
 
@@ -64,6 +67,64 @@ class Outcomes:
         self.failures[rid] = reason
 
 
+# -- 4. retried requests under steady load -------------------------------------------------
+
+
+def test_a_retried_request_holds_back_only_the_least_loaded_worker_and_runs_alone():
+    clock = Clock()
+    dispatcher = Dispatcher(clock, timeout=5)
+    dispatcher.handlerTime(1, 0.01)  # a 10 ms handler: windows of 2
+    outcomes = Outcomes()
+    (a, _), (b, b_sent), (c, c_sent) = link(1), link(2), link(3)
+    for worker in (a, b, c):
+        dispatcher.workerReady(worker)
+    for _ in range(6):
+        dispatcher.submitTo(b"x", outcomes)
+    clock.advance(0)
+    answer(dispatcher, a)
+    answer(dispatcher, c)  # a and c hold one request each, b two
+    (suspect,) = a.outstanding
+    dispatcher.workerLost(a.token)
+    for _ in range(4):
+        dispatcher.submitTo(b"x", outcomes)
+    clock.advance(0)
+    assert len(c_sent.batches) == 1  # c, the least loaded, is held back for the suspect
+    answer(dispatcher, b)
+    assert len(b.outstanding) == 2  # b is not: it was given new work at once
+    answer(dispatcher, c)
+    assert c_sent.batches[1:] == [[suspect]]  # then c runs the suspect, alone
+    answer(dispatcher, c)
+    assert outcomes.replies[suspect] == b"%d" % suspect
+    assert len(c.outstanding) == 2  # and c takes new work again
+    assert not outcomes.failures and [suspect] not in b_sent.batches
+
+
+def test_retried_requests_are_run_within_one_window_under_steady_load():
+    clock = Clock()
+    dispatcher = Dispatcher(clock, timeout=5)
+    dispatcher.handlerTime(1, 0.01)
+    outcomes = Outcomes()
+    (a, _), (b, b_sent) = link(1), link(2)
+    dispatcher.workerReady(a)
+    dispatcher.workerReady(b)
+    for _ in range(8):
+        dispatcher.submitTo(b"x", outcomes)
+    clock.advance(0)
+    lost = list(a.outstanding)
+    dispatcher.workerLost(a.token)
+    clock.advance(0)
+    answers = 0
+    while any(rid not in outcomes.replies for rid in lost) and answers < 50:
+        answer(dispatcher, b)
+        dispatcher.submitTo(b"x", outcomes)  # the load never lets b run dry
+        clock.advance(0)
+        answers += 1
+    # b answered its window (2), then each retried request alone: 4 answers in all.
+    assert answers == 4, f"the retried requests took {answers} answers of the survivor"
+    assert [batch for batch in b_sent.batches if set(batch) & set(lost)] == [[r] for r in lost]
+    assert not outcomes.failures
+
+
 # -- 11. timeout precision -----------------------------------------------------------------
 
 
@@ -113,3 +174,42 @@ def test_stuck_requests_close_between_the_timeout_and_one_sweep_more(daemon_fact
             closed = list(pool.map(stuck, range(3)))
         assert all(0.99 <= t <= 1.25 + 0.15 for t in closed), closed
         producer.wait_for(rb"worker \d+ ready", 3 * (round_ + 2))  # stuck ones replaced
+
+
+# -- 4, end to end: a worker host lost under load ------------------------------------------
+
+
+def test_retried_requests_are_answered_promptly_when_a_host_is_lost_under_load(
+    daemon_factory, hosts
+):
+    producer = daemon_factory(*REMOTE, "--timeout", "5", workers=0)
+    address = producer.wait_for(BOUND)[0].decode()
+    doomed = hosts(address, 1)
+    (doomed_pid,) = ready_pids(producer, 1)
+    hosts(address, 1)
+    ready_pids(producer, 2)
+    results: list[tuple[float, float, bytes]] = []  # (sent at, seconds, reply)
+    start = time.monotonic()
+    kill_at, stop_at = start + 0.7, start + 4.2  # the load goes on well after the kill
+
+    def client(_) -> None:
+        for _ in range(2000):
+            sent = time.monotonic()
+            if sent > stop_at:
+                return
+            reply = request(producer.address, b"sleep:0.01", 15)
+            results.append((sent - start, time.monotonic() - sent, reply))
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client, i) for i in range(8)]
+        time.sleep(kill_at - time.monotonic())
+        os.kill(doomed_pid, signal.SIGKILL)
+        doomed.kill()
+        for future in futures:
+            future.result(30)
+    assert b"died holding 2 requests: 2 retried" in producer.log()
+    failed = [(round(at, 2), round(s, 2)) for at, s, reply in results if not reply]
+    assert not failed, f"failed (sent at, after seconds): {failed}"
+    slowest = max(seconds for _, seconds, _ in results)
+    assert slowest < 2.5, f"slowest request: {slowest:.2f}s (--timeout 5)"
+    assert len(results) > 100
