@@ -43,6 +43,9 @@ CONCENTRATE_SECONDS = 0.0005
 #: at most C{window}): slow handlers get small windows, so no request waits behind a busy
 #: worker while another is idle.
 WINDOW_SECONDS = 0.002
+#: Requests a worker may hold until the handler's time is known (a slow handler's requests
+#: must not pile up on the first worker while others are idle, nor behind cancelled ones).
+INITIAL_WINDOW = 2
 #: Default seconds a handler may spend on one request, and a request may wait for a worker.
 DEFAULT_TIMEOUT = 30.0
 #: At most one "refusing requests" log line per this many seconds under a flood.
@@ -95,8 +98,10 @@ class WorkerLink:
     """A ready worker as the dispatcher sees it: where to send, and what it holds.
 
     C{outstanding} keeps request ids in the order they were sent; a worker answers in that
-    order, so its first id is the request the worker is running now. C{kill} asks the
-    worker's owner to end the process (the dispatcher has already given up on it).
+    order (a request cancelled before it started is answered L{wire.SKIPPED}), so its first
+    id is the request the worker is running now. C{send} takes a list of messages (work, or
+    a cancel). C{kill} asks the worker's owner to end the process (the dispatcher has
+    already given up on it).
     """
 
     token: int
@@ -168,7 +173,7 @@ class Dispatcher:
         self._turn_time: float | None = None
         self.accepting = True
         #: Handler seconds per request, a moving average of what workers report (None until
-        #: the first report: until then requests are spread, the window is C{window}).
+        #: the first report: until then requests are spread, the window is L{INITIAL_WINDOW}).
         self.handler_time: float | None = None
 
     # -- callers ---------------------------------------------------------------------------
@@ -249,21 +254,39 @@ class Dispatcher:
         return Overloaded(f"{len(self._requests)} requests already pending")
 
     def cancel(self, rid: int) -> None:
-        """Forget request C{rid}: drop it if queued; a reply that still comes is ignored.
+        """Forget request C{rid}: drop it if queued, have its worker skip it if not started.
 
-        Its receiver is not called; the request counts as cancelled.
+        Its receiver is not called; the request counts as cancelled. A reply that still
+        comes (it was running, or started before the worker heard) is ignored.
         """
         request = self._requests.pop(rid, None)
-        if request is not None:
-            self.stats.requestCancelled()
-            for waiting in (self._queue, self._suspects):
-                try:
-                    waiting.remove(request)
-                    break
-                except ValueError:
-                    pass  # not waiting there (on a worker, its reply will be dropped)
+        if request is None:
+            return
+        self.stats.requestCancelled()
+        for waiting in (self._queue, self._suspects):
+            try:
+                waiting.remove(request)
+            except ValueError:
+                continue
             if self._reserved:
                 self._scheduleFlush()  # a worker held back for it may take other work
+            return
+        self._cancelHeld(rid)
+
+    def _cancelHeld(self, rid: int) -> None:
+        """Tell the worker holding C{rid} to skip it, unless it is running it (its first)."""
+        for link in self._links.values():
+            if rid in link.outstanding:
+                if next(iter(link.outstanding)) != rid:
+                    try:
+                        link.send([wire.encode_cancel([rid])])
+                    except Exception as e:  # it will run it; the reply is dropped
+                        log.warn(
+                            "could not tell worker pid {pid} to skip a cancelled request: {e!r}",
+                            pid=link.pid,
+                            e=e,
+                        )
+                return
 
     def _cancelDeferred(self, deferred: _ReplyDeferred) -> None:
         self.cancel(deferred.rid)
@@ -339,10 +362,13 @@ class Dispatcher:
             self.handler_time += (seconds / count - self.handler_time) * 0.2
 
     def _window(self) -> int:
-        """Requests one worker may hold: C{window}, fewer for slow handlers."""
-        if not self.handler_time:
+        """Requests one worker may hold: C{window}, fewer for slow handlers or unknown ones."""
+        handler_time = self.handler_time
+        if handler_time is None:
+            return min(INITIAL_WINDOW, self.window)
+        if not handler_time:
             return self.window
-        return max(2, min(self.window, int(WINDOW_SECONDS / self.handler_time)))
+        return max(2, min(self.window, int(WINDOW_SECONDS / handler_time)))
 
     def repliesReceived(self, token: int, ids, statuses: bytes, payloads) -> None:
         link = self._links.get(token)

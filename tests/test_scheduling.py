@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from test_remote import BOUND, ready_pids
 from test_remote import hosts as hosts  # the fixture: worker hosts, killed and reaped after
 from twisted.internet.task import Clock
 
 from gaspar_tw import wire
-from gaspar_tw.client import request
+from gaspar_tw.client import pack, request
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.errors import RequestTimeout
 
@@ -123,6 +125,69 @@ def test_retried_requests_are_run_within_one_window_under_steady_load():
     assert answers == 4, f"the retried requests took {answers} answers of the survivor"
     assert [batch for batch in b_sent.batches if set(batch) & set(lost)] == [[r] for r in lost]
     assert not outcomes.failures
+
+
+# -- 5. cancelled requests -----------------------------------------------------------------
+
+
+def test_a_worker_gets_two_requests_until_its_handler_time_is_known():
+    clock = Clock()
+    dispatcher = Dispatcher(clock)
+    worker, sent = link(1)
+    dispatcher.workerReady(worker)
+    for _ in range(10):
+        dispatcher.submitTo(b"x", Outcomes())
+    clock.advance(0)
+    assert sent.batches == [[1, 2]]
+    dispatcher.handlerTime(1, 0.000001)  # fast: the window opens
+    answer(dispatcher, worker, 2)
+    assert sent.batches[1] == list(range(3, 11))
+
+
+def test_cancelling_a_request_a_worker_holds_tells_the_worker_unless_it_is_running():
+    clock = Clock()
+    dispatcher = Dispatcher(clock)
+    worker, sent = link(1)
+    dispatcher.workerReady(worker)
+    ids = [dispatcher.submitTo(b"x", Outcomes()) for _ in range(4)]
+    clock.advance(0)
+    for rid in ids:
+        dispatcher.cancel(rid)
+    assert sent.cancels == [ids[1]]  # the first is running; the last two never left the queue
+    assert dispatcher.queued == 0 and dispatcher.pending == 0
+    # The worker answers the running one and reports the cancelled one skipped.
+    dispatcher.repliesReceived(worker.token, ids[:2], bytes([wire.OK, wire.SKIPPED]), [b"", b""])
+    assert not worker.outstanding and dispatcher.stats.cancelled == 4
+
+
+def _send_and_hang_up(address: str, message: bytes) -> None:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(pack(message))
+        time.sleep(0.1)  # the producer has it (and has given it to the worker) by now
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_requests_cancelled_while_queued_on_a_worker_are_skipped(
+    daemon_factory, hosts, tmp_path, where
+):
+    if where == "local":
+        producer = daemon_factory(*FAULTY, workers=1)
+    else:
+        producer = daemon_factory(*REMOTE, workers=0)
+        hosts(producer.wait_for(BOUND)[0].decode(), 1)
+        ready_pids(producer, 1)
+    # Ten clients send a 1 s request and hang up; "once:PATH:..." creates PATH when it runs.
+    flags = [tmp_path / f"ran-{i}" for i in range(10)]
+    messages = [b"once:%s:sleep:1" % str(flag).encode() for flag in flags]
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda m: _send_and_hang_up(producer.address, m), messages))
+    started = time.monotonic()
+    assert request(producer.address, b"fresh", 15).endswith(b":fresh")
+    waited = time.monotonic() - started
+    ran = [flag.name for flag in flags if flag.exists()]
+    assert waited < 2.0, f"a new request waited {waited:.1f}s behind cancelled ones"
+    assert len(ran) == 1, f"cancelled requests ran: {ran}"
 
 
 # -- 11. timeout precision -----------------------------------------------------------------
