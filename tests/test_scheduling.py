@@ -255,7 +255,7 @@ def test_retried_requests_are_answered_promptly_when_a_host_is_lost_under_load(
     ready_pids(producer, 2)
     results: list[tuple[float, float, bytes]] = []  # (sent at, seconds, reply)
     start = time.monotonic()
-    kill_at, stop_at = start + 0.7, start + 4.2  # the load goes on well after the kill
+    kill_at, stop_at = start + 0.5, start + 3.3  # the load goes on well after the kill
 
     def client(_) -> None:
         for _ in range(2000):
@@ -276,5 +276,5 @@ def test_retried_requests_are_answered_promptly_when_a_host_is_lost_under_load(
     failed = [(round(at, 2), round(s, 2)) for at, s, reply in results if not reply]
     assert not failed, f"failed (sent at, after seconds): {failed}"
     slowest = max(seconds for _, seconds, _ in results)
-    assert slowest < 2.5, f"slowest request: {slowest:.2f}s (--timeout 5)"
+    assert slowest < 2.0, f"slowest request: {slowest:.2f}s (--timeout 5)"
     assert len(results) > 100
