@@ -191,7 +191,7 @@ class Worker:
                 if held.size >= wire.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
                     self.flush()
             frames = self._next()
-        cancelled.clear()  # all it named is answered: a cancel that came too late
+        cancelled.clear()  # every request is answered: what is left came too late
         self.flush()
         return False
 
@@ -206,18 +206,10 @@ class Worker:
                 self._inbox.append(frames)
 
     def _next(self) -> list | None:
-        """The next work message (or stop cue), or C{None} if none has arrived.
-
-        A cancel read here comes after everything it names was answered: it is dropped.
-        """
-        if self._inbox:
-            return self._inbox.popleft()
-        work = self.work
-        while waiting(work):
-            frames = recv_frames(work)
-            if len(frames) > 1 or frames[0][:1] != wire.CANCEL:
-                return frames
-        return None
+        """The next work message (or stop cue), or C{None} if none has arrived."""
+        if not self._inbox:
+            self._look()
+        return self._inbox.popleft() if self._inbox else None
 
     def flush(self) -> None:
         """Send the held replies, if any, and disarm the timer."""
