@@ -6,7 +6,8 @@ an L{IReplyReceiver}: the protocols' path, no Deferred per request); workers are
 L{WorkerLink}s that come and go. Each worker is given at most C{window} requests at a time,
 least-loaded first, in one ZeroMQ message per reactor turn. At most C{max_pending} requests
 are accepted at once; a dead worker's requests are retried once, each alone on an idle
-worker, or failed; one periodic sweep enforces C{timeout} (no timer per request).
+worker (one is emptied for them if none is), or failed; one periodic sweep enforces
+C{timeout} (no timer per request).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ CONCENTRATE_SECONDS = 0.0005
 #: at most C{window}): slow handlers get small windows, so no request waits behind a busy
 #: worker while another is idle.
 WINDOW_SECONDS = 0.002
+#: Requests a worker may hold until the handler's time is known (a slow handler's requests
+#: must not pile up on the first worker while others are idle, nor behind cancelled ones).
+INITIAL_WINDOW = 2
 #: Default seconds a handler may spend on one request, and a request may wait for a worker.
 DEFAULT_TIMEOUT = 30.0
 #: At most one "refusing requests" log line per this many seconds under a flood.
@@ -94,8 +98,10 @@ class WorkerLink:
     """A ready worker as the dispatcher sees it: where to send, and what it holds.
 
     C{outstanding} keeps request ids in the order they were sent; a worker answers in that
-    order, so its first id is the request the worker is running now. C{kill} asks the
-    worker's owner to end the process (the dispatcher has already given up on it).
+    order (a request cancelled before it started is answered L{wire.SKIPPED}), so its first
+    id is the request the worker is running now. C{send} takes a list of messages (work, or
+    a cancel). C{kill} asks the worker's owner to end the process (the dispatcher has
+    already given up on it).
     """
 
     token: int
@@ -106,8 +112,9 @@ class WorkerLink:
     drained: Callable[[], None] = _noop
     outstanding: dict = field(default_factory=dict)
     retiring: bool = False
+    #: The request first at the last sweep, and the sweep count stamped when it became so.
     watched: int | None = None
-    watchedSince: float = 0.0
+    watchedAt: int = 0
 
 
 class _Request:
@@ -155,6 +162,8 @@ class Dispatcher:
         # Requests held by a worker that died: each is retried alone on an idle worker.
         self._suspects: deque[_Request] = deque()
         self._isolating: set[int] = set()  # tokens of workers running one suspect alone
+        # Tokens of workers given no new work until they are idle, for the waiting suspects.
+        self._reserved: set[int] = set()
         self._links: dict[int, WorkerLink] = {}
         self._flush_call = None
         self._afterReplies: list[Callable[[], None]] = []
@@ -164,7 +173,7 @@ class Dispatcher:
         self._turn_time: float | None = None
         self.accepting = True
         #: Handler seconds per request, a moving average of what workers report (None until
-        #: the first report: until then requests are spread, the window is C{window}).
+        #: the first report: until then requests are spread, the window is L{INITIAL_WINDOW}).
         self.handler_time: float | None = None
 
     # -- callers ---------------------------------------------------------------------------
@@ -245,19 +254,39 @@ class Dispatcher:
         return Overloaded(f"{len(self._requests)} requests already pending")
 
     def cancel(self, rid: int) -> None:
-        """Forget request C{rid}: drop it if queued; a reply that still comes is ignored.
+        """Forget request C{rid}: drop it if queued, have its worker skip it if not started.
 
-        Its receiver is not called; the request counts as cancelled.
+        Its receiver is not called; the request counts as cancelled. A reply that still
+        comes (it was running, or started before the worker heard) is ignored.
         """
         request = self._requests.pop(rid, None)
-        if request is not None:
-            self.stats.requestCancelled()
-            for waiting in (self._queue, self._suspects):
-                try:
-                    waiting.remove(request)
-                    break
-                except ValueError:
-                    pass  # not waiting there (on a worker, its reply will be dropped)
+        if request is None:
+            return
+        self.stats.requestCancelled()
+        for waiting in (self._queue, self._suspects):
+            try:
+                waiting.remove(request)
+            except ValueError:
+                continue
+            if self._reserved:
+                self._scheduleFlush()  # a worker held back for it may take other work
+            return
+        self._cancelHeld(rid)
+
+    def _cancelHeld(self, rid: int) -> None:
+        """Tell the worker holding C{rid} to skip it, unless it is running it (its first)."""
+        for link in self._links.values():
+            if rid in link.outstanding:
+                if next(iter(link.outstanding)) != rid:
+                    try:
+                        link.send([wire.encode_cancel([rid])])
+                    except Exception as e:  # it will run it; the reply is dropped
+                        log.warn(
+                            "could not tell worker pid {pid} to skip a cancelled request: {e!r}",
+                            pid=link.pid,
+                            e=e,
+                        )
+                return
 
     def _cancelDeferred(self, deferred: _ReplyDeferred) -> None:
         self.cancel(deferred.rid)
@@ -287,11 +316,11 @@ class Dispatcher:
         dying can be lost with it), so each is retried on an otherwise idle worker; a request
         whose worker dies while running it alone fails with L{WorkerCrashed}.
         """
-        link = self._links.pop(token, None)
+        link = self._links.get(token)
         if link is None:
             return
         alone = token in self._isolating
-        self._isolating.discard(token)
+        self._forget(link)
         held = self._held(link)
         if not held:
             return
@@ -333,10 +362,13 @@ class Dispatcher:
             self.handler_time += (seconds / count - self.handler_time) * 0.2
 
     def _window(self) -> int:
-        """Requests one worker may hold: C{window}, fewer for slow handlers."""
-        if not self.handler_time:
+        """Requests one worker may hold: C{window}, fewer for slow handlers or unknown ones."""
+        handler_time = self.handler_time
+        if handler_time is None:
+            return min(INITIAL_WINDOW, self.window)
+        if not handler_time:
             return self.window
-        return max(2, min(self.window, int(WINDOW_SECONDS / self.handler_time)))
+        return max(2, min(self.window, int(WINDOW_SECONDS / handler_time)))
 
     def repliesReceived(self, token: int, ids, statuses: bytes, payloads) -> None:
         link = self._links.get(token)
@@ -443,7 +475,7 @@ class Dispatcher:
     # -- timeouts --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start enforcing C{timeout} (a sweep every C{timeout/4} s, at most 1 s)."""
+        """Start enforcing C{timeout} (see L{Sweep} for how often it sweeps)."""
         self._sweep.start()
 
     def stop(self) -> None:
@@ -452,24 +484,25 @@ class Dispatcher:
     def _checkTimeouts(self) -> None:
         """Abandon workers stuck on one request for C{timeout}; expire requests queued as long.
 
-        A worker's first outstanding request is the one it is running. If the same request
-        has been first at every sweep for C{timeout} seconds, the worker has run it for at
-        least that long (and at most one sweep interval more).
+        A worker's first outstanding request is the one it is running. One first seen at this
+        sweep became first since the previous one: it is stamped like a request queued then,
+        in sweep counts (not reactor times, whose jitter cost a whole extra sweep), so the
+        worker is abandoned after it has run the request for C{timeout} and less than one
+        sweep interval more.
         """
-        now = self._reactor.seconds()
+        sweep = self._sweep
         for link in list(self._links.values()):
             running = next(iter(link.outstanding), None)
             if running is None or running != link.watched:
-                link.watched, link.watchedSince = running, now
-            elif now - link.watchedSince >= self.timeout:
+                link.watched, link.watchedAt = running, sweep.count - 1
+            elif sweep.expired(link.watchedAt):
                 self._abandon(link, running)
         if self._queue or self._suspects:
             self._expireQueued()
 
     def _abandon(self, link: WorkerLink, running: int) -> None:
         """Give up on a stuck worker: fail its current request, requeue the rest, kill it."""
-        del self._links[link.token]
-        self._isolating.discard(link.token)
+        self._forget(link)
         stuck = self._requests.pop(running, None)
         others = self._held(link)
         log.warn(
@@ -493,6 +526,8 @@ class Dispatcher:
             return
         self._queue = deque(r for r in self._queue if r not in expired)
         self._suspects = deque(r for r in self._suspects if r not in expired)
+        if self._reserved:
+            self._scheduleFlush()
         log.warn(
             "{n} requests waited over {timeout}s for a free worker (--timeout); failing them",
             n=len(expired),
@@ -519,7 +554,7 @@ class Dispatcher:
                 self._flush_call.cancel()
             self._flush_call = None
         self._turn_time = None
-        if self._suspects or self._isolating:
+        if self._suspects or self._isolating or self._reserved:
             self._sendSuspects()
         queue = self._queue
         window = self._window()
@@ -529,8 +564,9 @@ class Dispatcher:
                 for link in self._links.values()
                 if len(link.outstanding) < window and not link.retiring
             ]
-            if self._isolating:
-                links = [link for link in links if link.token not in self._isolating]
+            if self._isolating or self._reserved:
+                setAside = self._isolating | self._reserved
+                links = [link for link in links if link.token not in setAside]
             if not links:
                 return
             links.sort(key=lambda link: len(link.outstanding))
@@ -556,16 +592,28 @@ class Dispatcher:
         """Sending to C{link} failed (call from the except block): give up on that worker,
         requeue what it held, and have it ended."""
         log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
-        del self._links[link.token]
+        self._forget(link)
         self._requeue(self._held(link))
         link.kill()
 
     def _sendSuspects(self) -> None:
-        """Give each retried request, alone, to a worker that holds nothing else."""
-        for link in self._links.values():
-            if link.token in self._isolating and not link.outstanding:
-                self._isolating.discard(link.token)
-        idle = [link for link in self._links.values() if not link.outstanding and not link.retiring]
+        """Give each retried request, alone, to a worker that holds nothing else.
+
+        While retried requests wait and no worker is idle, the least-loaded workers (one per
+        waiting request) are reserved: they get no new work, so each is idle once it has
+        answered what it holds, and a retried request waits that long at most under any load.
+        """
+        links = self._links
+        for token in list(self._isolating):
+            if not links[token].outstanding:
+                self._isolating.discard(token)
+        reserved = self._reserved
+        idle = [
+            link
+            for link in links.values()
+            if not link.outstanding and not link.retiring and link.token not in self._isolating
+        ]
+        idle.sort(key=lambda link: link.token in reserved)  # reserved ones are taken first
         while self._suspects and idle:
             link = idle.pop()
             request = self._suspects.popleft()
@@ -577,3 +625,36 @@ class Dispatcher:
                 continue
             link.outstanding[request.rid] = None
             self._isolating.add(link.token)
+            reserved.discard(link.token)
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Hold back as many workers as retried requests wait: the least loaded ones."""
+        reserved = self._reserved
+        for token in list(reserved):
+            if self._links[token].retiring:
+                reserved.discard(token)
+        excess = len(reserved) - len(self._suspects)
+        if excess > 0:
+            held = sorted((self._links[token] for token in reserved), key=_load)
+            reserved.difference_update(link.token for link in held[-excess:])
+        elif excess < 0:
+            free = [
+                link
+                for link in self._links.values()
+                if not link.retiring
+                and link.token not in reserved
+                and link.token not in self._isolating
+            ]
+            free.sort(key=_load)
+            reserved.update(link.token for link in free[:-excess])
+
+    def _forget(self, link: WorkerLink) -> None:
+        """Stop giving work to C{link} (it died, or was given up on)."""
+        del self._links[link.token]
+        self._isolating.discard(link.token)
+        self._reserved.discard(link.token)
+
+
+def _load(link: WorkerLink) -> int:
+    return len(link.outstanding)

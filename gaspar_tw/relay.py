@@ -5,7 +5,8 @@ thread forwards work from the producer to it and its replies back, pings the pro
 L{HEARTBEAT_SECONDS} (even while a handler runs) and, after L{HEARTBEAT_MISSES} silent
 intervals, connects afresh and says hello again. Nothing here imports Twisted.
 
-Besides L{gaspar_tw.wire}'s messages, one-frame control messages travel both ways:
+Besides L{gaspar_tw.wire}'s messages (work and its cancels are forwarded to the worker loop
+in order), one-frame control messages travel both ways:
 L{PING}; from the producer also L{WHO} (unknown to me: say hello again), L{KILL} (given up
 on after C{--timeout}: exit, the worker host starts a new process) and L{DONE} (the answer to
 the worker's L{BYE}, sent when its host stops it: every request it held is answered, it may
@@ -37,7 +38,7 @@ KILL = b"K"
 #: Worker -> producer: "I am stopping: send me no more work" (its host was told to stop).
 BYE = b"B"
 #: Producer -> worker: "you have answered all you held: go".
-DONE = b"D"
+DONE = wire.STOP
 
 #: Exit status of a worker the producer gave up on (the worker host starts another at once).
 EXIT_GIVEN_UP = 5
@@ -211,6 +212,8 @@ class Relay(threading.Thread):
                 os._exit(EXIT_GIVEN_UP)
             elif kind == DONE:
                 self.work.send(DONE)  # one frame: the worker loop's cue to stop
+            elif kind[:1] == wire.CANCEL:
+                self.work.send(frames[0], copy=False)
 
 
 def _send(dealer: zmq.Socket, frames) -> bool:

@@ -8,14 +8,20 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
+#: The longest time between two sweeps (seconds); a timeout gets at least 4 sweeps.
+MAX_SWEEP_INTERVAL = 1.0
+MIN_SWEEPS_PER_TIMEOUT = 4
+
 
 class Sweep:
-    """Call C{check()} every C{timeout/4} seconds (at most 1 s) while started.
+    """Call C{check()} C{steps} times per C{timeout} (every C{timeout/4} s, at most 1 s).
 
-    Items are stamped with C{count} (the sweeps so far) when they last showed activity; one
-    stamped between sweeps k and k+1 has been quiet for at least C{timeout} once
-    C{expired(stamp)} is true, and for at most one interval more. With a C{timeout} of
-    C{None} (or 0) nothing runs and nothing expires.
+    The interval divides C{timeout} exactly. Items are stamped with C{count} (the sweeps so
+    far) when they last showed activity; one stamped between sweeps k and k+1 has been quiet
+    for at least C{timeout} once C{expired(stamp)} is true, and for less than one interval
+    more when the sweeps run on time (C{count} counts sweeps run, so a reactor too busy to run
+    them only delays expiry). With a C{timeout} of C{None} (or 0) nothing runs and nothing
+    expires.
     """
 
     def __init__(
@@ -26,8 +32,8 @@ class Sweep:
         self._check = check
         self._call: LoopingCall | None = None
         if self.timeout is not None:
-            self.interval = min(self.timeout / 4, 1.0)
-            self._sweepsPerTimeout = math.ceil(self.timeout / self.interval) + 1
+            self.steps = max(MIN_SWEEPS_PER_TIMEOUT, math.ceil(self.timeout / MAX_SWEEP_INTERVAL))
+            self.interval = self.timeout / self.steps
             self._call = LoopingCall(self._run)
             if clock is not None:
                 self._call.clock = clock
@@ -41,7 +47,7 @@ class Sweep:
             self._call.stop()
 
     def expired(self, stamp: int) -> bool:
-        return stamp <= self.count - self._sweepsPerTimeout
+        return stamp < self.count - self.steps
 
     def _run(self) -> None:
         self.count += 1

@@ -4,6 +4,12 @@ Work (producer -> one worker, on that worker's PUSH socket)::
 
     [n + ids + sizes, body_1, ..., body_k]
 
+Control (same socket; one frame, work has two or more)::
+
+    [b"C" + ids]        cancel: skip these requests if not started (each is answered L{SKIPPED})
+    [b"D"]              stop: every request sent has been answered (a remote worker's host
+                        is stopping it)
+
 Replies and control (every worker -> producer, on the shared PULL socket)::
 
     [b"H" + token, pid]                                                   worker ready
@@ -33,9 +39,14 @@ from typing import Any
 
 OK = 0
 ERROR = 1
+#: The reply status of a request the worker skipped because it was cancelled (empty payload).
+SKIPPED = 2
 
 HELLO = b"H"
 REPLIES = b"R"
+
+CANCEL = b"C"
+STOP = b"D"
 
 #: Payloads this large or larger are sent as frames of their own, not packed.
 PACK_LIMIT = 16 * 1024
@@ -108,6 +119,16 @@ def decode_work(frames: Sequence[Any]) -> tuple[array, Sequence[Any]]:
     meta = frames[0]
     (n,) = _COUNT.unpack_from(meta)
     return unpack_ids(meta, 4, n), unpack_bodies(meta, 4 + 8 * n, n, frames[1:])
+
+
+def encode_cancel(ids: Sequence[int]) -> list:
+    """The control message that cancels requests C{ids} a worker holds."""
+    return [CANCEL + array("Q", ids).tobytes()]
+
+
+def decode_cancel(frame) -> array:
+    """The ids of a cancel message's frame."""
+    return unpack_ids(frame, 1, (len(frame) - 1) // 8)
 
 
 def encode_hello(token: int, pid: int) -> list:

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import traceback
+from collections import deque
 
 import zmq
 
@@ -28,6 +29,10 @@ EXIT_HANDLER_ERROR = 4
 
 #: Replies computed for longer than this are sent without waiting for the rest of the batch.
 FLUSH_AFTER_SECONDS = 0.001
+#: A worker busy with a batch reads what has arrived (cancels, more work) before a request
+#: once this long has passed since it last looked: a slow handler's next request is checked
+#: every time, a fast handler's batch costs no extra socket call per request.
+LOOK_AFTER_SECONDS = 0.001
 #: A worker that asked to retire (L{Worker.retire}) stops after this long without the word to
 #: go (its worker host sends SIGTERM at 5 s).
 RETIRE_SECONDS = 4.5
@@ -91,6 +96,8 @@ class Worker:
         self.context = zmq.Context(1)
         self.work, self.replies = self.openSockets(work_address, reply_address)
         self._held = _Held()
+        self._inbox: deque[list] = deque()  # messages read ahead of the batch being answered
+        self._cancelled: set[int] = set()  # ids to skip, read ahead of the batch
         self._running = False  # a handler call is in progress
         self._alarm = False  # the flush timer is armed
         signal.signal(signal.SIGALRM, self._onAlarm)
@@ -113,7 +120,6 @@ class Worker:
         poller.register(self.work, zmq.POLLIN)
         stdin = sys.stdin.fileno()
         poller.register(stdin, zmq.POLLIN)
-        work = self.work
         deadline = None
         while True:
             # Sleep until work arrives or the producer closes our stdin. (answer() returns
@@ -127,9 +133,8 @@ class Worker:
                     deadline = time.monotonic() + RETIRE_SECONDS
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            if not waiting(work):
-                continue
-            if self.answer(recv_frames(work)):
+            frames = self._next()
+            if frames is not None and self.answer(frames):
                 return  # told to stop (a remote worker whose producer said it is done)
 
     def retire(self) -> bool:
@@ -140,7 +145,9 @@ class Worker:
     def answer(self, frames: list) -> bool:
         """Answer a batch, and any batch already waiting behind it, in few reply messages.
 
-        Returns C{True} if a stop cue (a one-frame message, see L{retire}) came behind them.
+        Returns C{True} if a stop cue (L{wire.STOP}, see L{retire}) came behind them. A
+        request cancelled before it starts is skipped (answered L{wire.SKIPPED}): the worker
+        reads what has arrived at most every L{LOOK_AFTER_SECONDS}, before a request.
 
         Replies are held while more work is at hand, and go out once the oldest is
         L{FLUSH_AFTER_SECONDS} old, they reach L{wire.MESSAGE_BYTES}, or no work is left: a
@@ -151,13 +158,24 @@ class Worker:
         """
         handler = self.handler
         clock = time.monotonic
+        cancelled = self._cancelled
         oldest = 0.0
+        now = looked = clock()
         while frames is not None:
             if len(frames) == 1:  # a stop cue behind the work: answered all, now stop
                 self.flush()
                 return True
             ids, payloads = wire.decode_work(frames)
             for rid, payload in zip(ids, payloads, strict=False):
+                if now - looked >= LOOK_AFTER_SECONDS:
+                    looked = now
+                    self._look()
+                if cancelled and rid in cancelled:
+                    cancelled.discard(rid)
+                    if not self._held.ids:
+                        oldest = now
+                    self._held.add(rid, wire.SKIPPED, b"", 0.0)
+                    continue
                 if self._held.ids and not self._alarm:
                     self._alarm = True
                     signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER_SECONDS)
@@ -172,9 +190,26 @@ class Worker:
                 held.add(rid, status, result, now - started)
                 if held.size >= wire.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
                     self.flush()
-            frames = recv_frames(self.work) if waiting(self.work) else None
+            frames = self._next()
+        cancelled.clear()  # every request is answered: what is left came too late
         self.flush()
         return False
+
+    def _look(self) -> None:
+        """Read the messages waiting: note cancels now, keep work (and a stop) for later."""
+        work = self.work
+        while waiting(work):
+            frames = recv_frames(work)
+            if len(frames) == 1 and frames[0][:1] == wire.CANCEL:
+                self._cancelled.update(wire.decode_cancel(frames[0]))
+            else:
+                self._inbox.append(frames)
+
+    def _next(self) -> list | None:
+        """The next work message (or stop cue), or C{None} if none has arrived."""
+        if not self._inbox:
+            self._look()
+        return self._inbox.popleft() if self._inbox else None
 
     def flush(self) -> None:
         """Send the held replies, if any, and disarm the timer."""

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 
 from gaspar_tw import Producer, wire
-from gaspar_tw.dispatch import WINDOW_SECONDS, Dispatcher
+from gaspar_tw.dispatch import INITIAL_WINDOW, WINDOW_SECONDS, Dispatcher
 
 payload_lists = st.lists(
     st.one_of(
@@ -65,7 +65,7 @@ def test_replies_round_trip_with_their_busy_time(payloads, busy):
 
 def test_window_shrinks_for_slow_handlers_and_stays_full_for_fast_ones():
     dispatcher = Dispatcher(Clock(), window=32)
-    assert dispatcher.handler_time is None and dispatcher._window() == 32  # nothing measured
+    assert dispatcher.handler_time is None and dispatcher._window() == INITIAL_WINDOW  # unknown
     for _ in range(50):
         dispatcher.handlerTime(10, 10 * 0.000002)  # 2 us a request
     assert dispatcher._window() == 32

@@ -173,6 +173,8 @@ def test_3_timeout_closes_kills_stuck_worker_and_retries_the_requests_behind_it(
 ):
     daemon = daemon_factory(*FAULTY, "--timeout", "2", workers=1)
     stuck_pid = daemon.worker_pids[0]
+    # Once a reply has told the producer the handler is fast, all of them go to the worker.
+    assert request(daemon.address, b"warm-up", 10).endswith(b":warm-up")
     started = time.monotonic()
     stuck = background(request, daemon.address, b"sleep:60", 30)
     time.sleep(0.3)
