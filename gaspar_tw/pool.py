@@ -107,8 +107,11 @@ class WorkerPool:
         self._respawns: dict[int, object] = {}
         self._readyWaiters: list[Deferred] = []
 
-    def start(self, hub: ChannelHub) -> None:
+    def start(self, hub: ChannelHub | None) -> None:
+        """Start every worker (again, after L{stop})."""
         self.hub = hub
+        self.stopping = False
+        self._failures = [0] * self.size
         for slot in range(self.size):
             self._spawn(slot)
 
@@ -241,7 +244,8 @@ class WorkerPool:
     def stop(self, grace: float = 5.0) -> Deferred:
         """Stop every worker: close its stdin, then SIGTERM after C{grace}, SIGKILL after 2x.
 
-        Fires once every worker process has ended and been reaped.
+        Fires once every worker process has ended and been reaped. L{start} starts them
+        again.
         """
         self.stopping = True
         for call in self._respawns.values():
