@@ -28,6 +28,8 @@ childLog = Logger(namespace="gaspar_tw.worker")
 
 #: A worker that dies sooner than this after starting counts as failing to start.
 QUICK_DEATH_SECONDS = 1.0
+#: Wait before starting a worker again after its first failure to start; doubled each time.
+FIRST_RESPAWN_DELAY = 0.1
 #: Longest wait before starting a worker again after repeated failures to start.
 MAX_RESPAWN_DELAY = 10.0
 
@@ -149,10 +151,27 @@ class WorkerPool:
             argv += ["--pythonpath", directory]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.processes[token] = process
-        self.reactor.spawnProcess(
-            process, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
-        )
+        try:
+            self.reactor.spawnProcess(
+                process, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
+            )
+        except Exception as e:  # e.g. OSError EMFILE: out of file descriptors
+            del self.processes[token]
+            delay = self._failedToStart(slot)
+            log.error(
+                "cannot start worker {slot}: {error}; retrying in {delay:.1f}s",
+                slot=slot,
+                error=f"{type(e).__name__}: {e}",
+                delay=delay,
+            )
+            self._respawns[slot] = self.reactor.callLater(delay, self._spawn, slot)
+            return
         self.spawned(process)
+
+    def _failedToStart(self, slot: int) -> float:
+        """Count a failure to start a worker in C{slot}; return the wait before the next try."""
+        self._failures[slot] += 1
+        return min(FIRST_RESPAWN_DELAY * 2 ** (self._failures[slot] - 1), MAX_RESPAWN_DELAY)
 
     def socketArguments(self, token: int) -> list[str]:
         """The worker's command-line arguments saying where its sockets are."""
@@ -209,11 +228,11 @@ class WorkerPool:
         lived = self.reactor.seconds() - process.started
         how = f"signal {sig}" if sig else f"exit status {code}"
         if lived < QUICK_DEATH_SECONDS or code == EXIT_HANDLER_ERROR:
-            self._failures[process.slot] += 1
+            delay = self._failedToStart(process.slot)
         else:
             self._failures[process.slot] = 0
+            delay = 0.0
         failures = self._failures[process.slot]
-        delay = 0.0 if failures == 0 else min(0.1 * 2 ** (failures - 1), MAX_RESPAWN_DELAY)
         if code == EXIT_HANDLER_ERROR:
             log.error(
                 "worker {slot} (pid {pid}) cannot load handler {spec!r}; retrying in {delay:.1f}s",

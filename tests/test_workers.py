@@ -6,16 +6,24 @@ The numbers in the test names are the points of issue 10.
 from __future__ import annotations
 
 import os
+import re
+import resource
 import signal
+import socket
 import time
 
 import pytest_twisted
-from conftest import TESTS, pid_alive
+from conftest import READY, TESTS, pid_alive
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from gaspar_tw import GasparClient, Producer
+from gaspar_tw.client import request
 from gaspar_tw.workerhost import WorkerHost
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 async def poll(predicate, timeout: float) -> bool:
@@ -24,6 +32,32 @@ async def poll(predicate, timeout: float) -> bool:
     while not predicate() and time.monotonic() < deadline:
         await deferLater(reactor, 0.05, lambda: None)
     return predicate()
+
+
+# -- 3. no file descriptors to start a worker with ------------------------------------------
+
+
+def test_3_a_worker_that_cannot_start_for_want_of_fds_is_retried_with_backoff(daemon_factory):
+    daemon = daemon_factory("--handler", "handlers:tagged", "--idle-timeout", "0", workers=1)
+    producer = daemon.process.pid
+    limit = open_fds(producer) + 16
+    resource.prlimit(producer, resource.RLIMIT_NOFILE, (limit, limit))
+    idle = [socket.create_connection((daemon.host, daemon.port), timeout=5) for _ in range(40)]
+    try:
+        daemon.wait_for(rb"EMFILE encountered")  # every fd is taken; the rest were turned away
+        os.kill(daemon.worker_pids[0], signal.SIGKILL)
+        daemon.wait_for(rb"cannot start worker 0: .*Too many open files.*; retrying", 3)
+    finally:
+        for sock in idle:
+            sock.close()
+    freed = time.monotonic()
+    ((_, pid),) = daemon.wait_for(READY, 2, timeout=5)[1:]
+    assert time.monotonic() - freed < 3.5  # within one back-off step of the fds coming back
+    assert request(daemon.address, b"back", 5) == b"%s:back" % pid
+    delays = re.findall(rb"cannot start worker 0: .*; retrying in ([\d.]+)s", daemon.log())
+    first = float(delays[0])  # 0.2 if the killed worker counted as dying soon after start
+    assert first <= 0.2 and [float(d) for d in delays] == [first * 2**i for i in range(len(delays))]
+    assert b"Unhandled Error" not in daemon.log()
 
 
 # -- 8. restart ----------------------------------------------------------------------------
