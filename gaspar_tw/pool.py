@@ -32,6 +32,62 @@ QUICK_DEATH_SECONDS = 1.0
 FIRST_RESPAWN_DELAY = 0.1
 #: Longest wait before starting a worker again after repeated failures to start.
 MAX_RESPAWN_DELAY = 10.0
+#: A worker's output is logged line by line; a longer line is logged in pieces this long.
+MAX_LOG_LINE = 64 * 1024
+
+
+class OutputLines:
+    """Cut a stream of output into lines of at most C{limit} bytes, in linear time.
+
+    L{feed} and L{flush} return C{(line, continued)} pairs; a longer line comes out in
+    pieces, every piece but its last C{continued}.
+    """
+
+    def __init__(self, limit: int = MAX_LOG_LINE) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []  # the line so far, shorter than C{limit}
+        self._size = 0
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bool]]:
+        out = []
+        end = data.rfind(b"\n") + 1
+        if end:
+            self._chunks.append(data[: end - 1])
+            for line in self._take().split(b"\n"):
+                out += self._pieces(line, last=True)
+            data = data[end:]
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size >= self.limit:
+                out += self._pieces(self._take(), last=False)
+        return out
+
+    def flush(self) -> list[tuple[bytes, bool]]:
+        """The line left unfinished, if any."""
+        return self._pieces(self._take(), last=True) if self._size else []
+
+    def _take(self) -> bytes:
+        text = b"".join(self._chunks)
+        self._chunks, self._size = [], 0
+        return text
+
+    def _pieces(self, text: bytes, last: bool) -> list[tuple[bytes, bool]]:
+        """C{text} cut into pieces of C{limit} bytes (not inside a UTF-8 character); unless
+        it is the C{last} of its line, the short rest is kept for the next L{feed}."""
+        pieces = []
+        start = 0
+        while len(text) - start > self.limit:
+            cut = start + self.limit
+            while cut > start + self.limit - 3 and text[cut] & 0xC0 == 0x80:
+                cut -= 1  # a UTF-8 continuation byte: cut before its character
+            pieces.append((text[start:cut], True))
+            start = cut
+        if last:
+            pieces.append((text[start:], False))
+        elif start < len(text):
+            self._chunks, self._size = [text[start:]], len(text) - start
+        return pieces
 
 
 class WorkerProcess(ProcessProtocol):
@@ -47,27 +103,32 @@ class WorkerProcess(ProcessProtocol):
         self.ready = False
         self.killed = False
         self.ended: Deferred = Deferred()
-        self._partial = {1: b"", 2: b""}
+        self._output = {1: OutputLines(), 2: OutputLines()}
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
-        self._partial[childFD] = lines.pop()
-        for line in lines:
-            self._logLine(childFD, line)
+        lines = self._output.get(childFD)
+        if lines is not None:
+            self._log(childFD, lines.feed(data))
 
-    def _logLine(self, childFD: int, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip()
-        if text:
-            emit = childLog.info if childFD == 1 else childLog.warn
-            emit("worker {slot} (pid {pid}): {line}", slot=self.slot, pid=self.pid, line=text)
+    def _log(self, childFD: int, lines: list[tuple[bytes, bool]]) -> None:
+        emit = childLog.info if childFD == 1 else childLog.warn
+        for line, continued in lines:
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                emit(
+                    "worker {slot} (pid {pid}): {line}{more}",
+                    slot=self.slot,
+                    pid=self.pid,
+                    line=text,
+                    more=" [continued]" if continued else "",
+                )
 
     def processEnded(self, reason: Failure) -> None:
-        for fd, rest in self._partial.items():
-            if rest:
-                self._logLine(fd, rest)
+        for childFD, lines in self._output.items():
+            self._log(childFD, lines.flush())
         self.pool._ended(self, reason)
         self.ended.callback(None)
 

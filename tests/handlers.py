@@ -65,3 +65,11 @@ def echo_or_fail(message: bytes) -> bytes:
     if message == b"boom":
         raise ValueError("boom requested")
     return message
+
+
+def prints(message: bytes) -> bytes:
+    """Write as many bytes as the request says to stdout, with no newline; answer b"done"."""
+    data = memoryview(b"x" * int(message))
+    while data:
+        data = data[os.write(1, data) :]
+    return b"done"

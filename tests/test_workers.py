@@ -13,13 +13,21 @@ import socket
 import time
 
 import pytest_twisted
-from conftest import READY, TESTS, pid_alive
+from conftest import READY, TESTS, pid_alive, wait_until
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from gaspar_tw import GasparClient, Producer
 from gaspar_tw.client import request
+from gaspar_tw.pool import MAX_LOG_LINE, OutputLines
 from gaspar_tw.workerhost import WorkerHost
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process C{pid} so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def open_fds(pid: int) -> int:
@@ -113,3 +121,38 @@ async def test_8_a_stopped_worker_host_starts_again_and_replaces_its_dead():
             await host.stopService()
         await producer.stopService()
     assert not any(pid_alive(pid) for pid in seen)
+
+
+# -- 10. a long line of output -------------------------------------------------------------
+
+
+def test_10_a_long_line_without_newline_costs_linear_cpu_and_is_logged_in_pieces(
+    daemon_factory,
+):
+    daemon = daemon_factory("--handler", "handlers:prints", workers=1)
+    size = 8 * 1024 * 1024
+    before = cpu_seconds(daemon.process.pid)
+    started = time.monotonic()
+    assert request(daemon.address, b"%d" % size, 10) == b"done"
+    elapsed = time.monotonic() - started
+    logged = wait_until(lambda: daemon.log().count(b"x" * 1024) >= size // 1024 - 64, 2)
+    used = cpu_seconds(daemon.process.pid) - before
+    assert elapsed < 2 and used < 1.5, f"{elapsed:.2f}s, producer CPU {used:.2f}s"
+    assert logged  # all but the last piece, before the worker ends
+    longest = max(map(len, daemon.log().splitlines()))
+    assert MAX_LOG_LINE <= longest < MAX_LOG_LINE + 200
+    assert b"[continued]" in daemon.log()
+
+
+def test_10_output_lines_come_whole_or_in_pieces_that_do_not_split_characters():
+    data = ("é" * 20 + "\nab\n\nrest").encode()
+    lines = OutputLines(limit=8)
+    out = [piece for i in range(0, len(data), 3) for piece in lines.feed(data[i : i + 3])]
+    out += lines.flush()
+    assert all(len(piece) <= 8 for piece, _ in out)
+    whole, line = [], ""
+    for piece, continued in out:
+        line += piece.decode()  # strict: no piece ends inside a character
+        if not continued:
+            whole, line = [*whole, line], ""
+    assert whole == ["é" * 20, "ab", "", "rest"]
