@@ -2,11 +2,14 @@
 
 Each worker gets a unique token. It says hello on the reply socket once its handler is
 imported; only then does the pool connect a PUSH socket to it and hand it to the dispatcher.
+Each worker leads a process group of its own: when it exits, the pool kills that group, so
+nothing a handler forked outlives it (or holds up its replacement by keeping its pipes open).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -34,6 +37,8 @@ FIRST_RESPAWN_DELAY = 0.1
 MAX_RESPAWN_DELAY = 10.0
 #: A worker's output is logged line by line; a longer line is logged in pieces this long.
 MAX_LOG_LINE = 64 * 1024
+#: At most this much of what a worker wrote just before it exited is read from each pipe.
+LAST_OUTPUT_BYTES = 1024 * 1024
 
 
 class OutputLines:
@@ -90,8 +95,20 @@ class OutputLines:
         return pieces
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL process group C{pgid}, if any process is left in it."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class WorkerProcess(ProcessProtocol):
-    """One child process: forwards its output to the log and tells the pool when it ends."""
+    """One child process: forwards its output to the log and tells the pool when it exits.
+
+    The worker is gone once it exits (L{processExited}): what it wrote is read and its pipes
+    are closed then, not waited for (a process it forked could hold them open).
+    """
 
     def __init__(self, pool: WorkerPool, slot: int, token: int) -> None:
         self.pool = pool
@@ -102,6 +119,7 @@ class WorkerProcess(ProcessProtocol):
         self.channel: WorkChannel | None = None
         self.ready = False
         self.killed = False
+        #: Fires once the process has exited (and the pool knows).
         self.ended: Deferred = Deferred()
         self._output = {1: OutputLines(), 2: OutputLines()}
 
@@ -126,11 +144,29 @@ class WorkerProcess(ProcessProtocol):
                     more=" [continued]" if continued else "",
                 )
 
-    def processEnded(self, reason: Failure) -> None:
+    def processExited(self, reason: Failure) -> None:
+        if self.pid is not None:
+            kill_group(self.pid)  # whatever its handler forked
+        self._readLastOutput()
+        self.transport.loseConnection()  # a process it forked may have kept the pipes open
         for childFD, lines in self._output.items():
             self._log(childFD, lines.flush())
-        self.pool._ended(self, reason)
+        self.pool._exited(self, reason)
         self.ended.callback(None)
+
+    def _readLastOutput(self) -> None:
+        """Read what the worker wrote before it exited, before its pipes are closed."""
+        for childFD, pipe in list(getattr(self.transport, "pipes", {}).items()):
+            left = LAST_OUTPUT_BYTES if childFD in self._output else 0
+            while left > 0:
+                try:
+                    data = os.read(pipe.fileno(), min(left, 65536))
+                except OSError:  # nothing more for now (EAGAIN), or closed
+                    break
+                if not data:
+                    break
+                left -= len(data)
+                self.childDataReceived(childFD, data)
 
     def signal(self, name: str) -> None:
         try:
@@ -265,7 +301,7 @@ class WorkerPool:
             process.killed = True
             process.signal("KILL")
 
-    def _ended(self, process: WorkerProcess, reason: Failure) -> None:
+    def _exited(self, process: WorkerProcess, reason: Failure) -> None:
         self.processes.pop(process.token, None)
         self.stats.workerEnded(process.token)
         if self.dispatcher is not None:
@@ -324,8 +360,8 @@ class WorkerPool:
     def stop(self, grace: float = 5.0) -> Deferred:
         """Stop every worker: close its stdin, then SIGTERM after C{grace}, SIGKILL after 2x.
 
-        Fires once every worker process has ended and been reaped. L{start} starts them
-        again.
+        Fires once every worker process has exited and been reaped (and what it forked
+        killed). L{start} starts them again.
         """
         self.stopping = True
         for call in self._respawns.values():

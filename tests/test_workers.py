@@ -11,9 +11,10 @@ import resource
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest_twisted
-from conftest import READY, TESTS, pid_alive, wait_until
+from conftest import READY, TESTS, assert_reaped, pid_alive, wait_until
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -40,6 +41,38 @@ async def poll(predicate, timeout: float) -> bool:
     while not predicate() and time.monotonic() < deadline:
         await deferLater(reactor, 0.05, lambda: None)
     return predicate()
+
+
+# -- 2. a worker's forked child ------------------------------------------------------------
+
+
+def test_2_a_dead_workers_forked_child_holds_up_neither_requests_nor_shutdown(daemon_factory):
+    daemon = daemon_factory("--handler", "handlers:forks", workers=1)
+    worker, child = map(int, request(daemon.address, b"30", 10).split(b":"))
+    assert worker == daemon.worker_pids[0] and pid_alive(child)
+    os.kill(worker, signal.SIGKILL)
+    started = time.monotonic()
+    new_worker, new_child = map(int, request(daemon.address, b"30", 5).split(b":"))
+    assert new_worker != worker and time.monotonic() - started < 2
+    assert_reaped([worker, child], timeout=2)  # the child went with its worker's group
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 3
+    assert_reaped([new_worker, new_child], timeout=2)
+
+
+def test_2_what_a_worker_wrote_just_before_it_exited_is_logged(daemon_factory):
+    # Its pipes are closed once it has exited, not at their EOF: what is in them is read first.
+    # (Workers that die together show it: output was lost from 1 in 5 of them before.)
+    daemon = daemon_factory("--handler", "handlers:last_words", "--no-retry-on-crash", workers=4)
+    messages = [b"last words %d" % i for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        for n in range(2):  # one request per worker: all four die together
+            batch = messages[4 * n : 4 * n + 4]
+            assert list(pool.map(lambda m: request(daemon.address, m, 10), batch)) == [b""] * 4
+            daemon.wait_for(READY, 4 * (n + 2))  # all four replaced
+    logged = re.findall(rb"\(pid \d+\): (last words \d)", daemon.log())
+    assert sorted(logged) == messages
 
 
 # -- 3. no file descriptors to start a worker with ------------------------------------------
