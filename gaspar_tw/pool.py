@@ -50,7 +50,7 @@ class OutputLines:
 
     def __init__(self, limit: int = MAX_LOG_LINE) -> None:
         self.limit = limit
-        self._chunks: list[bytes] = []  # the line so far, shorter than C{limit}
+        self._chunks: list[bytes] = []  # the unfinished line, at most C{limit} bytes
         self._size = 0
 
     def feed(self, data: bytes) -> list[tuple[bytes, bool]]:
