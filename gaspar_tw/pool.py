@@ -2,11 +2,14 @@
 
 Each worker gets a unique token. It says hello on the reply socket once its handler is
 imported; only then does the pool connect a PUSH socket to it and hand it to the dispatcher.
+Each worker leads a process group of its own: when it exits, the pool kills that group, so
+nothing a handler forked outlives it (or holds up its replacement by keeping its pipes open).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -28,12 +31,84 @@ childLog = Logger(namespace="gaspar_tw.worker")
 
 #: A worker that dies sooner than this after starting counts as failing to start.
 QUICK_DEATH_SECONDS = 1.0
+#: Wait before starting a worker again after its first failure to start; doubled each time.
+FIRST_RESPAWN_DELAY = 0.1
 #: Longest wait before starting a worker again after repeated failures to start.
 MAX_RESPAWN_DELAY = 10.0
+#: A worker's output is logged line by line; a longer line is logged in pieces this long.
+MAX_LOG_LINE = 64 * 1024
+#: At most this much of what a worker wrote just before it exited is read from each pipe.
+LAST_OUTPUT_BYTES = 1024 * 1024
+
+
+class OutputLines:
+    """Cut a stream of output into lines of at most C{limit} bytes, in linear time.
+
+    L{feed} and L{flush} return C{(line, continued)} pairs; a longer line comes out in
+    pieces, every piece but its last C{continued}.
+    """
+
+    def __init__(self, limit: int = MAX_LOG_LINE) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []  # the unfinished line, at most C{limit} bytes
+        self._size = 0
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bool]]:
+        out = []
+        end = data.rfind(b"\n") + 1
+        if end:
+            self._chunks.append(data[: end - 1])
+            for line in self._take().split(b"\n"):
+                out += self._pieces(line, last=True)
+            data = data[end:]
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size >= self.limit:
+                out += self._pieces(self._take(), last=False)
+        return out
+
+    def flush(self) -> list[tuple[bytes, bool]]:
+        """The line left unfinished, if any."""
+        return self._pieces(self._take(), last=True) if self._size else []
+
+    def _take(self) -> bytes:
+        text = b"".join(self._chunks)
+        self._chunks, self._size = [], 0
+        return text
+
+    def _pieces(self, text: bytes, last: bool) -> list[tuple[bytes, bool]]:
+        """C{text} cut into pieces of C{limit} bytes (not inside a UTF-8 character); unless
+        it is the C{last} of its line, the short rest is kept for the next L{feed}."""
+        pieces = []
+        start = 0
+        while len(text) - start > self.limit:
+            cut = start + self.limit
+            while cut > start + self.limit - 3 and text[cut] & 0xC0 == 0x80:
+                cut -= 1  # a UTF-8 continuation byte: cut before its character
+            pieces.append((text[start:cut], True))
+            start = cut
+        if last:
+            pieces.append((text[start:], False))
+        elif start < len(text):
+            self._chunks, self._size = [text[start:]], len(text) - start
+        return pieces
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL process group C{pgid}, if any process is left in it."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class WorkerProcess(ProcessProtocol):
-    """One child process: forwards its output to the log and tells the pool when it ends."""
+    """One child process: forwards its output to the log and tells the pool when it exits.
+
+    The worker is gone once it exits (L{processExited}): what it wrote is read and its pipes
+    are closed then, not waited for (a process it forked could hold them open).
+    """
 
     def __init__(self, pool: WorkerPool, slot: int, token: int) -> None:
         self.pool = pool
@@ -44,30 +119,54 @@ class WorkerProcess(ProcessProtocol):
         self.channel: WorkChannel | None = None
         self.ready = False
         self.killed = False
+        #: Fires once the process has exited (and the pool knows).
         self.ended: Deferred = Deferred()
-        self._partial = {1: b"", 2: b""}
+        self._output = {1: OutputLines(), 2: OutputLines()}
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
-        self._partial[childFD] = lines.pop()
-        for line in lines:
-            self._logLine(childFD, line)
+        lines = self._output.get(childFD)
+        if lines is not None:
+            self._log(childFD, lines.feed(data))
 
-    def _logLine(self, childFD: int, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip()
-        if text:
-            emit = childLog.info if childFD == 1 else childLog.warn
-            emit("worker {slot} (pid {pid}): {line}", slot=self.slot, pid=self.pid, line=text)
+    def _log(self, childFD: int, lines: list[tuple[bytes, bool]]) -> None:
+        emit = childLog.info if childFD == 1 else childLog.warn
+        for line, continued in lines:
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                emit(
+                    "worker {slot} (pid {pid}): {line}{more}",
+                    slot=self.slot,
+                    pid=self.pid,
+                    line=text,
+                    more=" [continued]" if continued else "",
+                )
 
-    def processEnded(self, reason: Failure) -> None:
-        for fd, rest in self._partial.items():
-            if rest:
-                self._logLine(fd, rest)
-        self.pool._ended(self, reason)
+    def processExited(self, reason: Failure) -> None:
+        if self.pid is not None:
+            kill_group(self.pid)  # whatever its handler forked
+        self._readLastOutput()
+        self.transport.loseConnection()  # a process it forked may have kept the pipes open
+        for childFD, lines in self._output.items():
+            self._log(childFD, lines.flush())
+        self.pool._exited(self, reason)
         self.ended.callback(None)
+
+    def _readLastOutput(self) -> None:
+        """Read what the worker wrote before it exited, before its pipes are closed."""
+        for childFD, pipe in list(getattr(self.transport, "pipes", {}).items()):
+            left = LAST_OUTPUT_BYTES if childFD in self._output else 0
+            while left > 0:
+                try:
+                    data = os.read(pipe.fileno(), min(left, 65536))
+                except OSError:  # nothing more for now (EAGAIN), or closed
+                    break
+                if not data:
+                    break
+                left -= len(data)
+                self.childDataReceived(childFD, data)
 
     def signal(self, name: str) -> None:
         try:
@@ -107,8 +206,11 @@ class WorkerPool:
         self._respawns: dict[int, object] = {}
         self._readyWaiters: list[Deferred] = []
 
-    def start(self, hub: ChannelHub) -> None:
+    def start(self, hub: ChannelHub | None) -> None:
+        """Start every worker (again, after L{stop})."""
         self.hub = hub
+        self.stopping = False
+        self._failures = [0] * self.size
         for slot in range(self.size):
             self._spawn(slot)
 
@@ -146,10 +248,27 @@ class WorkerPool:
             argv += ["--pythonpath", directory]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.processes[token] = process
-        self.reactor.spawnProcess(
-            process, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
-        )
+        try:
+            self.reactor.spawnProcess(
+                process, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
+            )
+        except Exception as e:  # e.g. OSError EMFILE: out of file descriptors
+            del self.processes[token]
+            delay = self._failedToStart(slot)
+            log.error(
+                "cannot start worker {slot}: {error}; retrying in {delay:.1f}s",
+                slot=slot,
+                error=f"{type(e).__name__}: {e}",
+                delay=delay,
+            )
+            self._respawns[slot] = self.reactor.callLater(delay, self._spawn, slot)
+            return
         self.spawned(process)
+
+    def _failedToStart(self, slot: int) -> float:
+        """Count a failure to start a worker in C{slot}; return the wait before the next try."""
+        self._failures[slot] += 1
+        return min(FIRST_RESPAWN_DELAY * 2 ** (self._failures[slot] - 1), MAX_RESPAWN_DELAY)
 
     def socketArguments(self, token: int) -> list[str]:
         """The worker's command-line arguments saying where its sockets are."""
@@ -182,7 +301,7 @@ class WorkerPool:
             process.killed = True
             process.signal("KILL")
 
-    def _ended(self, process: WorkerProcess, reason: Failure) -> None:
+    def _exited(self, process: WorkerProcess, reason: Failure) -> None:
         self.processes.pop(process.token, None)
         self.stats.workerEnded(process.token)
         if self.dispatcher is not None:
@@ -206,11 +325,11 @@ class WorkerPool:
         lived = self.reactor.seconds() - process.started
         how = f"signal {sig}" if sig else f"exit status {code}"
         if lived < QUICK_DEATH_SECONDS or code == EXIT_HANDLER_ERROR:
-            self._failures[process.slot] += 1
+            delay = self._failedToStart(process.slot)
         else:
             self._failures[process.slot] = 0
+            delay = 0.0
         failures = self._failures[process.slot]
-        delay = 0.0 if failures == 0 else min(0.1 * 2 ** (failures - 1), MAX_RESPAWN_DELAY)
         if code == EXIT_HANDLER_ERROR:
             log.error(
                 "worker {slot} (pid {pid}) cannot load handler {spec!r}; retrying in {delay:.1f}s",
@@ -241,7 +360,8 @@ class WorkerPool:
     def stop(self, grace: float = 5.0) -> Deferred:
         """Stop every worker: close its stdin, then SIGTERM after C{grace}, SIGKILL after 2x.
 
-        Fires once every worker process has ended and been reaped.
+        Fires once every worker process has exited and been reaped (and what it forked
+        killed). L{start} starts them again.
         """
         self.stopping = True
         for call in self._respawns.values():

@@ -2,7 +2,9 @@
 
 Run by the producer as ``python -m gaspar_tw.worker ...``. Plain blocking pyzmq, no reactor.
 The worker exits when its standard input closes (the producer is gone) and, on Linux, the
-kernel kills it when the producer dies (``PR_SET_PDEATHSIG``), even mid-handler.
+kernel kills it when the producer dies (``PR_SET_PDEATHSIG``), even mid-handler. It leads a
+process group of its own, which the producer kills once the worker has exited, so that
+processes its handler forked do not outlive it.
 """
 
 from __future__ import annotations
@@ -242,6 +244,9 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A process group of our own, first thing: the producer kills it when we exit, and with it
+    # whatever the handler forked. (Ctrl-C in the producer's terminal does not reach it.)
+    os.setpgid(0, 0)
     parser = argparse.ArgumentParser(prog="python -m gaspar_tw.worker")
     parser.add_argument("--handler", required=True)
     parser.add_argument("--token", type=int, required=True)
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _die_with_parent()
     set_title(worker_title(args.slot, args.handler))
-    # Ctrl-C in a terminal reaches the whole process group; the producer decides when we stop.
+    # A SIGINT sent to our group all the same is ignored; the producer decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for directory in reversed(args.pythonpath):
         sys.path.insert(0, directory)

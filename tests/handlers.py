@@ -65,3 +65,29 @@ def echo_or_fail(message: bytes) -> bytes:
     if message == b"boom":
         raise ValueError("boom requested")
     return message
+
+
+def forks(message: bytes) -> bytes:
+    """Fork a child that sleeps for the seconds in the request, holding this worker's stdout
+    and stderr; answer b"<worker pid>:<child pid>"."""
+    child = os.fork()
+    if child == 0:
+        try:
+            time.sleep(float(message))
+        finally:
+            os._exit(0)
+    return b"%d:%d" % (os.getpid(), child)
+
+
+def prints(message: bytes) -> bytes:
+    """Write as many bytes as the request says to stdout, with no newline; answer b"done"."""
+    data = memoryview(b"x" * int(message))
+    while data:
+        data = data[os.write(1, data) :]
+    return b"done"
+
+
+def last_words(message: bytes) -> bytes:
+    """Write the request to stderr, with no newline, and exit at once (status 5)."""
+    os.write(2, message)
+    os._exit(5)
