@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from gaspar_tw.sendnow import DIRECT_BYTES, writeAndClose, writeNow
+from gaspar_tw.sendnow import DIRECT_BYTES, unsentMark, writeAndClose, writeNow
 
 
 class Replier(Protocol):
@@ -105,3 +105,45 @@ async def test_write_now_without_close_leaves_the_connection_open():
     finally:
         sock.close()
         await port.stopListening()
+
+
+class Holder(Protocol):
+    """Writes the factory's bytes on connect and keeps the connection open."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.factory.data)
+        self.factory.connected.callback(self)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsent_mark_follows_what_twisted_holds_for_a_reader():
+    # The write timeout reads Twisted's buffer attributes: if a release renames them, the
+    # mark is always None and stalled readers would never be dropped.
+    factory = Factory.forProtocol(Holder)
+    factory.data = b"z" * (8 * 1024 * 1024)
+    factory.connected = Deferred()
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port.getHost().port))
+        transport = (await factory.connected).transport
+        await deferLater(reactor, 0.2, lambda: None)  # the kernel has taken what it will
+        stalled = unsentMark(transport)
+        assert stalled is not None
+        await deferLater(reactor, 0.1, lambda: None)
+        assert unsentMark(transport) == stalled  # nothing read, nothing sent
+        await deferToThread(read_exactly, sock, 1024 * 1024)
+        await deferLater(reactor, 0.1, lambda: None)
+        assert unsentMark(transport) not in (None, stalled)  # some left: progress
+        await deferToThread(read_exactly, sock, len(factory.data) - 1024 * 1024)
+        assert unsentMark(transport) is None
+    finally:
+        sock.close()
+        await port.stopListening()
+
+
+def read_exactly(sock: socket.socket, n: int) -> None:
+    while n > 0:
+        n -= len(sock.recv(min(n, 1 << 20)))
