@@ -9,12 +9,20 @@ from __future__ import annotations
 import re
 import select
 import socket
+import struct
+import threading
 import time
 
 from conftest import wait_until
 from test_faults import rss_kib
+from test_framed import framed_daemon, read_reply, send_all
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
+from gaspar_tw import wire
 from gaspar_tw.client import pack, request
+from gaspar_tw.dispatch import Dispatcher, WorkerLink
+from gaspar_tw.framed import OK, REFUSED, FramedFactory
 
 MIB = 1024 * 1024
 DROPPED = rb"dropping (\d+) connections that took no reply bytes"
@@ -59,6 +67,41 @@ def read_to_the_end(sock: socket.socket) -> int:
     except ConnectionResetError:
         pass
     return received
+
+
+def send_until_refused(sock: socket.socket, frame: bytes, count: int) -> None:
+    """Send C{frame} C{count} times, or until the socket stalls or the server drops it."""
+    try:
+        for _ in range(count):
+            sock.sendall(frame)
+    except OSError:  # a timeout once the server stops reading, or its reset
+        pass
+
+
+def test_a_framed_client_that_never_reads_stops_being_read_and_is_dropped(daemon_factory):
+    daemon, address = framed_daemon(daemon_factory, "--idle-timeout", "1")
+    body = b"r" * 16384
+    with socket.create_connection(address, timeout=10) as warm:  # allocator and buffers warm
+        send_all(warm, [body] * 200)
+        assert [read_reply(warm) for _ in range(200)] == [(OK, body)] * 200
+    pid = daemon.process.pid
+    before = rss_kib(pid)
+    with non_reading_socket(address) as sock:
+        sock.settimeout(3)
+        # 8,000 echo requests of 16 KiB, pipelined by a client that reads nothing.
+        sender = threading.Thread(
+            target=send_until_refused, args=(sock, pack(body), 8000), daemon=True
+        )
+        sender.start()
+        peak = peak_rss_kib(pid, lambda: re.search(DROPPED, daemon.log()), timeout=10)
+        # At most 1,024 replies in flight plus Twisted's 64 KiB buffer: ~16 MiB.
+        assert peak - before < 40 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"
+        daemon.wait_for(DROPPED)
+        sender.join(5)
+        assert read_to_the_end(sock) < 8000 * len(body)
+    with socket.create_connection(address, timeout=10) as sock:
+        send_all(sock, [b"still served"])
+        assert read_reply(sock) == (OK, b"still served")
 
 
 def test_gaspar_replies_nobody_reads_count_against_max_pending_until_dropped(daemon_factory):
@@ -108,3 +151,77 @@ def test_a_slow_reader_is_not_dropped_however_long_its_reply_takes(daemon_factor
             time.sleep(0.1)
     assert received == MIB and time.monotonic() - started > 1.5
     assert b"took no reply bytes" not in daemon.log()
+
+
+def test_a_paused_framed_connection_that_hangs_up_gives_back_its_slots(daemon_factory):
+    # One worker, max-pending 200: the connection is read up to its cap of 200 requests and
+    # paused; no reply can be written (the first request sleeps 3 s) when its client hangs up.
+    daemon, address = framed_daemon(daemon_factory, "--max-pending", "200", workers=1)
+    with socket.create_connection(address, timeout=10) as sock:
+        send_all(sock, [b"sleep:3"] + [b"fast"] * 1999)
+        daemon.wait_for(rb"sleeping 3")
+    closed = time.monotonic()
+    refused_until = closed
+    with socket.create_connection(address, timeout=10) as sock:
+        while time.monotonic() - closed < 5:  # refused (status 3) until the hang-up is seen
+            send_all(sock, [b"after"])
+            status, reply = read_reply(sock)  # once accepted: after the 3 s request
+            if status != REFUSED:
+                break
+            refused_until = time.monotonic()
+            time.sleep(0.05)
+    assert (status, reply) == (OK, b"after")
+    assert refused_until - closed < 1.5, f"refused for {refused_until - closed:.1f}s"
+    assert b"hung up while paused" in daemon.log()
+
+
+def test_one_burst_of_20000_pipelined_requests_is_read_at_the_cap_and_all_answered(
+    daemon_factory,
+):
+    daemon, address = framed_daemon(daemon_factory)
+    messages = [b"%d" % i for i in range(20000)]
+    with socket.create_connection(address, timeout=15) as sock:
+        sender = threading.Thread(target=send_all, args=(sock, messages), daemon=True)
+        sender.start()  # in one sendall, read while it is sent
+        replies = bytearray()
+        expected = sum(5 + len(m) for m in messages)
+        while len(replies) < expected and (chunk := sock.recv(1 << 20)):
+            replies += chunk
+        sender.join(10)
+    statuses, offset = [], 0
+    while offset < len(replies):
+        length, status = struct.unpack_from("!IB", replies, offset)
+        statuses.append(status)
+        offset += 4 + length
+    assert statuses.count(OK) == len(messages), f"{statuses.count(REFUSED)} refused"
+    assert replies == b"".join(struct.pack("!IB", len(m) + 1, OK) + m for m in messages)
+
+
+def test_the_in_flight_cap_and_a_full_write_buffer_pause_reading_each_on_its_own():
+    clock = Clock()
+    dispatcher = Dispatcher(clock, max_pending=4)  # the connection's cap: 4 in flight
+    sent: list = []
+    dispatcher.workerReady(WorkerLink(1, 1, sent.append))
+    factory = FramedFactory(dispatcher, 1000, idleTimeout=None, clock=clock)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert transport.producer is protocol
+
+    def answer() -> None:  # the worker answers everything it was sent
+        clock.advance(0)
+        ids = list(protocol._pending)
+        dispatcher.repliesReceived(1, ids, bytes([wire.OK]) * len(ids), [b"r"] * len(ids))
+
+    protocol.dataReceived(b"".join(pack(b"%d" % i) for i in range(10)))
+    assert dispatcher.pending == 4 and transport.producerState == "paused"  # 6 wait, unread
+    protocol.pauseProducing()  # as Twisted does when its write buffer passes bufferSize
+    answer()
+    assert dispatcher.pending == 0 and transport.producerState == "paused"  # buffer still full
+    protocol.resumeProducing()  # Twisted sent it all: the 6 waiting are read, up to the cap
+    assert dispatcher.pending == 4 and transport.producerState == "paused"
+    answer()
+    assert dispatcher.pending == 2 and transport.producerState == "producing"
+    answer()
+    assert transport.value() == (struct.pack("!IB", 2, OK) + b"r") * 10  # in order, none refused
+    assert factory.paused == set() and not factory._hangUpCheck.running

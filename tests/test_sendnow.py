@@ -13,7 +13,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from gaspar_tw.sendnow import DIRECT_BYTES, unsentMark, writeAndClose, writeNow
+from gaspar_tw import Producer
+from gaspar_tw.framed import OK, reply_header, request_header
+from gaspar_tw.sendnow import DIRECT_BYTES, _idleSocket, unsentMark, writeAndClose, writeNow
 
 
 class Replier(Protocol):
@@ -105,6 +107,29 @@ async def test_write_now_without_close_leaves_the_connection_open():
     finally:
         sock.close()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fast_path_stays_open_on_a_framed_connection_with_its_producer_registered():
+    # The framed protocol registers itself as its transport's streaming producer (to stop
+    # reading while replies pile up); that must not send its replies down Twisted's slower
+    # path (measured: the direct send is worth ~18% of framed throughput).
+    producer = Producer(
+        "gaspar_tw.examples:echo", None, 1, framed_endpoint="tcp:0:interface=127.0.0.1"
+    )
+    producer.privilegedStartService()
+    producer.startService()
+    try:
+        await producer.whenReady().addTimeout(15, reactor)
+        address = ("127.0.0.1", producer.framedPort.getHost().port)
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(request_header(5) + b"hello")
+            assert await deferToThread(sock.recv, 100) == reply_header(OK, 5) + b"hello"
+            [connection] = producer.framedFactory.connections
+            assert connection.transport.producer is connection
+            assert _idleSocket(connection.transport) is not None
+    finally:
+        await producer.stopService()
 
 
 class Holder(Protocol):
