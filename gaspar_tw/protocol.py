@@ -174,27 +174,13 @@ class GasparFactory(Factory):
         self.idleSweep.stop()
 
     def _sweep(self) -> None:
-        self._dropIdle()
-        self._dropStalledReaders()
-
-    def _dropIdle(self) -> None:
         expired = self.idleSweep.expired
         idle = [p for p in self.connections if p.reading and expired(p.heardAt)]
-        if not idle:
-            return
-        log.warn(
-            "dropping {n} connections that sent part of a request and then nothing for"
-            " {timeout}s (--idle-timeout), e.g. {peer}",
-            n=len(idle),
-            timeout=self.idleTimeout,
-            peer=_peer(idle[0].transport),
-        )
-        for protocol in idle:
-            self.stats.badInput()
-            protocol.transport.abortConnection()
+        self._drop(idle, "sent part of a request and then nothing")
+        self._drop(self._stalledReaders(), "took no reply bytes")
 
-    def _dropStalledReaders(self) -> None:
-        """Drop connections whose client took none of the reply bytes queued for it for
+    def _stalledReaders(self) -> list:
+        """Connections whose client took none of the reply bytes queued for it for
         C{idleTimeout} (the bytes the kernel would not take wait in the transport)."""
         sweep = self.idleSweep
         seen, self._unsent = self._unsent, {}
@@ -211,16 +197,20 @@ class GasparFactory(Factory):
                 stalled.append(protocol)
             else:
                 self._unsent[protocol] = last
-        if not stalled:
+        return stalled
+
+    def _drop(self, protocols: list, what: str) -> None:
+        """Abort C{protocols} (counted as bad input), logged in one line."""
+        if not protocols:
             return
         log.warn(
-            "dropping {n} connections that took no reply bytes for {timeout}s"
-            " (--idle-timeout), e.g. {peer}",
-            n=len(stalled),
+            "dropping {n} connections that {what} for {timeout}s (--idle-timeout), e.g. {peer}",
+            n=len(protocols),
+            what=what,
             timeout=self.idleTimeout,
-            peer=_peer(stalled[0].transport),
+            peer=_peer(protocols[0].transport),
         )
-        for protocol in stalled:
+        for protocol in protocols:
             self.stats.badInput()
             protocol.transport.abortConnection()
 
