@@ -172,6 +172,10 @@ class Dispatcher:
         # until the next flush (kept only while a flush is scheduled).
         self._turn_time: float | None = None
         self.accepting = True
+        #: Replies handed to a connection that could not send them at once (a gaspar client
+        #: reading slowly or not at all): each counts against C{max_pending} until its
+        #: connection is closed, so unread replies are bounded as pending requests are.
+        self.writing = 0
         #: Handler seconds per request, a moving average of what workers report (None until
         #: the first report: until then requests are spread, the window is L{INITIAL_WINDOW}).
         self.handler_time: float | None = None
@@ -200,7 +204,7 @@ class Dispatcher:
             self.stats.requestRefused()
             receiver.requestFailed(0, ServiceStopped("gaspar_tw producer is not running"))
             return 0
-        if self.max_pending is not None and len(self._requests) >= self.max_pending:
+        if self.max_pending is not None and len(self._requests) + self.writing >= self.max_pending:
             receiver.requestFailed(0, self._refuse())
             return 0
         rid = next(self._ids)
@@ -247,11 +251,11 @@ class Dispatcher:
             log.warn(
                 "refusing requests: {pending} already pending (max-pending {limit});"
                 " {refused} refused so far",
-                pending=len(self._requests),
+                pending=len(self._requests) + self.writing,
                 limit=self.max_pending,
                 refused=self.stats.refused,
             )
-        return Overloaded(f"{len(self._requests)} requests already pending")
+        return Overloaded(f"{len(self._requests) + self.writing} requests already pending")
 
     def cancel(self, rid: int) -> None:
         """Forget request C{rid}: drop it if queued, have its worker skip it if not started.

@@ -13,11 +13,15 @@ Replies come back in the order the requests were sent. Status:
 
 from __future__ import annotations
 
+import select
 import struct
+from collections.abc import Iterable
 
 from twisted.internet import defer
 from twisted.internet import error as twisted_errors
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,8 +39,11 @@ HANDLER_ERROR = 1
 TIMEOUT = 2
 REFUSED = 3
 
-#: Requests one connection may have in flight before we stop reading from it.
+#: Requests one connection may have in flight before we stop reading from it (fewer if
+#: C{--max-pending} is lower).
 MAX_IN_FLIGHT = 1024
+#: How often connections that are not being read are checked for a client that hung up.
+HANGUP_CHECK_SECONDS = 0.5
 
 _HEADER = struct.Struct("!IB")
 
@@ -64,19 +71,27 @@ def status_of(error: BaseException) -> tuple[int, bytes]:
     return HANDLER_ERROR, text.encode("utf-8", "replace")
 
 
-@implementer(IReplyReceiver)
+@implementer(IReplyReceiver, IPushProducer)
 class FramedProtocol(Protocol):
     """Read pipelined requests, submit each, write the replies back in request order.
 
     The protocol receives its requests' outcomes itself (L{IReplyReceiver}), by request id.
+    It stops reading while it has C{cap} requests in flight (L{MAX_IN_FLIGHT}, or
+    C{--max-pending} if lower), until half of them are answered; requests that arrived past
+    the cap wait, unparsed. As its transport's streaming producer (L{IPushProducer}) it also
+    stops reading while the transport holds more unsent reply bytes than its C{bufferSize},
+    until all are sent. Each reason to pause is kept apart, so one never ends the other.
     """
 
     factory: FramedFactory
 
     def connectionMade(self) -> None:
-        self.factory.connections.add(self)
-        self.heardAt = self.factory.idleSweep.count
-        self._frames = FrameSplitter(self.factory.maxLength)
+        factory = self.factory
+        factory.connections.add(self)
+        self.heardAt = factory.idleSweep.count
+        self._frames = FrameSplitter(factory.maxLength)
+        limit = factory.dispatcher.max_pending
+        self._cap = max(1, MAX_IN_FLIGHT if limit is None else min(MAX_IN_FLIGHT, limit))
         self._sent = 0  # requests submitted on this connection
         self._written = 0  # replies written
         self._done: dict[int, tuple[int, bytes]] = {}  # finished, waiting for earlier ones
@@ -84,24 +99,52 @@ class FramedProtocol(Protocol):
         self._submitting = 0  # the index being submitted (a refusal comes back at once)
         self._out: list[bytes] = []  # replies ready to write, in order
         self._flushPending = False  # a write is due once the current batch is delivered
-        self._paused = False
+        self._reading = False  # in _read: refusals are written once, at its end
+        self._full = False  # paused: C{_cap} requests in flight
+        self._writeBlocked = False  # paused: the transport's write buffer is full
+        self._paused = False  # the transport is not being read (for either reason)
         self._closed = False
+        self.transport.registerProducer(self, True)
 
     @property
     def reading(self) -> bool:
         """True while a request is half sent (what C{--idle-timeout} drops when it stalls).
 
-        A connection between requests is not reading: persistent clients may stay idle.
+        A connection between requests is not reading: persistent clients may stay idle; nor
+        is a paused one: it is waiting for us.
         """
-        return self._frames.midFrame and not self._closed
+        return self._frames.midFrame and not self._paused and not self._closed
 
     def dataReceived(self, data: bytes) -> None:
         self.heardAt = self.factory.idleSweep.count
+        self._read(data)
+
+    def _read(self, data: bytes) -> None:
+        """Submit the requests held back and those in C{data}, up to C{_cap} in flight."""
+        self._reading = True
         try:
-            frames = self._frames.feed(data)
-        except FrameTooLong as e:
-            self._tooLong(e.length)  # the connection closes: its requests get no reply
-            return
+            while True:
+                room = self._cap - (self._sent - self._written)
+                try:
+                    frames = self._frames.feed(data, room)
+                except FrameTooLong as e:
+                    self._tooLong(e.length)  # the connection closes: its requests get no reply
+                    return
+                if frames:
+                    self._submit(frames)
+                if self._out and not self._flushPending:
+                    self._write()  # refusals
+                if len(frames) < room:
+                    return  # all parsed
+                if self._sent - self._written >= self._cap:
+                    self._full = True  # the rest waits for replies
+                    self._pause()
+                    return
+                data = b""  # refusals were written: room for more of what is held back
+        finally:
+            self._reading = False
+
+    def _submit(self, frames: list[tuple[bytes, int, int]]) -> None:
         factory = self.factory
         submitTo = factory.dispatcher.submitTo
         pending = self._pending
@@ -115,9 +158,6 @@ class FramedProtocol(Protocol):
             rid = submitTo(body_of(buffer, start, end), self)
             if rid:
                 pending[rid] = index
-        if not self._paused and self._sent - self._written >= MAX_IN_FLIGHT:
-            self._paused = True
-            self.transport.pauseProducing()
 
     def replyReceived(self, rid: int, reply: bytes) -> None:
         # Replies come in batches: they are written once the batch is delivered, one write
@@ -133,7 +173,7 @@ class FramedProtocol(Protocol):
         if isinstance(reason, RemoteError):
             log_handler_error(reason, self.transport)
         self._finish(index, status, text)
-        if not self._flushPending:
+        if not self._flushPending and not self._reading:
             self._flushReplies()
 
     def _finish(self, index: int, status: int, payload: bytes) -> None:
@@ -155,6 +195,11 @@ class FramedProtocol(Protocol):
 
     def _flushReplies(self) -> None:
         self._flushPending = False
+        self._write()
+        if self._paused:
+            self._resumeIfFree()
+
+    def _write(self) -> None:
         out, self._out = self._out, []
         if self._closed or not out:
             return
@@ -162,9 +207,55 @@ class FramedProtocol(Protocol):
             self.transport.writeSequence(out)  # large replies: no copy
         else:
             writeNow(self.transport, b"".join(out))
-        if self._paused and self._sent - self._written < MAX_IN_FLIGHT // 2:
-            self._paused = False
-            self.transport.resumeProducing()
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+            self.factory.watchPaused(self)
+
+    def _resumeIfFree(self) -> None:
+        """Read again, held-back requests first, once no reason to pause holds."""
+        if self._writeBlocked or self._closed:
+            return
+        if self._full:
+            if self._sent - self._written > self._cap // 2:
+                return
+            self._full = False
+            self._read(b"")
+            if self._full or self._writeBlocked or self._closed:
+                return
+        self._paused = False
+        self.heardAt = self.factory.idleSweep.count
+        self.factory.unwatchPaused(self)
+        self.transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        """The transport holds too many unsent bytes: read no requests until it sent them."""
+        self._writeBlocked = True
+        self._pause()
+
+    def resumeProducing(self) -> None:
+        """The transport has sent everything it held."""
+        self._writeBlocked = False
+        if self._paused:
+            self._resumeIfFree()
+
+    def stopProducing(self) -> None:
+        """The connection is gone; L{connectionLost} cleans up."""
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close once the replies already written are sent; write no more."""
+        if self._closed:
+            return
+        self._closed = True
+        self.factory.unwatchPaused(self)
+        self.transport.unregisterProducer()  # else a paused producer holds the close back
+        self.transport.loseConnection()
 
     def _tooLong(self, length: int) -> None:
         log.warn(
@@ -175,11 +266,11 @@ class FramedProtocol(Protocol):
             limit=self.factory.maxLength,
         )
         self.factory.stats.badInput()
-        self._closed = True
-        self.transport.loseConnection()
+        self.close()
 
     def connectionLost(self, reason: Failure) -> None:
         self.factory.connections.discard(self)
+        self.factory.unwatchPaused(self)
         self._closed = True
         self._done.clear()
         self._out = []
@@ -194,7 +285,60 @@ class FramedFactory(GasparFactory):
 
     While C{draining} (the producer is stopping), requests that arrive on open connections
     are answered L{REFUSED} at once, so a pipelining client cannot hold a drain open.
+    Paused connections (in C{paused}; they are not read, so a hang-up would go unseen) are
+    polled every L{HANGUP_CHECK_SECONDS}; one whose client has closed or reset it is aborted,
+    which cancels its requests.
     """
 
     protocol = FramedProtocol
     draining = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.paused: set[FramedProtocol] = set()
+        self._hangUpCheck = LoopingCall(self._closeHungUp)
+        if self.clock is not None:
+            self._hangUpCheck.clock = self.clock
+
+    def watchPaused(self, protocol: FramedProtocol) -> None:
+        self.paused.add(protocol)
+        if not self._hangUpCheck.running:
+            self._hangUpCheck.start(HANGUP_CHECK_SECONDS, now=False)
+
+    def unwatchPaused(self, protocol: FramedProtocol) -> None:
+        self.paused.discard(protocol)
+        if not self.paused and self._hangUpCheck.running:
+            self._hangUpCheck.stop()
+
+    def _closeHungUp(self) -> None:
+        gone = hungUp(self.paused)
+        if not gone:
+            return
+        log.info(
+            "{n} framed connections hung up while paused, e.g. {peer}: closing them and"
+            " cancelling their {requests} requests",
+            n=len(gone),
+            peer=_peer(gone[0].transport),
+            requests=sum(len(protocol._pending) for protocol in gone),
+        )
+        for protocol in gone:
+            self.unwatchPaused(protocol)
+            protocol.transport.abortConnection()
+
+
+#: poll(2) events that say the peer closed (a FIN, even behind unread data) or reset.
+_HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+
+
+def hungUp(protocols: Iterable[Protocol]) -> list[Protocol]:
+    """Those of C{protocols} whose peer has closed or reset the connection (one poll(2))."""
+    poller = select.poll()
+    byFd = {}
+    for protocol in protocols:
+        try:
+            fd = protocol.transport.getHandle().fileno()
+        except Exception:  # no socket to look at: not watched
+            continue
+        poller.register(fd, _HUNG_UP)
+        byFd[fd] = protocol
+    return [byFd[fd] for fd, _ in poller.poll(0)] if byFd else []

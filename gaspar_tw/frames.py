@@ -39,7 +39,8 @@ class FrameSplitter:
 
     A frame split over many reads is kept as a list of chunks and joined once, when
     complete: no buffer that grows, or moves, with every read. With C{most}, only that many
-    frames are read; whatever follows them is ignored, unparsed.
+    frames are read; whatever follows them is ignored, unparsed. A call to L{feed} may also
+    take at most C{room} frames; the bytes after them are kept, unparsed, for the next call.
     """
 
     def __init__(self, limit: int = 0xFFFFFFFF, most: int | None = None) -> None:
@@ -54,25 +55,28 @@ class FrameSplitter:
         """True while part of a frame has arrived and the rest has not."""
         return bool(self._partial)
 
-    def feed(self, data: bytes) -> list[tuple[bytes, int, int]]:
+    def feed(self, data: bytes, room: int | None = None) -> list[tuple[bytes, int, int]]:
         """The complete frames now available, as C{(buffer, start, end)} of their bodies.
 
-        Raises L{FrameTooLong} for a frame longer than C{limit}; the stream cannot be
-        parsed further.
+        With C{room} (at least 0), at most that many: the bytes after them wait, unparsed,
+        and C{feed(b"", room)} parses them later. Raises L{FrameTooLong} for a frame longer
+        than C{limit}; the stream cannot be parsed further.
         """
         if self._partial:
-            self._partial.append(data)
-            self._partialSize += len(data)
+            if data:
+                self._partial.append(data)
+                self._partialSize += len(data)
             if self._partialSize < self._need:
                 return []
-            data = b"".join(self._partial)
+            data = b"".join(self._partial)  # a lone chunk is not copied
             self._partial = []
             self._partialSize = 0
         frames = []
         offset = 0
         end = len(data)
         need = 4
-        while end - offset >= 4 and len(frames) != self._left:
+        most = self._left if room is None else room
+        while end - offset >= 4 and len(frames) != most:
             (length,) = LENGTH.unpack_from(data, offset)
             if length > self.limit:
                 raise FrameTooLong(length)
@@ -82,6 +86,9 @@ class FrameSplitter:
                 break
             offset = start + length
             frames.append((data, start, offset))
+        else:
+            if end - offset >= 4:  # stopped at C{room}: parse the rest next time
+                need = 0
         if self._left is not None:
             self._left -= len(frames)
             if not self._left:

@@ -297,7 +297,7 @@ class Producer(service.Service):
             if connection.reading:  # the others are closing already, after a reply or error
                 connection.transport.abortConnection()
         for connection in list(self.framedFactory.connections):
-            connection.transport.loseConnection()  # its replies are all written by now
+            connection.close()  # its replies are all written by now
         # After a drain that timed out, workers may be stuck in a handler: don't wait long.
         if self.remote is not None:
             self.remote.stop()

@@ -5,6 +5,9 @@ handler's bytes, written raw, then the server closes the connection: a client re
 A failed request (handler error, timeout, overload) is a close with no reply bytes, and so
 is bad input: a length over the limit (closed before the body is read) or a request that
 stops arriving for C{idleTimeout} seconds (one periodic sweep, no timer per connection).
+The same sweep drops a connection whose client takes none of its reply for that long. A
+reply that does not leave at once keeps its place in C{--max-pending} until its connection
+is closed, so replies nobody reads are bounded as requests are.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from zope.interface import implementer
 from gaspar_tw.dispatch import Dispatcher, IReplyReceiver
 from gaspar_tw.errors import GasparError, Overloaded, RemoteError
 from gaspar_tw.frames import LENGTH, FrameSplitter, FrameTooLong, body_of
-from gaspar_tw.sendnow import writeAndClose
+from gaspar_tw.sendnow import unsentMark, writeAndClose
 from gaspar_tw.stats import Stats
 from gaspar_tw.sweep import Sweep
 
@@ -48,6 +51,8 @@ class GasparProtocol(Int32StringReceiver):
     _frames: FrameSplitter | None = None  # made when a request arrives over several reads
     _rid = 0  # the request being answered, 0 when none
     _done = False
+    _lost = False
+    _unsent = False  # the reply is being written: it counts in Dispatcher.writing
 
     def connectionMade(self) -> None:
         self.MAX_LENGTH = self.factory.maxLength
@@ -102,7 +107,9 @@ class GasparProtocol(Int32StringReceiver):
 
     def replyReceived(self, rid: int, reply: bytes) -> None:
         self._rid = 0
-        writeAndClose(self.transport, reply)
+        if not writeAndClose(self.transport, reply) and not self._lost:
+            self._unsent = True
+            self.factory.dispatcher.writing += 1
 
     def requestFailed(self, rid: int, reason: Exception) -> None:
         self._rid = 0
@@ -119,17 +126,22 @@ class GasparProtocol(Int32StringReceiver):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        self._done = True
+        self._done = self._lost = True
         self.factory.connections.discard(self)
+        if self._unsent:
+            self._unsent = False
+            self.factory.dispatcher.writing -= 1
         if self._rid:
             rid, self._rid = self._rid, 0
             self.factory.dispatcher.cancel(rid)
 
 
 class GasparFactory(Factory):
-    """Builds L{GasparProtocol}s that hand each request to C{dispatcher}; drops idle readers.
+    """Builds L{GasparProtocol}s that hand each request to C{dispatcher}; drops idle clients.
 
-    C{connections} holds every open connection.
+    C{connections} holds every open connection. Every C{idleTimeout/4} seconds (at most 1 s)
+    one sweep drops clients stalled mid-request and those that took none of the reply bytes
+    waiting for them for C{idleTimeout} (progress, not speed: a slow reader stays).
     """
 
     protocol = GasparProtocol
@@ -148,28 +160,57 @@ class GasparFactory(Factory):
         self.stats = Stats() if stats is None else stats
         self.idleTimeout = idleTimeout or None
         self.connections: set[GasparProtocol] = set()
-        self.idleSweep = Sweep(self.idleTimeout, self._dropIdle, clock)
+        self.clock = clock
+        self.idleSweep = Sweep(self.idleTimeout, self._sweep, clock)
+        # Connections holding unsent reply bytes at the last sweep: their unsentMark then,
+        # and the sweep count since which it has not changed.
+        self._unsent: dict = {}
 
     def startIdleSweep(self) -> None:
-        """Every C{idleTimeout/4} seconds (at most 1 s), drop clients stalled mid-request."""
+        """Every C{idleTimeout/4} seconds (at most 1 s), drop clients stalled either way."""
         self.idleSweep.start()
 
     def stopIdleSweep(self) -> None:
         self.idleSweep.stop()
 
-    def _dropIdle(self) -> None:
+    def _sweep(self) -> None:
         expired = self.idleSweep.expired
         idle = [p for p in self.connections if p.reading and expired(p.heardAt)]
-        if not idle:
+        self._drop(idle, "sent part of a request and then nothing")
+        self._drop(self._stalledReaders(), "took no reply bytes")
+
+    def _stalledReaders(self) -> list:
+        """Connections whose client took none of the reply bytes queued for it for
+        C{idleTimeout} (the bytes the kernel would not take wait in the transport)."""
+        sweep = self.idleSweep
+        seen, self._unsent = self._unsent, {}
+        since = sweep.count - 1  # a change seen now happened after the previous sweep
+        stalled = []
+        for protocol in self.connections:
+            mark = unsentMark(protocol.transport)
+            if mark is None:
+                continue
+            last = seen.get(protocol)
+            if last is None or last[0] != mark:
+                self._unsent[protocol] = (mark, since)
+            elif sweep.expired(last[1]):
+                stalled.append(protocol)
+            else:
+                self._unsent[protocol] = last
+        return stalled
+
+    def _drop(self, protocols: list, what: str) -> None:
+        """Abort C{protocols} (counted as bad input), logged in one line."""
+        if not protocols:
             return
         log.warn(
-            "dropping {n} connections that sent part of a request and then nothing for"
-            " {timeout}s (--idle-timeout), e.g. {peer}",
-            n=len(idle),
+            "dropping {n} connections that {what} for {timeout}s (--idle-timeout), e.g. {peer}",
+            n=len(protocols),
+            what=what,
             timeout=self.idleTimeout,
-            peer=_peer(idle[0].transport),
+            peer=_peer(protocols[0].transport),
         )
-        for protocol in idle:
+        for protocol in protocols:
             self.stats.badInput()
             protocol.transport.abortConnection()
 

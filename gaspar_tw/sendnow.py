@@ -9,7 +9,8 @@ C{loseConnection} does when there is nothing left to write. Measured on the benc
 (bench/run.py), this cut the parent's CPU per gaspar TCP request by about 15% and the
 framed protocol's latency. Anything else (TLS, a non-socket transport, queued data, a
 partial send, a large reply) takes Twisted's path for the rest, so what the client sees is
-the same: the bytes in order, then a clean close (FIN).
+the same: the bytes in order, then a clean close (FIN). L{unsentMark} reads what Twisted
+still holds, for the write timeout.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _idleSocket(transport: ITransport) -> socket.socket | None:
     """The socket of a plain TCP or UNIX transport with nothing queued to write, else None.
 
     Reads Twisted's write-buffer attributes; if a Twisted release renames them, every write
-    takes Twisted's own path (tests/test_sendnow.py notices).
+    takes Twisted's own path (tests/test_sendnow.py notices). A registered producer does
+    not matter: a direct send adds nothing to the buffer that pauses it.
     """
     if (
         isinstance(transport, tcp.Connection)
@@ -41,7 +43,6 @@ def _idleSocket(transport: ITransport) -> socket.socket | None:
         and not getattr(transport, "_aborting", True)
         and not getattr(transport, "dataBuffer", True)
         and not getattr(transport, "_tempDataBuffer", True)
-        and transport.producer is None
         and not getattr(transport, "TLS", False)
     ):
         return transport.getHandle()
@@ -66,12 +67,29 @@ def writeNow(transport: ITransport, data: bytes) -> None:
         transport.write(data[sent:] if sent else data)
 
 
-def writeAndClose(transport: ITransport, data: bytes) -> None:
-    """Write C{data}, then close the connection cleanly (at once if all of it went)."""
+def writeAndClose(transport: ITransport, data: bytes) -> bool:
+    """Write C{data}, then close the connection cleanly: True if that was done at once,
+    False if Twisted holds some of C{data} to send later."""
     sent = _sendNow(transport, data)
     if sent == len(data):
         transport.connectionLost(_CONNECTION_DONE)
-        return
+        return True
     sent = sent or 0
     transport.write(data[sent:] if sent else data)
     transport.loseConnection()
+    return False
+
+
+def unsentMark(transport: ITransport) -> tuple[int, int] | None:
+    """None if Twisted holds no unsent bytes for C{transport}; else a mark that stays the
+    same for as long as its socket takes none of them.
+
+    Twisted sends from C{dataBuffer} at C{offset} (a new buffer whenever it takes in the
+    writes queued in C{_tempDataBuffer}), so the pair changes whenever bytes leave. Other
+    transports (TLS) have none of these: None.
+    """
+    buffer = getattr(transport, "dataBuffer", b"")
+    offset = getattr(transport, "offset", 0)
+    if len(buffer) <= offset and not getattr(transport, "_tempDataLen", 0):
+        return None
+    return (id(buffer), offset)

@@ -1,4 +1,5 @@
-"""Handlers for the framed-protocol tests: b"fail..." raises, b"sleep:S" sleeps S seconds."""
+"""Handlers for the framed-protocol tests: b"fail..." raises, b"sleep:S" sleeps S seconds,
+b"size:N" answers N bytes; anything else is echoed."""
 
 import time
 
@@ -9,4 +10,6 @@ def mixed(message: bytes) -> bytes:
     if message.startswith(b"sleep:"):
         print("sleeping", message[6:].decode(), flush=True)  # tests wait for this log line
         time.sleep(float(message[6:]))
+    if message.startswith(b"size:"):
+        return b"x" * int(message[5:])
     return message

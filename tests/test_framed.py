@@ -22,13 +22,14 @@ from gaspar_tw.frames import FrameSplitter, FrameTooLong
 FRAMED = re.compile(rb"listening on tcp ([\d.]+):(\d+) \(framed protocol\)")
 
 
-def framed_daemon(daemon_factory, *args: str):
+def framed_daemon(daemon_factory, *args: str, **kwargs):
     daemon = daemon_factory(
         "--handler",
         "framed_handlers:mixed",
         "--framed-endpoint",
         "tcp:0:interface=127.0.0.1",
         *args,
+        **kwargs,
     )
     host, port = daemon.wait_for(FRAMED.pattern)[0]
     return daemon, (host.decode(), int(port))
@@ -173,6 +174,30 @@ def test_frame_splitter_finds_every_frame_however_the_stream_is_cut(bodies, cuts
         offset += len(chunk)
         i += 1
         found += [buffer[start:end] for buffer, start, end in splitter.feed(chunk)]
+    assert found == bodies
+
+
+@given(
+    st.lists(st.binary(max_size=30), max_size=30),
+    st.lists(st.integers(min_value=1, max_value=100), min_size=1, max_size=20),
+    st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=20),
+)
+def test_frame_splitter_with_room_holds_the_rest_back_for_later_calls(bodies, cuts, rooms):
+    # The framed protocol's use: at most `room` frames per call (its in-flight cap); the
+    # bytes after them wait, unparsed, until it asks again with feed(b"", room).
+    stream = b"".join(struct.pack("!I", len(b)) + b for b in bodies)
+    rooms = [*rooms, 1]  # room comes back, sooner or later
+    splitter = FrameSplitter()
+    found, offset, i = [], 0, 0
+    while offset < len(stream) or splitter.midFrame:
+        room = rooms[i % len(rooms)]
+        chunk = stream[offset : offset + cuts[i % len(cuts)]]
+        offset += len(chunk)
+        i += 1
+        frames = splitter.feed(chunk, room)
+        assert len(frames) <= room
+        found += [buffer[start:end] for buffer, start, end in frames]
+        assert i < 100 * (len(stream) + 10), "no progress"
     assert found == bodies
 
 

@@ -1,0 +1,227 @@
+"""Clients that read slowly, not at all, or hang up while paused: a real daemon stays bounded.
+
+Each test drives a real ``twistd gaspar`` over loopback sockets; RSS is the producer's, read
+from /proc. Sizes are moderate so each test takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import struct
+import threading
+import time
+
+from conftest import wait_until
+from test_faults import rss_kib
+from test_framed import framed_daemon, read_reply, send_all
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from gaspar_tw import wire
+from gaspar_tw.client import pack, request
+from gaspar_tw.dispatch import Dispatcher, WorkerLink
+from gaspar_tw.framed import OK, REFUSED, FramedFactory
+
+MIB = 1024 * 1024
+DROPPED = rb"dropping (\d+) connections that took no reply bytes"
+
+
+def non_reading_socket(address: tuple[str, int]) -> socket.socket:
+    """A connected socket with a tiny receive buffer, for a client that never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(address)
+    return sock
+
+
+def peak_rss_kib(pid: int, until, timeout: float) -> int:
+    """The highest RSS of C{pid} seen, sampling until C{until()} is true (or C{timeout})."""
+    peak = 0
+
+    def sample() -> bool:
+        nonlocal peak
+        peak = max(peak, rss_kib(pid))
+        return until()
+
+    wait_until(sample, timeout)
+    return peak
+
+
+def got_bytes(sock: socket.socket) -> bool:
+    """True if the server sent something (even if it reset the connection since)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except ConnectionResetError:
+        return True
+
+
+def read_to_the_end(sock: socket.socket) -> int:
+    """Bytes received until EOF or a reset."""
+    received = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def send_until_refused(sock: socket.socket, frame: bytes, count: int) -> None:
+    """Send C{frame} C{count} times, or until the socket stalls or the server drops it."""
+    try:
+        for _ in range(count):
+            sock.sendall(frame)
+    except OSError:  # a timeout once the server stops reading, or its reset
+        pass
+
+
+def test_a_framed_client_that_never_reads_stops_being_read_and_is_dropped(daemon_factory):
+    daemon, address = framed_daemon(daemon_factory, "--idle-timeout", "1")
+    body = b"r" * 16384
+    with socket.create_connection(address, timeout=10) as warm:  # allocator and buffers warm
+        send_all(warm, [body] * 200)
+        assert [read_reply(warm) for _ in range(200)] == [(OK, body)] * 200
+    pid = daemon.process.pid
+    before = rss_kib(pid)
+    with non_reading_socket(address) as sock:
+        sock.settimeout(3)
+        # 8,000 echo requests of 16 KiB, pipelined by a client that reads nothing.
+        sender = threading.Thread(
+            target=send_until_refused, args=(sock, pack(body), 8000), daemon=True
+        )
+        sender.start()
+        peak = peak_rss_kib(pid, lambda: re.search(DROPPED, daemon.log()), timeout=10)
+        # At most 1,024 replies in flight plus Twisted's 64 KiB buffer: ~16 MiB.
+        assert peak - before < 40 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"
+        daemon.wait_for(DROPPED)
+        sender.join(5)
+        assert read_to_the_end(sock) < 8000 * len(body)
+    with socket.create_connection(address, timeout=10) as sock:
+        send_all(sock, [b"still served"])
+        assert read_reply(sock) == (OK, b"still served")
+
+
+def test_gaspar_replies_nobody_reads_count_against_max_pending_until_dropped(daemon_factory):
+    daemon = daemon_factory(
+        "--handler", "framed_handlers:mixed", "--max-pending", "2", "--idle-timeout", "1"
+    )
+    size = 4 * MIB
+    assert len(request(daemon.address, b"size:%d" % size, 10)) == size  # warm
+    pid = daemon.process.pid
+    before = rss_kib(pid)
+    socks = []
+    try:
+        for _ in range(20):  # one after another: each is answered or refused before the next
+            sock = non_reading_socket((daemon.host, daemon.port))
+            sock.sendall(pack(b"size:%d" % size))
+            socks.append(sock)
+            assert wait_until(lambda s=sock: select.select([s], [], [], 0)[0], 5)
+        answered = [s for s in socks if got_bytes(s)]
+        grown = rss_kib(pid) - before
+        # Two replies being written (max-pending 2) and the rest refused: 8 MiB, not 80.
+        assert grown < 32 * 1024, f"RSS grew by {grown // 1024} MiB"
+        assert 1 <= len(answered) < 20
+
+        def dropped() -> int:
+            return sum(int(n) for n in re.findall(DROPPED, daemon.log()))
+
+        assert wait_until(lambda: dropped() == len(answered), 5), daemon.log().decode()
+        assert all(read_to_the_end(s) < size for s in answered)  # cut off, not delivered
+        assert request(daemon.address, b"after", 10) == b"after"  # their slots are free
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_slow_reader_is_not_dropped_however_long_its_reply_takes(daemon_factory):
+    # The write timeout watches progress, not speed: 1 MiB read at ~640 KiB/s takes three
+    # times --idle-timeout, while the producer holds most of it all along.
+    daemon = daemon_factory("--handler", "framed_handlers:mixed", "--idle-timeout", "0.5")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.settimeout(10)
+        sock.connect((daemon.host, daemon.port))
+        sock.sendall(pack(b"size:%d" % MIB))
+        started, received = time.monotonic(), 0
+        while chunk := sock.recv(64 * 1024):
+            received += len(chunk)
+            time.sleep(0.1)
+    assert received == MIB and time.monotonic() - started > 1.5
+    assert b"took no reply bytes" not in daemon.log()
+
+
+def test_a_paused_framed_connection_that_hangs_up_gives_back_its_slots(daemon_factory):
+    # One worker, max-pending 200: the connection is read up to its cap of 200 requests and
+    # paused; no reply can be written (the first request sleeps 3 s) when its client hangs up.
+    daemon, address = framed_daemon(daemon_factory, "--max-pending", "200", workers=1)
+    with socket.create_connection(address, timeout=10) as sock:
+        send_all(sock, [b"sleep:3"] + [b"fast"] * 1999)
+        daemon.wait_for(rb"sleeping 3")
+    closed = time.monotonic()
+    refused_until = closed
+    with socket.create_connection(address, timeout=10) as sock:
+        while time.monotonic() - closed < 5:  # refused (status 3) until the hang-up is seen
+            send_all(sock, [b"after"])
+            status, reply = read_reply(sock)  # once accepted: after the 3 s request
+            if status != REFUSED:
+                break
+            refused_until = time.monotonic()
+            time.sleep(0.05)
+    assert (status, reply) == (OK, b"after")
+    assert refused_until - closed < 1.5, f"refused for {refused_until - closed:.1f}s"
+    assert b"hung up while paused" in daemon.log()
+
+
+def test_one_burst_of_20000_pipelined_requests_is_read_at_the_cap_and_all_answered(
+    daemon_factory,
+):
+    daemon, address = framed_daemon(daemon_factory)
+    messages = [b"%d" % i for i in range(20000)]
+    with socket.create_connection(address, timeout=15) as sock:
+        sender = threading.Thread(target=send_all, args=(sock, messages), daemon=True)
+        sender.start()  # in one sendall, read while it is sent
+        replies = bytearray()
+        expected = sum(5 + len(m) for m in messages)
+        while len(replies) < expected and (chunk := sock.recv(1 << 20)):
+            replies += chunk
+        sender.join(10)
+    statuses, offset = [], 0
+    while offset < len(replies):
+        length, status = struct.unpack_from("!IB", replies, offset)
+        statuses.append(status)
+        offset += 4 + length
+    assert statuses.count(OK) == len(messages), f"{statuses.count(REFUSED)} refused"
+    assert replies == b"".join(struct.pack("!IB", len(m) + 1, OK) + m for m in messages)
+
+
+def test_the_in_flight_cap_and_a_full_write_buffer_pause_reading_each_on_its_own():
+    clock = Clock()
+    dispatcher = Dispatcher(clock, max_pending=4)  # the connection's cap: 4 in flight
+    sent: list = []
+    dispatcher.workerReady(WorkerLink(1, 1, sent.append))
+    factory = FramedFactory(dispatcher, 1000, idleTimeout=None, clock=clock)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert transport.producer is protocol
+
+    def answer() -> None:  # the worker answers everything it was sent
+        clock.advance(0)
+        ids = list(protocol._pending)
+        dispatcher.repliesReceived(1, ids, bytes([wire.OK]) * len(ids), [b"r"] * len(ids))
+
+    protocol.dataReceived(b"".join(pack(b"%d" % i) for i in range(10)))
+    assert dispatcher.pending == 4 and transport.producerState == "paused"  # 6 wait, unread
+    protocol.pauseProducing()  # as Twisted does when its write buffer passes bufferSize
+    answer()
+    assert dispatcher.pending == 0 and transport.producerState == "paused"  # buffer still full
+    protocol.resumeProducing()  # Twisted sent it all: the 6 waiting are read, up to the cap
+    assert dispatcher.pending == 4 and transport.producerState == "paused"
+    answer()
+    assert dispatcher.pending == 2 and transport.producerState == "producing"
+    answer()
+    assert transport.value() == (struct.pack("!IB", 2, OK) + b"r") * 10  # in order, none refused
+    assert factory.paused == set() and not factory._hangUpCheck.running
