@@ -55,6 +55,11 @@ class StatsCollector(Collector):
             value=self.dispatcher.pending,
         )
         yield GaugeMetricFamily(
+            PREFIX + "replies_unsent",
+            "Replies a gaspar client has not taken yet; they count against --max-pending.",
+            value=self.dispatcher.writing,
+        )
+        yield GaugeMetricFamily(
             PREFIX + "queue_depth",
             "Requests waiting for a worker with room.",
             value=self.dispatcher.queued,
@@ -119,6 +124,7 @@ def status(producer) -> dict:
         "uptime": round(now - stats.started, 3),
         "pending": producer.dispatcher.pending,
         "queued": producer.dispatcher.queued,
+        "unsent": producer.dispatcher.writing,
         "workers_configured": producer.workers,
         "workers_alive": len(stats.workers),
         "worker_restarts": stats.worker_restarts,

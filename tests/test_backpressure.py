@@ -6,6 +6,7 @@ from /proc. Sizes are moderate so each test takes a few seconds.
 
 from __future__ import annotations
 
+import json
 import re
 import select
 import socket
@@ -16,6 +17,7 @@ import time
 from conftest import wait_until
 from test_faults import rss_kib
 from test_framed import framed_daemon, read_reply, send_all
+from test_metrics import fetch, metrics_address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -106,7 +108,14 @@ def test_a_framed_client_that_never_reads_stops_being_read_and_is_dropped(daemon
 
 def test_gaspar_replies_nobody_reads_count_against_max_pending_until_dropped(daemon_factory):
     daemon = daemon_factory(
-        "--handler", "framed_handlers:mixed", "--max-pending", "2", "--idle-timeout", "1"
+        "--handler",
+        "framed_handlers:mixed",
+        "--max-pending",
+        "2",
+        "--idle-timeout",
+        "1",
+        "--metrics",
+        "tcp:0:interface=127.0.0.1",
     )
     size = 4 * MIB
     assert len(request(daemon.address, b"size:%d" % size, 10)) == size  # warm
@@ -124,6 +133,8 @@ def test_gaspar_replies_nobody_reads_count_against_max_pending_until_dropped(dae
         # Two replies being written (max-pending 2) and the rest refused: 8 MiB, not 80.
         assert grown < 32 * 1024, f"RSS grew by {grown // 1024} MiB"
         assert 1 <= len(answered) < 20
+        unsent = json.loads(fetch(metrics_address(daemon), "/status"))["unsent"]
+        assert unsent == len(answered)  # shown, until they are dropped
 
         def dropped() -> int:
             return sum(int(n) for n in re.findall(DROPPED, daemon.log()))
