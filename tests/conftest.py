@@ -104,8 +104,13 @@ class Daemon:
             raise
 
 
-def start_daemon(tmp_path: Path, *args: str, workers: int = 2, wait: bool = True) -> Daemon:
-    """Start ``twistd -n gaspar`` on 127.0.0.1 port 0; wait for the port and every worker."""
+def start_daemon(
+    tmp_path: Path, *args: str, workers: int = 2, wait: bool = True, preexec_fn=None
+) -> Daemon:
+    """Start ``twistd -n gaspar`` on 127.0.0.1 port 0; wait for the port and every worker.
+
+    A later ``--endpoint`` in C{args} wins; C{preexec_fn} runs in the child before twistd.
+    """
     log_path = tmp_path / "daemon.log"
     argv = [
         *TWISTD,
@@ -128,6 +133,7 @@ def start_daemon(tmp_path: Path, *args: str, workers: int = 2, wait: bool = True
             stdin=subprocess.DEVNULL,
             cwd=tmp_path,
             env=child_env(),
+            preexec_fn=preexec_fn,
         )
     daemon = Daemon(process, log_path)
     if wait:

@@ -9,14 +9,12 @@ from __future__ import annotations
 import os
 import re
 import resource
-import signal
 import socket
-import subprocess
 import time
 
 import pytest
 import pytest_twisted
-from conftest import LISTENING, READY, TWISTD, Daemon, assert_reaped, child_env, wait_until
+from conftest import Daemon, wait_until
 from twisted.internet import reactor, tcp
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
@@ -40,36 +38,21 @@ def many_files():
 
 
 @pytest.fixture
-def limited_daemon(tmp_path, many_files):
-    """Start ``twistd gaspar`` under a file limit with start(soft, hard, *args); reaped after."""
-    started: list[Daemon] = []
+def limited_daemon(many_files, daemon_factory):
+    """Start ``twistd gaspar`` (echo, one worker) under a file limit: start(soft, hard, *args)."""
 
     def start(soft: int, hard: int, *args: str) -> Daemon:
-        log_path = tmp_path / "daemon.log"
-        argv = [*TWISTD, "-n", "--pidfile=", "gaspar", "--handler", "gaspar_tw.examples:echo"]
-        argv += ["--endpoint", "tcp:0:interface=127.0.0.1:backlog=1024", "--workers", "1", *args]
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=tmp_path,
-                env=child_env(),
-                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
-            )
-        daemon = Daemon(process, log_path)
-        started.append(daemon)
-        host, port = daemon.wait_for(LISTENING)[0]
-        daemon.host, daemon.port = host.decode(), int(port)
-        daemon.wait_for(READY)
-        return daemon
+        return daemon_factory(
+            "--handler",
+            "gaspar_tw.examples:echo",
+            "--endpoint",
+            "tcp:0:interface=127.0.0.1:backlog=1024",
+            *args,
+            workers=1,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+        )
 
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.stop(signal.SIGKILL)
-        assert_reaped([int(pid) for _, pid in READY.findall(daemon.log())])
+    return start
 
 
 def open_files(pid: int) -> int:
