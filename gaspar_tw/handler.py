@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -82,6 +83,13 @@ def handler_spec(fn: Handler) -> str:
     return f"{module}:{qualname}"
 
 
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def check_import(
     spec: str, pythonpath: Sequence[str] = (), timeout: float = DEFAULT_IMPORT_TIMEOUT
 ) -> None:
@@ -93,23 +101,28 @@ def check_import(
     argv = [sys.executable, "-m", "gaspar_tw.handler", spec]
     for directory in pythonpath:
         argv += ["--pythonpath", directory]
-    with subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, killed whole
-    ) as child:
-        errors = None
+    # stderr goes to a file, not a pipe: a process the module starts at import inherits it,
+    # and waiting for a pipe to close would wait for that process too.
+    with tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # its own process group, killed whole
+        )
+        timedOut = True
         try:
-            _, errors = child.communicate(timeout=timeout)
+            child.wait(timeout)
+            timedOut = False
         except subprocess.TimeoutExpired:
             pass
         finally:
-            if child.poll() is None:  # out of time (or we were interrupted)
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-    if errors is None:
+            _kill_group(child.pid)  # the child if out of time, and whatever it started
+            child.wait()
+        stderr.seek(0)
+        errors = None if timedOut else stderr.read()
+    if errors is None:  # killed: out of time
         raise HandlerError(
             f"importing handler {spec!r} took over {timeout:g}s (does the module loop at"
             " import? --import-timeout sets the limit)"

@@ -1,11 +1,14 @@
 """Handler specifications: what loads, and the errors that say what to fix."""
 
+import time
+
 import pytest
+from conftest import assert_reaped
 
 import gaspar_tw
 from gaspar_tw.errors import HandlerError
 from gaspar_tw.examples import echo
-from gaspar_tw.handler import handler_spec, load_handler
+from gaspar_tw.handler import check_import, handler_spec, load_handler
 
 
 def test_load_handler_imports_module_function():
@@ -50,3 +53,19 @@ def test_handler_in_main_is_refused_with_the_fix():
     fake.__module__ = "__main__"
     with pytest.raises(ValueError, match="move it into a module"):
         gaspar_tw.Consumer(handler=fake)
+
+
+def test_import_check_does_not_wait_for_a_process_the_module_starts(tmp_path):
+    # The helper inherits the check's stderr: waiting for that to close waited out the timeout.
+    pidfile = tmp_path / "helper.pid"
+    (tmp_path / "starts_helper.py").write_text(
+        "import subprocess, sys\n"
+        "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(helper.pid))\n"
+        "def work(message):\n"
+        "    return message\n"
+    )
+    started = time.monotonic()
+    check_import("starts_helper:work", [str(tmp_path)], timeout=10)
+    assert time.monotonic() - started < 5
+    assert_reaped([int(pidfile.read_text())], timeout=5)  # the check leaves nothing behind
