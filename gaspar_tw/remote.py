@@ -157,7 +157,8 @@ class RemoteWorkers:
         if self._heartbeat.running:
             self._heartbeat.stop()
         for identity in list(self.remotes):
-            self._forget(identity)
+            # Gone with this socket: the dispatcher must not send to them after a restart.
+            self._end(identity, log.info, "is forgotten: the producer stopped")
         if self._handshakes is not None:
             self._handshakes.shutdown()
             self._handshakes = None

@@ -17,6 +17,7 @@ import pytest_twisted
 from conftest import READY, TESTS, assert_reaped, pid_alive, wait_until
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 
 from gaspar_tw import GasparClient, Producer
 from gaspar_tw.client import request
@@ -154,6 +155,39 @@ async def test_8_a_stopped_worker_host_starts_again_and_replaces_its_dead():
             await host.stopService()
         await producer.stopService()
     assert not any(pid_alive(pid) for pid in seen)
+
+
+@pytest_twisted.ensureDeferred
+async def test_8_a_producer_restarted_forgets_its_remote_workers_and_they_join_again():
+    with socket.socket() as probe:  # a port to bind twice: "*" would pick another on restart
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    producer = Producer("handlers:tagged", None, 0, bind=address, pythonpath=[str(TESTS)])
+    host = WorkerHost("handlers:tagged", address, 1, pythonpath=[str(TESTS)])
+    failures: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_failure") is not None:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        producer.startService()
+        host.startService()
+        assert (await producer.submit(b"one").addTimeout(15, reactor)).endswith(b":one")
+        await producer.stopService()
+        producer.startService()
+        # The host's worker hears from the new producer, says hello again and is given work.
+        assert (await producer.submit(b"two").addTimeout(15, reactor)).endswith(b":two")
+        assert not failures, failures  # no send to a worker of the stopped producer
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        pids = host.pool.pids()
+        await host.stopService()
+        if producer.running:
+            await producer.stopService()
+    assert_reaped(pids)
 
 
 # -- 10. a long line of output -------------------------------------------------------------
