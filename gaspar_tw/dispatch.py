@@ -374,7 +374,17 @@ class Dispatcher:
             return self.window
         return max(2, min(self.window, int(WINDOW_SECONDS / handler_time)))
 
-    def repliesReceived(self, token: int, ids, statuses: bytes, payloads) -> None:
+    def repliesReceived(
+        self, token: int, ids, statuses: bytes, payloads, busy: float | None = None
+    ) -> None:
+        """Worker C{token} answered requests C{ids}; C{busy}: its handler seconds on them.
+
+        Requests it skipped (cancelled, status L{wire.SKIPPED}) count neither as served nor
+        in the handler time.
+        """
+        ran = len(ids) - statuses.count(wire.SKIPPED)
+        if busy is not None:
+            self.handlerTime(ran, busy)
         link = self._links.get(token)
         if link is None:
             self._lateReplies(ids, statuses, payloads)
@@ -382,7 +392,7 @@ class Dispatcher:
         outstanding = link.outstanding
         requests = self._requests
         stats = self.stats
-        stats.served(token, len(ids))
+        stats.served(token, ran)
         # Latency: one clock read per batch; requests queued in the same reactor turn share
         # their submit time, so their histogram bucket is found once.
         now = monotonic()

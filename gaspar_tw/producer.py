@@ -226,8 +226,8 @@ class Producer(service.Service):
         kind, token = wire.frame_kind(frames[0])
         if kind == wire.REPLIES:
             ids, statuses, payloads = wire.decode_replies(frames)
-            self.dispatcher.handlerTime(len(ids), wire.busy_seconds(frames[0]))
-            self.dispatcher.repliesReceived(token, ids, statuses, payloads)
+            busy = wire.busy_seconds(frames[0])
+            self.dispatcher.repliesReceived(token, ids, statuses, payloads, busy)
         elif kind == wire.HELLO:
             self.pool.hello(token, int(frames[1]))
 

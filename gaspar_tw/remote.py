@@ -184,9 +184,9 @@ class RemoteWorkers:
             remote.heard = self.reactor.seconds()
         if kind == wire.REPLIES and len(frames) >= 3:
             ids, statuses, payloads = wire.decode_replies(frames[1:])
-            self.dispatcher.handlerTime(len(ids), wire.busy_seconds(head))
             token = UNKNOWN_TOKEN if remote is None else remote.token
-            self.dispatcher.repliesReceived(token, ids, statuses, payloads)
+            busy = wire.busy_seconds(head)
+            self.dispatcher.repliesReceived(token, ids, statuses, payloads, busy)
         elif kind == wire.HELLO and len(frames) >= 5:
             if remote is None:
                 self._hello(identity, frames[2:])

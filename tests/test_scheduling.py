@@ -160,6 +160,22 @@ def test_cancelling_a_request_a_worker_holds_tells_the_worker_unless_it_is_runni
     assert not worker.outstanding and dispatcher.stats.cancelled == 4
 
 
+def test_skipped_requests_count_neither_as_served_nor_in_the_handler_time():
+    clock = Clock()
+    dispatcher = Dispatcher(clock)
+    worker, sent = link(1)
+    dispatcher.workerReady(worker)
+    dispatcher.stats.workerReady(worker.token, 0, worker.pid)
+    ids = [dispatcher.submitTo(b"x", Outcomes()) for _ in range(2)]
+    clock.advance(0)
+    dispatcher.cancel(ids[1])
+    # One request ran for 10 ms, the other was skipped: the handler takes 10 ms, not 5.
+    statuses = bytes([wire.OK, wire.SKIPPED])
+    dispatcher.repliesReceived(worker.token, ids, statuses, [b"", b""], busy=0.01)
+    assert dispatcher.handler_time == pytest.approx(0.01)
+    assert dispatcher.stats.workers[worker.token].served == 1
+
+
 def _send_and_hang_up(address: str, message: bytes) -> None:
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
