@@ -114,34 +114,34 @@ def test_out_of_descriptors_open_connections_are_served_and_it_is_logged_once_a_
 @pytest_twisted.ensureDeferred
 async def test_without_a_spare_descriptor_accepting_pauses_instead_of_spinning():
     producer = Producer("gaspar_tw.examples:echo", "tcp:0:interface=127.0.0.1", 1)
-    producer.startService()
-    await producer.whenReady()
-    # Twisted keeps one descriptor spare to accept-and-close with when out of them; take it
-    # away, as a failed re-reservation would (it is never tried again), until the end.
-    tcp._reservedFD.__enter__()
     events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
     client = socket.socket()
     client.setblocking(False)
     filler: list = []
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    producer.startService()
     try:
-        highest = max(map(int, os.listdir("/proc/self/fd")))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        await producer.whenReady().addTimeout(15, reactor)
+        # Twisted keeps one descriptor spare to accept-and-close with when out of them; take
+        # it away, as a failed re-reservation would (it is never tried again), until the end.
+        tcp._reservedFD.__enter__()
+        globalLogPublisher.addObserver(events.append)
         try:
-            while True:
-                filler.append(open(os.devnull))
-        except OSError:
-            pass
-        client.connect_ex(("127.0.0.1", producer.port.getHost().port))
-        cpu = time.process_time()
-        await deferLater(reactor, 1.0, lambda: None)
-        busy = time.process_time() - cpu
-    finally:
-        for f in filler:
-            f.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    try:
+            highest = max(map(int, os.listdir("/proc/self/fd")))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+            try:
+                while True:
+                    filler.append(open(os.devnull))
+            except OSError:
+                pass
+            client.connect_ex(("127.0.0.1", producer.port.getHost().port))
+            cpu = time.process_time()
+            await deferLater(reactor, 1.0, lambda: None)
+            busy = time.process_time() - cpu
+        finally:
+            for f in filler:
+                f.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         failures = [e for e in events if "accept" in str(e.get("log_format", ""))]
         assert busy < 0.3 and len(failures) <= 3, (busy, len(failures))
         client.send(pack(b"waited"))  # accepted once descriptors are free again
@@ -156,7 +156,7 @@ async def test_without_a_spare_descriptor_accepting_pauses_instead_of_spinning()
                 break
         assert reply == b"waited"
     finally:
-        tcp._reservedFD.reserve()
-        globalLogPublisher.removeObserver(events.append)
+        tcp._reservedFD.reserve()  # (does nothing if it was never released)
+        globalLogPublisher.removeObserver(events.append)  # (nothing if never added)
         client.close()
         await producer.stopService()

@@ -8,6 +8,7 @@ tests run ``twistd gaspar`` (and worker hosts) on loopback.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -253,7 +254,9 @@ def test_stuck_requests_close_between_the_timeout_and_one_sweep_more(daemon_fact
     for round_ in range(2):
         with ThreadPoolExecutor(3) as pool:
             closed = list(pool.map(stuck, range(3)))
-        assert all(0.99 <= t <= 1.25 + 0.15 for t in closed), closed
+        # One sweep (0.25 s) at most, plus connect, close and the reactor's lateness (the old
+        # code, comparing floating reactor times, closed them at 1.48 s).
+        assert all(0.99 <= t <= 1.25 + 0.2 for t in closed), closed
         producer.wait_for(rb"worker \d+ ready", 3 * (round_ + 2))  # stuck ones replaced
 
 
@@ -288,7 +291,8 @@ def test_retried_requests_are_answered_promptly_when_a_host_is_lost_under_load(
         doomed.kill()
         for future in futures:
             future.result(30)
-    assert b"died holding 2 requests: 2 retried" in producer.log()
+    # It held its window (2) at the kill, unless the kill fell between a reply and the next send.
+    assert re.search(rb"died holding ([12]) requests: \1 retried, 0 failed", producer.log())
     failed = [(round(at, 2), round(s, 2)) for at, s, reply in results if not reply]
     assert not failed, f"failed (sent at, after seconds): {failed}"
     slowest = max(seconds for _, seconds, _ in results)
