@@ -493,7 +493,12 @@ class Dispatcher:
         self._sweep.start()
 
     def stop(self) -> None:
+        """Stop the sweep, and a flush still scheduled (nothing runs after a stop)."""
         self._sweep.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._turn_time = None
 
     def _checkTimeouts(self) -> None:
         """Abandon workers stuck on one request for C{timeout}; expire requests queued as long.
