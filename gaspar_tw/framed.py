@@ -287,7 +287,9 @@ class FramedFactory(GasparFactory):
     are answered L{REFUSED} at once, so a pipelining client cannot hold a drain open.
     Paused connections (in C{paused}; they are not read, so a hang-up would go unseen) are
     polled every L{HANGUP_CHECK_SECONDS}; one whose client has closed or reset it is aborted,
-    which cancels its requests.
+    which cancels its requests. The poll's timer starts with the first pause and runs until
+    L{stopIdleSweep} (doing nothing while no connection is paused): pauses come and go many
+    times a second under load, and a timer started and stopped with each would cost more.
     """
 
     protocol = FramedProtocol
@@ -299,18 +301,30 @@ class FramedFactory(GasparFactory):
         self._hangUpCheck = LoopingCall(self._closeHungUp)
         if self.clock is not None:
             self._hangUpCheck.clock = self.clock
+        self._stopped = False  # stopIdleSweep was called: start no timer
+
+    def startIdleSweep(self) -> None:
+        super().startIdleSweep()
+        self._stopped = False
+
+    def stopIdleSweep(self) -> None:
+        """Stop the idle sweep and the hang-up check: no timer is left running."""
+        super().stopIdleSweep()
+        self._stopped = True
+        if self._hangUpCheck.running:
+            self._hangUpCheck.stop()
 
     def watchPaused(self, protocol: FramedProtocol) -> None:
         self.paused.add(protocol)
-        if not self._hangUpCheck.running:
+        if not self._hangUpCheck.running and not self._stopped:
             self._hangUpCheck.start(HANGUP_CHECK_SECONDS, now=False)
 
     def unwatchPaused(self, protocol: FramedProtocol) -> None:
         self.paused.discard(protocol)
-        if not self.paused and self._hangUpCheck.running:
-            self._hangUpCheck.stop()
 
     def _closeHungUp(self) -> None:
+        if not self.paused:
+            return
         gone = hungUp(self.paused)
         if not gone:
             return

@@ -235,4 +235,6 @@ def test_the_in_flight_cap_and_a_full_write_buffer_pause_reading_each_on_its_own
     assert dispatcher.pending == 2 and transport.producerState == "producing"
     answer()
     assert transport.value() == (struct.pack("!IB", 2, OK) + b"r") * 10  # in order, none refused
-    assert factory.paused == set() and not factory._hangUpCheck.running
+    assert factory.paused == set() and len(clock.getDelayedCalls()) == 1  # the hang-up check
+    factory.stopIdleSweep()
+    assert clock.getDelayedCalls() == []
