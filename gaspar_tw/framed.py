@@ -81,6 +81,10 @@ class FramedProtocol(Protocol):
     the cap wait, unparsed. As its transport's streaming producer (L{IPushProducer}) it also
     stops reading while the transport holds more unsent reply bytes than its C{bufferSize},
     until all are sent. Each reason to pause is kept apart, so one never ends the other.
+
+    Replies written while the transport is that full (and those that filled it) count in
+    C{Dispatcher.writing}, so against C{--max-pending} as pending requests do, and in the
+    connection's own cap, until the transport has sent everything or the connection is lost.
     """
 
     factory: FramedFactory
@@ -94,6 +98,7 @@ class FramedProtocol(Protocol):
         self._cap = max(1, MAX_IN_FLIGHT if limit is None else min(MAX_IN_FLIGHT, limit))
         self._sent = 0  # requests submitted on this connection
         self._written = 0  # replies written
+        self._unsent = 0  # replies written while the transport is over its bufferSize
         self._done: dict[int, tuple[int, bytes]] = {}  # finished, waiting for earlier ones
         self._pending: dict[int, int] = {}  # request id -> index on this connection
         self._submitting = 0  # the index being submitted (a refusal comes back at once)
@@ -124,7 +129,7 @@ class FramedProtocol(Protocol):
         self._reading = True
         try:
             while True:
-                room = self._cap - (self._sent - self._written)
+                room = self._cap - (self._sent - self._written + self._unsent)
                 try:
                     frames = self._frames.feed(data, room)
                 except FrameTooLong as e:
@@ -136,8 +141,8 @@ class FramedProtocol(Protocol):
                     self._write()  # refusals
                 if len(frames) < room:
                     return  # all parsed
-                if self._sent - self._written >= self._cap:
-                    self._full = True  # the rest waits for replies
+                if self._sent - self._written + self._unsent >= self._cap:
+                    self._full = True  # the rest waits for replies (or for them to be sent)
                     self._pause()
                     return
                 data = b""  # refusals were written: room for more of what is held back
@@ -207,6 +212,15 @@ class FramedProtocol(Protocol):
             self.transport.writeSequence(out)  # large replies: no copy
         else:
             writeNow(self.transport, b"".join(out))
+        if self._writeBlocked:  # Twisted holds them until the client reads: count them
+            self._unsent += len(out) // 2  # a header and a payload per reply
+            self.factory.dispatcher.writing += len(out) // 2
+
+    def _forgetUnsent(self) -> None:
+        """The replies counted in C{_unsent} are sent, or will never be: uncount them."""
+        if self._unsent:
+            self.factory.dispatcher.writing -= self._unsent
+            self._unsent = 0
 
     # -- flow control ------------------------------------------------------------------------
 
@@ -221,7 +235,7 @@ class FramedProtocol(Protocol):
         if self._writeBlocked or self._closed:
             return
         if self._full:
-            if self._sent - self._written > self._cap // 2:
+            if self._sent - self._written + self._unsent > self._cap // 2:
                 return
             self._full = False
             self._read(b"")
@@ -240,6 +254,7 @@ class FramedProtocol(Protocol):
     def resumeProducing(self) -> None:
         """The transport has sent everything it held."""
         self._writeBlocked = False
+        self._forgetUnsent()
         if self._paused:
             self._resumeIfFree()
 
@@ -272,6 +287,7 @@ class FramedProtocol(Protocol):
         self.factory.connections.discard(self)
         self.factory.unwatchPaused(self)
         self._closed = True
+        self._forgetUnsent()
         self._done.clear()
         self._out = []
         pending, self._pending = self._pending, {}
