@@ -211,20 +211,38 @@ def test_replies_stalled_framed_clients_hold_count_against_max_pending_for_all(d
 
 
 def test_a_slow_reader_is_not_dropped_however_long_its_reply_takes(daemon_factory):
-    # The write timeout watches progress, not speed: 1 MiB read at ~640 KiB/s takes three
-    # times --idle-timeout, while the producer holds most of it all along.
-    daemon = daemon_factory("--handler", "framed_handlers:mixed", "--idle-timeout", "0.5")
+    # The write timeout watches progress, not speed: 32 MiB (far more than the socket
+    # buffers take) read at 16 MiB/s takes four times --idle-timeout, and the producer holds
+    # most of it all along.
+    daemon = daemon_factory(
+        "--handler",
+        "framed_handlers:mixed",
+        "--idle-timeout",
+        "0.5",
+        "--metrics",
+        "tcp:0:interface=127.0.0.1",
+    )
+    metrics = metrics_address(daemon)
+    size, rate = 32 * MIB, 16 * MIB
+    unsent_seen = []
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.settimeout(10)
         sock.connect((daemon.host, daemon.port))
-        sock.sendall(pack(b"size:%d" % MIB))
+        sock.sendall(pack(b"size:%d" % size))
         started, received = time.monotonic(), 0
-        while chunk := sock.recv(64 * 1024):
-            received += len(chunk)
-            time.sleep(0.1)
-    assert received == MIB and time.monotonic() - started > 1.5
+        try:
+            while chunk := sock.recv(64 * 1024):
+                received += len(chunk)
+                if len(unsent_seen) < min(3, received // (8 * MIB)):  # at 8, 16, 24 MiB
+                    unsent_seen.append(json.loads(fetch(metrics, "/status"))["unsent"])
+                time.sleep(max(0.0, started + received / rate - time.monotonic()))
+        except ConnectionResetError:
+            pass
+    took = time.monotonic() - started
     assert b"took no reply bytes" not in daemon.log()
+    assert received == size and took > 3 * 0.5, f"{received} bytes in {took:.1f}s"
+    assert unsent_seen == [1, 1, 1]  # the producer still held some of it at 24 MiB
 
 
 def test_a_paused_framed_connection_that_hangs_up_gives_back_its_slots(daemon_factory):
