@@ -172,9 +172,10 @@ class Dispatcher:
         # until the next flush (kept only while a flush is scheduled).
         self._turn_time: float | None = None
         self.accepting = True
-        #: Replies handed to a connection that could not send them at once (a gaspar client
-        #: reading slowly or not at all): each counts against C{max_pending} until its
-        #: connection is closed, so unread replies are bounded as pending requests are.
+        #: Replies handed to a connection that could not send them at once (a client reading
+        #: slowly or not at all): each counts against C{max_pending} until sent (a framed
+        #: connection's) or its connection is closed, so unread replies are bounded as
+        #: pending requests are.
         self.writing = 0
         #: Handler seconds per request, a moving average of what workers report (None until
         #: the first report: until then requests are spread, the window is L{INITIAL_WINDOW}).

@@ -81,6 +81,10 @@ class FramedProtocol(Protocol):
     the cap wait, unparsed. As its transport's streaming producer (L{IPushProducer}) it also
     stops reading while the transport holds more unsent reply bytes than its C{bufferSize},
     until all are sent. Each reason to pause is kept apart, so one never ends the other.
+
+    Replies written while the transport is that full (and those that filled it) count in
+    C{Dispatcher.writing}, so against C{--max-pending} as pending requests do, and in the
+    connection's own cap, until the transport has sent everything or the connection is lost.
     """
 
     factory: FramedFactory
@@ -94,6 +98,7 @@ class FramedProtocol(Protocol):
         self._cap = max(1, MAX_IN_FLIGHT if limit is None else min(MAX_IN_FLIGHT, limit))
         self._sent = 0  # requests submitted on this connection
         self._written = 0  # replies written
+        self._unsent = 0  # replies written while the transport is over its bufferSize
         self._done: dict[int, tuple[int, bytes]] = {}  # finished, waiting for earlier ones
         self._pending: dict[int, int] = {}  # request id -> index on this connection
         self._submitting = 0  # the index being submitted (a refusal comes back at once)
@@ -124,7 +129,7 @@ class FramedProtocol(Protocol):
         self._reading = True
         try:
             while True:
-                room = self._cap - (self._sent - self._written)
+                room = self._cap - (self._sent - self._written + self._unsent)
                 try:
                     frames = self._frames.feed(data, room)
                 except FrameTooLong as e:
@@ -136,8 +141,8 @@ class FramedProtocol(Protocol):
                     self._write()  # refusals
                 if len(frames) < room:
                     return  # all parsed
-                if self._sent - self._written >= self._cap:
-                    self._full = True  # the rest waits for replies
+                if self._sent - self._written + self._unsent >= self._cap:
+                    self._full = True  # the rest waits for replies (or for them to be sent)
                     self._pause()
                     return
                 data = b""  # refusals were written: room for more of what is held back
@@ -207,6 +212,15 @@ class FramedProtocol(Protocol):
             self.transport.writeSequence(out)  # large replies: no copy
         else:
             writeNow(self.transport, b"".join(out))
+        if self._writeBlocked:  # Twisted holds them until the client reads: count them
+            self._unsent += len(out) // 2  # a header and a payload per reply
+            self.factory.dispatcher.writing += len(out) // 2
+
+    def _forgetUnsent(self) -> None:
+        """The replies counted in C{_unsent} are sent, or will never be: uncount them."""
+        if self._unsent:
+            self.factory.dispatcher.writing -= self._unsent
+            self._unsent = 0
 
     # -- flow control ------------------------------------------------------------------------
 
@@ -221,7 +235,7 @@ class FramedProtocol(Protocol):
         if self._writeBlocked or self._closed:
             return
         if self._full:
-            if self._sent - self._written > self._cap // 2:
+            if self._sent - self._written + self._unsent > self._cap // 2:
                 return
             self._full = False
             self._read(b"")
@@ -240,6 +254,7 @@ class FramedProtocol(Protocol):
     def resumeProducing(self) -> None:
         """The transport has sent everything it held."""
         self._writeBlocked = False
+        self._forgetUnsent()
         if self._paused:
             self._resumeIfFree()
 
@@ -272,6 +287,7 @@ class FramedProtocol(Protocol):
         self.factory.connections.discard(self)
         self.factory.unwatchPaused(self)
         self._closed = True
+        self._forgetUnsent()
         self._done.clear()
         self._out = []
         pending, self._pending = self._pending, {}
@@ -287,7 +303,9 @@ class FramedFactory(GasparFactory):
     are answered L{REFUSED} at once, so a pipelining client cannot hold a drain open.
     Paused connections (in C{paused}; they are not read, so a hang-up would go unseen) are
     polled every L{HANGUP_CHECK_SECONDS}; one whose client has closed or reset it is aborted,
-    which cancels its requests.
+    which cancels its requests. The poll's timer starts with the first pause and runs until
+    L{stopIdleSweep} (doing nothing while no connection is paused): pauses come and go many
+    times a second under load, and a timer started and stopped with each would cost more.
     """
 
     protocol = FramedProtocol
@@ -299,18 +317,30 @@ class FramedFactory(GasparFactory):
         self._hangUpCheck = LoopingCall(self._closeHungUp)
         if self.clock is not None:
             self._hangUpCheck.clock = self.clock
+        self._stopped = False  # stopIdleSweep was called: start no timer
+
+    def startIdleSweep(self) -> None:
+        super().startIdleSweep()
+        self._stopped = False
+
+    def stopIdleSweep(self) -> None:
+        """Stop the idle sweep and the hang-up check: no timer is left running."""
+        super().stopIdleSweep()
+        self._stopped = True
+        if self._hangUpCheck.running:
+            self._hangUpCheck.stop()
 
     def watchPaused(self, protocol: FramedProtocol) -> None:
         self.paused.add(protocol)
-        if not self._hangUpCheck.running:
+        if not self._hangUpCheck.running and not self._stopped:
             self._hangUpCheck.start(HANGUP_CHECK_SECONDS, now=False)
 
     def unwatchPaused(self, protocol: FramedProtocol) -> None:
         self.paused.discard(protocol)
-        if not self.paused and self._hangUpCheck.running:
-            self._hangUpCheck.stop()
 
     def _closeHungUp(self) -> None:
+        if not self.paused:
+            return
         gone = hungUp(self.paused)
         if not gone:
             return

@@ -56,7 +56,7 @@ class StatsCollector(Collector):
         )
         yield GaugeMetricFamily(
             PREFIX + "replies_unsent",
-            "Replies a gaspar client has not taken yet; they count against --max-pending.",
+            "Replies a client has not taken yet; they count against --max-pending.",
             value=self.dispatcher.writing,
         )
         yield GaugeMetricFamily(

@@ -14,17 +14,21 @@ import struct
 import threading
 import time
 
-from conftest import wait_until
-from test_faults import rss_kib
+import pytest_twisted
+from conftest import TESTS, wait_until
+from test_faults import reset, rss_kib
 from test_framed import framed_daemon, read_reply, send_all
 from test_metrics import fetch, metrics_address
-from twisted.internet.task import Clock
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
-from gaspar_tw import wire
+from gaspar_tw import GasparClient, Producer, wire
 from gaspar_tw.client import pack, request
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
-from gaspar_tw.framed import OK, REFUSED, FramedFactory
+from gaspar_tw.framed import OK, REFUSED, FramedFactory, FramedProtocol
 
 MIB = 1024 * 1024
 DROPPED = rb"dropping (\d+) connections that took no reply bytes"
@@ -147,21 +151,98 @@ def test_gaspar_replies_nobody_reads_count_against_max_pending_until_dropped(dae
             sock.close()
 
 
+def read_replies(sock: socket.socket, count: int, size: int) -> list[tuple[int, int]]:
+    """Read C{count} framed replies of C{size} bytes: their (status, length)."""
+    data = bytearray(count * (5 + size))
+    view, got = memoryview(data), 0
+    while got < len(data) and (n := sock.recv_into(view[got:])):
+        got += n
+    return [struct.unpack_from("!IB", data, i * (5 + size)) for i in range(count)]
+
+
+def test_replies_stalled_framed_clients_hold_count_against_max_pending_for_all(daemon_factory):
+    # max-pending 4 bounds the 8 MiB replies held for all framed clients together, not 4 per
+    # connection: two clients that read nothing fill it, the next ones are refused. (Each
+    # reply is larger than the socket buffers, so none of it leaves while its client waits.)
+    daemon, address = framed_daemon(
+        daemon_factory, "--max-pending", "4", "--metrics", "tcp:0:interface=127.0.0.1"
+    )
+    metrics = metrics_address(daemon)
+
+    def status() -> dict:
+        return json.loads(fetch(metrics, "/status"))
+
+    def handled() -> int:
+        requests = status()["requests"]
+        return requests["ok"] + requests["refused"]
+
+    size = 8 * MIB
+    ask = pack(b"size:%d" % size)
+    with socket.create_connection(address, timeout=10) as warm:  # allocator and buffers warm
+        warm.sendall(ask * 4)
+        assert read_replies(warm, 4, size) == [(size + 1, OK)] * 4
+    before = rss_kib(daemon.process.pid)
+    socks = [non_reading_socket(address) for _ in range(6)]
+    try:
+        for sock, count in zip(socks, [2, 2, 4, 4, 4, 4], strict=True):
+            expected = handled() + count
+            sock.sendall(ask * count)  # one after another: each is answered before the next
+            assert wait_until(lambda expected=expected: handled() == expected, 5)
+        grown = rss_kib(daemon.process.pid) - before
+        # 4 replies held (32 MiB, up to twice that while Twisted joins its buffer), not 20.
+        assert grown < 96 * MIB // 1024, f"RSS grew by {grown // 1024} MiB"
+        assert status()["unsent"] == 4 and status()["requests"]["refused"] == 4 * 4
+        with socket.create_connection(address, timeout=10) as sock:
+            send_all(sock, [b"while full"])
+            assert read_reply(sock)[0] == REFUSED
+        first, second, *refused = socks
+        assert read_replies(first, 2, size) == [(size + 1, OK)] * 2
+        assert wait_until(lambda: status()["unsent"] == 2, 5)  # sent: no longer counted
+        reset(second)  # lost while paused: its replies no longer count either
+        assert wait_until(lambda: status()["unsent"] == 0, 5)
+        with socket.create_connection(address, timeout=10) as sock:
+            send_all(sock, [b"after"])
+            assert read_reply(sock) == (OK, b"after")
+        for sock in refused:
+            assert {read_reply(sock)[0] for _ in range(4)} == {REFUSED}
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_a_slow_reader_is_not_dropped_however_long_its_reply_takes(daemon_factory):
-    # The write timeout watches progress, not speed: 1 MiB read at ~640 KiB/s takes three
-    # times --idle-timeout, while the producer holds most of it all along.
-    daemon = daemon_factory("--handler", "framed_handlers:mixed", "--idle-timeout", "0.5")
+    # The write timeout watches progress, not speed: 32 MiB (far more than the socket
+    # buffers take) read at 16 MiB/s takes four times --idle-timeout, and the producer holds
+    # most of it all along.
+    daemon = daemon_factory(
+        "--handler",
+        "framed_handlers:mixed",
+        "--idle-timeout",
+        "0.5",
+        "--metrics",
+        "tcp:0:interface=127.0.0.1",
+    )
+    metrics = metrics_address(daemon)
+    size, rate = 32 * MIB, 16 * MIB
+    unsent_seen = []
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.settimeout(10)
         sock.connect((daemon.host, daemon.port))
-        sock.sendall(pack(b"size:%d" % MIB))
+        sock.sendall(pack(b"size:%d" % size))
         started, received = time.monotonic(), 0
-        while chunk := sock.recv(64 * 1024):
-            received += len(chunk)
-            time.sleep(0.1)
-    assert received == MIB and time.monotonic() - started > 1.5
+        try:
+            while chunk := sock.recv(64 * 1024):
+                received += len(chunk)
+                if len(unsent_seen) < min(3, received // (8 * MIB)):  # at 8, 16, 24 MiB
+                    unsent_seen.append(json.loads(fetch(metrics, "/status"))["unsent"])
+                time.sleep(max(0.0, started + received / rate - time.monotonic()))
+        except ConnectionResetError:
+            pass
+    took = time.monotonic() - started
     assert b"took no reply bytes" not in daemon.log()
+    assert received == size and took > 3 * 0.5, f"{received} bytes in {took:.1f}s"
+    assert unsent_seen == [1, 1, 1]  # the producer still held some of it at 24 MiB
 
 
 def test_a_paused_framed_connection_that_hangs_up_gives_back_its_slots(daemon_factory):
@@ -235,4 +316,144 @@ def test_the_in_flight_cap_and_a_full_write_buffer_pause_reading_each_on_its_own
     assert dispatcher.pending == 2 and transport.producerState == "producing"
     answer()
     assert transport.value() == (struct.pack("!IB", 2, OK) + b"r") * 10  # in order, none refused
-    assert factory.paused == set() and not factory._hangUpCheck.running
+    assert factory.paused == set() and len(clock.getDelayedCalls()) == 1  # the hang-up check
+    factory.stopIdleSweep()
+    assert clock.getDelayedCalls() == []
+
+
+class TwistedLikeTransport(StringTransport):
+    """Pauses its streaming producer once it holds over C{bufferSize} unsent bytes, as
+    Twisted's transports do; L{sendAll} is the client reading them all."""
+
+    bufferSize = 10
+    held = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.held += len(data)
+        if self.held > self.bufferSize and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+    def sendAll(self) -> None:
+        self.held = 0
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+def test_replies_a_full_transport_holds_count_against_max_pending_until_sent_or_lost():
+    clock = Clock()
+    dispatcher = Dispatcher(clock, max_pending=6)
+    dispatcher.workerReady(WorkerLink(1, 1, [].append))
+    factory = FramedFactory(dispatcher, 1000, idleTimeout=None, clock=clock)
+    factory.startIdleSweep()
+
+    def connect(transport) -> FramedProtocol:
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(transport)
+        return protocol
+
+    def send(protocol: FramedProtocol, count: int) -> None:
+        protocol.dataReceived(pack(b"q") * count)
+        clock.advance(0)  # the requests go to the worker
+        ids = list(protocol._pending)
+        dispatcher.repliesReceived(1, ids, bytes([wire.OK]) * len(ids), [b"r"] * len(ids))
+
+    def statuses(transport) -> list[int]:
+        data, found = transport.value(), []
+        while data:
+            length, status = struct.unpack_from("!IB", data)
+            found.append(status)
+            data = data[4 + length :]
+        return found
+
+    stalled = connect(stalled_transport := TwistedLikeTransport())
+    send(stalled, 2)  # the 12 bytes of their replies fill its buffer: counted, not pending
+    assert (dispatcher.pending, dispatcher.writing) == (0, 2)
+    assert stalled_transport.producerState == "paused"
+    other = connect(other_transport := StringTransport())
+    send(other, 6)  # 2 unsent + 4 pending fill max-pending: 2 refused
+    assert statuses(other_transport) == [OK] * 4 + [REFUSED] * 2
+    assert dispatcher.writing == 2
+    stalled_transport.sendAll()  # its client read them: they no longer count
+    assert dispatcher.writing == 0 and stalled_transport.producerState == "producing"
+
+    send(stalled, 3)
+    assert dispatcher.writing == 3
+    stalled.connectionLost(Failure(ConnectionDone()))  # lost while paused
+    assert dispatcher.writing == 0
+    closing = connect(TwistedLikeTransport())
+    send(closing, 2)
+    closing.close()  # they still wait to be sent...
+    assert dispatcher.writing == 2
+    closing.connectionLost(Failure(ConnectionDone()))  # ... until the connection is gone
+    assert dispatcher.writing == 0
+
+    # The hang-up check ran on, once, through every pause; stopping leaves no timer, and
+    # a pause after that starts none.
+    assert len(clock.getDelayedCalls()) == 1
+    factory.stopIdleSweep()
+    late = connect(TwistedLikeTransport())
+    send(late, 2)
+    assert dispatcher.writing == 2 and factory.paused == {late}
+    assert clock.getDelayedCalls() == []
+    late.connectionLost(Failure(ConnectionDone()))
+    assert dispatcher.writing == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_producer_stopped_while_a_framed_client_stalls_leaves_no_timer_or_count():
+    producer = Producer(
+        "framed_handlers:mixed",
+        None,
+        1,
+        pythonpath=[str(TESTS)],
+        framed_endpoint="tcp:0:interface=127.0.0.1",
+    )
+
+    async def until(predicate) -> None:
+        for _ in range(500):
+            if predicate():
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        raise AssertionError("timed out")
+
+    def timers() -> list[str]:
+        """The framed port's pending timers: its idle sweep and hang-up check."""
+        factory = producer.framedFactory
+        return [
+            call.func.f.__name__
+            for call in reactor.getDelayedCalls()
+            if getattr(getattr(call.func, "f", None), "__self__", None)
+            in (factory, factory.idleSweep)
+        ]
+
+    producer.privilegedStartService()
+    producer.startService()
+    stalled = None
+    try:
+        await producer.whenReady().addTimeout(15, reactor)
+        stalled = non_reading_socket(("127.0.0.1", producer.framedPort.getHost().port))
+        stalled.sendall(pack(b"size:%d" % (8 * MIB)))
+        await until(lambda: producer.dispatcher.writing == 1)
+        assert "_closeHungUp" in timers() and producer.framedFactory.paused
+        await producer.stopService()
+        assert timers() == []
+        assert producer.dispatcher.writing == 1  # the connection closes once it is sent...
+        reset(stalled)
+        await until(lambda: producer.dispatcher.writing == 0)  # ... or its client is gone
+        producer.startService()  # started again: the count starts from 0, not below
+        await producer.whenReady().addTimeout(15, reactor)
+        port = producer.framedPort.getHost().port
+        client = GasparClient(reactor, f"tcp:127.0.0.1:{port}", timeout=15, framed=True)
+        assert await client.request(b"again") == b"again"
+        await client.close()
+        await producer.stopService()
+        assert timers() == [] and producer.dispatcher.writing == 0
+    finally:
+        if stalled is not None:
+            stalled.close()
+        if producer.running:
+            await producer.stopService()
