@@ -15,7 +15,10 @@ still holds, for the write timeout.
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 
 from twisted.internet import main, tcp
 from twisted.internet.interfaces import ITransport
@@ -80,16 +83,31 @@ def writeAndClose(transport: ITransport, data: bytes) -> bool:
     return False
 
 
-def unsentMark(transport: ITransport) -> tuple[int, int] | None:
+def unsentMark(transport: ITransport) -> tuple[int, int, int] | None:
     """None if Twisted holds no unsent bytes for C{transport}; else a mark that stays the
-    same for as long as its socket takes none of them.
+    same for as long as its client takes none of them.
 
     Twisted sends from C{dataBuffer} at C{offset} (a new buffer whenever it takes in the
-    writes queued in C{_tempDataBuffer}), so the pair changes whenever bytes leave. Other
-    transports (TLS) have none of these: None.
+    writes queued in C{_tempDataBuffer}), so the pair changes whenever bytes leave it. A slow
+    client's progress can stay in the kernel's send queue for longer than that (the socket is
+    writable again only once much of it has drained), so the queue's length is part of the
+    mark. Other transports (TLS) have none of these: None.
     """
     buffer = getattr(transport, "dataBuffer", b"")
     offset = getattr(transport, "offset", 0)
     if len(buffer) <= offset and not getattr(transport, "_tempDataLen", 0):
         return None
-    return (id(buffer), offset)
+    return (id(buffer), offset, _kernelUnsent(transport))
+
+
+def _kernelUnsent(transport: ITransport) -> int:
+    """The bytes in the socket's send queue not yet taken by the peer (0 where unknown)."""
+    try:
+        fd = transport.getHandle().fileno()
+        return _QUEUED.unpack(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(_QUEUED.size)))[0]
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+#: What the ioctl TIOCOUTQ (SIOCOUTQ on a socket) answers: a C int.
+_QUEUED = struct.Struct("i")

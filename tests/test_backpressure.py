@@ -245,6 +245,24 @@ def test_a_slow_reader_is_not_dropped_however_long_its_reply_takes(daemon_factor
     assert unsent_seen == [1, 1, 1]  # the producer still held some of it at 24 MiB
 
 
+def test_a_reader_slower_than_the_kernel_wakes_twisted_is_not_dropped(daemon_factory):
+    # At 32 KiB/s the kernel's send buffer drains too slowly to make the socket writable
+    # again within --idle-timeout: the progress is in the kernel's queue, not Twisted's.
+    daemon = daemon_factory("--handler", "framed_handlers:mixed", "--idle-timeout", "1")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.settimeout(10)
+        sock.connect((daemon.host, daemon.port))
+        sock.sendall(pack(b"size:%d" % (32 * MIB)))
+        started, received = time.monotonic(), 0
+        while time.monotonic() - started < 4:
+            chunk = sock.recv(3200)
+            assert chunk, f"dropped after {received} bytes, {time.monotonic() - started:.1f}s"
+            received += len(chunk)
+            time.sleep(0.1)
+    assert b"took no reply bytes" not in daemon.log()
+
+
 def test_a_paused_framed_connection_that_hangs_up_gives_back_its_slots(daemon_factory):
     # One worker, max-pending 200: the connection is read up to its cap of 200 requests and
     # paused; no reply can be written (the first request sleeps 3 s) when its client hangs up.
