@@ -39,13 +39,26 @@ HANDLER_ERROR = 1
 TIMEOUT = 2
 REFUSED = 3
 
-#: Requests one connection may have in flight before we stop reading from it (fewer if
-#: C{--max-pending} is lower).
+#: Requests one connection may have in flight before we stop reading from it: at most this,
+#: and at most its share of C{--max-pending} (see L{connection_cap}).
 MAX_IN_FLIGHT = 1024
+#: One connection may hold this fraction of C{--max-pending} (requests in flight plus replies
+#: its client has not taken), so that one slow reader cannot hold every slot ...
+CONNECTION_SHARE = 8
+#: ... but at least this many (or C{--max-pending} if lower), for pipelining.
+MIN_CONNECTION_CAP = 64
 #: How often connections that are not being read are checked for a client that hung up.
 HANGUP_CHECK_SECONDS = 0.5
 
 _HEADER = struct.Struct("!IB")
+
+
+def connection_cap(max_pending: int | None) -> int:
+    """How many requests in flight (and replies unsent) one connection may hold."""
+    if max_pending is None:
+        return MAX_IN_FLIGHT
+    share = max(max_pending // CONNECTION_SHARE, min(MIN_CONNECTION_CAP, max_pending))
+    return max(1, min(MAX_IN_FLIGHT, share))
 
 
 def request_header(payload_length: int) -> bytes:
@@ -76,11 +89,12 @@ class FramedProtocol(Protocol):
     """Read pipelined requests, submit each, write the replies back in request order.
 
     The protocol receives its requests' outcomes itself (L{IReplyReceiver}), by request id.
-    It stops reading while it has C{cap} requests in flight (L{MAX_IN_FLIGHT}, or
-    C{--max-pending} if lower), until half of them are answered; requests that arrived past
-    the cap wait, unparsed. As its transport's streaming producer (L{IPushProducer}) it also
-    stops reading while the transport holds more unsent reply bytes than its C{bufferSize},
-    until all are sent. Each reason to pause is kept apart, so one never ends the other.
+    It stops reading while it has C{cap} requests in flight (L{connection_cap}: an eighth of
+    C{--max-pending}, at least 64, at most L{MAX_IN_FLIGHT}), until half of them are answered;
+    requests that arrived past the cap wait, unparsed. As its transport's streaming producer
+    (L{IPushProducer}) it also stops reading while the transport holds more unsent reply bytes
+    than its C{bufferSize}, until all are sent. Each reason to pause is kept apart, so one never
+    ends the other.
 
     Replies written while the transport is that full (and those that filled it) count in
     C{Dispatcher.writing}, so against C{--max-pending} as pending requests do, and in the
@@ -94,8 +108,7 @@ class FramedProtocol(Protocol):
         factory.connections.add(self)
         self.heardAt = factory.idleSweep.count
         self._frames = FrameSplitter(factory.maxLength)
-        limit = factory.dispatcher.max_pending
-        self._cap = max(1, MAX_IN_FLIGHT if limit is None else min(MAX_IN_FLIGHT, limit))
+        self._cap = connection_cap(factory.dispatcher.max_pending)
         self._sent = 0  # requests submitted on this connection
         self._written = 0  # replies written
         self._unsent = 0  # replies written while the transport is over its bufferSize

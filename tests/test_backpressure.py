@@ -263,10 +263,31 @@ def test_a_reader_slower_than_the_kernel_wakes_twisted_is_not_dropped(daemon_fac
     assert b"took no reply bytes" not in daemon.log()
 
 
+def test_one_slow_framed_reader_holds_only_its_share_of_max_pending(daemon_factory):
+    # A client that pipelines 1,100 requests for 70 KB replies and reads them slowly (so it is
+    # never dropped) holds an eighth of --max-pending (1024), not all of it: others are served.
+    daemon, address = framed_daemon(daemon_factory)
+    with socket.socket() as slow:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.settimeout(10)
+        slow.connect(address)
+        send_all(slow, [b"size:70000"] * 1100)
+        slow.recv(65536)  # the replies have started: the connection is full
+        time.sleep(0.5)
+        for _ in range(3):
+            slow.recv(65536)  # slowly, but taking some
+            with socket.create_connection(address, timeout=10) as other:
+                send_all(other, [b"hello"] * 32)
+                statuses = [read_reply(other)[0] for _ in range(32)]
+            assert statuses == [OK] * 32, f"{statuses.count(REFUSED)} of 32 refused"
+            time.sleep(0.3)
+
+
 def test_a_paused_framed_connection_that_hangs_up_gives_back_its_slots(daemon_factory):
-    # One worker, max-pending 200: the connection is read up to its cap of 200 requests and
-    # paused; no reply can be written (the first request sleeps 3 s) when its client hangs up.
-    daemon, address = framed_daemon(daemon_factory, "--max-pending", "200", workers=1)
+    # One worker, max-pending 64: the connection is read up to its cap of 64 requests (all of
+    # --max-pending) and paused; no reply can be written (the first request sleeps 3 s) when
+    # its client hangs up.
+    daemon, address = framed_daemon(daemon_factory, "--max-pending", "64", workers=1)
     with socket.create_connection(address, timeout=10) as sock:
         send_all(sock, [b"sleep:3"] + [b"fast"] * 1999)
         daemon.wait_for(rb"sleeping 3")
