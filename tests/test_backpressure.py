@@ -246,7 +246,7 @@ def test_a_slow_reader_is_not_dropped_however_long_its_reply_takes(daemon_factor
 
 
 def test_a_reader_slower_than_the_kernel_wakes_twisted_is_not_dropped(daemon_factory):
-    # At 32 KiB/s the kernel's send buffer drains too slowly to make the socket writable
+    # At 64 KB/s the kernel's send buffer drains too slowly to make the socket writable
     # again within --idle-timeout: the progress is in the kernel's queue, not Twisted's.
     daemon = daemon_factory("--handler", "framed_handlers:mixed", "--idle-timeout", "1")
     with socket.socket() as sock:
@@ -255,8 +255,8 @@ def test_a_reader_slower_than_the_kernel_wakes_twisted_is_not_dropped(daemon_fac
         sock.connect((daemon.host, daemon.port))
         sock.sendall(pack(b"size:%d" % (32 * MIB)))
         started, received = time.monotonic(), 0
-        while time.monotonic() - started < 4:
-            chunk = sock.recv(3200)
+        while time.monotonic() - started < 3:  # three times --idle-timeout
+            chunk = sock.recv(6400)
             assert chunk, f"dropped after {received} bytes, {time.monotonic() - started:.1f}s"
             received += len(chunk)
             time.sleep(0.1)
