@@ -142,7 +142,7 @@ class FramedProtocol(Protocol):
         self._reading = True
         try:
             while True:
-                room = self._cap - (self._sent - self._written + self._unsent)
+                room = self._cap - self._held()
                 try:
                     frames = self._frames.feed(data, room)
                 except FrameTooLong as e:
@@ -154,7 +154,7 @@ class FramedProtocol(Protocol):
                     self._write()  # refusals
                 if len(frames) < room:
                     return  # all parsed
-                if self._sent - self._written + self._unsent >= self._cap:
+                if self._held() >= self._cap:
                     self._full = True  # the rest waits for replies (or for them to be sent)
                     self._pause()
                     return
@@ -237,6 +237,10 @@ class FramedProtocol(Protocol):
 
     # -- flow control ------------------------------------------------------------------------
 
+    def _held(self) -> int:
+        """What this connection holds against its cap: requests in flight, replies unsent."""
+        return self._sent - self._written + self._unsent
+
     def _pause(self) -> None:
         if not self._paused:
             self._paused = True
@@ -248,7 +252,7 @@ class FramedProtocol(Protocol):
         if self._writeBlocked or self._closed:
             return
         if self._full:
-            if self._sent - self._written + self._unsent > self._cap // 2:
+            if self._held() > self._cap // 2:
                 return
             self._full = False
             self._read(b"")
