@@ -87,7 +87,7 @@ class Meters:
 
 def drive(call, payload: bytes, concurrency: int, seconds: float) -> Deferred:
     """Keep C{concurrency} calls in flight for C{seconds} (gaspar_tw's own load engine)."""
-    from gaspar_tw.loadgen import LoadRun
+    from gaspar_tw.ops.loadgen import LoadRun
 
     run = LoadRun(reactor, call, payload, 1 << 62, concurrency, max_seconds=seconds)
 

@@ -1,9 +1,10 @@
-"""An asyncio client of the gaspar wire protocol; imports nothing from Twisted."""
+"""An asyncio client of the gaspar wire protocol; imports nothing from Twisted (only wire/)."""
 
 from __future__ import annotations
 
 import asyncio
-import struct
+
+from gaspar_tw.wire.frames import LENGTH
 
 
 async def request(host: str, port: int, message: bytes, timeout: float | None = 30.0) -> bytes:
@@ -16,7 +17,7 @@ async def request(host: str, port: int, message: bytes, timeout: float | None = 
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(struct.pack("!I", len(message)) + bytes(message))
+            writer.write(LENGTH.pack(len(message)) + bytes(message))
             await writer.drain()
             return await reader.read()
         finally:

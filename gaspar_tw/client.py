@@ -3,13 +3,12 @@
 - L{pack}: frame a request, for any framework (asyncio, tornado: write it, read to EOF).
 - L{request}: blocking, plain C{socket}, so eventlet and gevent can make it green.
 - L{GasparClient}: Twisted; C{request()} returns a Deferred. With C{framed=True} it speaks
-  the framed persistent protocol (L{gaspar_tw.framed}) over a small pool of connections.
+  the framed persistent protocol (L{gaspar_tw.wire.framed}) over a small pool of connections.
 """
 
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from collections import deque
 
@@ -19,9 +18,9 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from gaspar_tw import framed
-from gaspar_tw.errors import Overloaded, RemoteError, RequestTimeout
-from gaspar_tw.frames import FrameSplitter
+from gaspar_tw.errors import RequestTimeout
+from gaspar_tw.wire import framed
+from gaspar_tw.wire.frames import LENGTH, FrameSplitter
 
 MAX_MESSAGE = 0xFFFFFFFF
 
@@ -30,7 +29,7 @@ def pack(message: bytes) -> bytes:
     """Return C{message} framed for a gaspar server: 4-byte big-endian length, then the bytes."""
     if len(message) > MAX_MESSAGE:
         raise ValueError(f"a gaspar message holds at most {MAX_MESSAGE} bytes")
-    return struct.pack("!I", len(message)) + bytes(message)
+    return LENGTH.pack(len(message)) + bytes(message)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -95,17 +94,6 @@ class _OneRequest(Protocol):
             finished.errback(reason)
 
 
-def _framed_error(status: int, text: bytes) -> Exception:
-    """The exception a framed reply's non-zero status stands for."""
-    message = text.decode("utf-8", "replace")
-    if status == framed.TIMEOUT:
-        return RequestTimeout(message)
-    if status == framed.REFUSED:
-        return Overloaded(message)
-    kind, sep, detail = message.partition(": ")
-    return RemoteError(kind, detail) if sep else RemoteError("Exception", message)
-
-
 class _FramedConnection(Protocol):
     """One persistent framed connection: requests written as they come, replies in order."""
 
@@ -135,7 +123,7 @@ class _FramedConnection(Protocol):
             if status == framed.OK:
                 d.callback(buffer[start + 1 : end])
             else:
-                d.errback(_framed_error(status, buffer[start + 1 : end]))
+                d.errback(framed.error_of(status, buffer[start + 1 : end]))
 
     def connectionLost(self, reason: Failure) -> None:
         self.pool.lost(self)

@@ -6,10 +6,10 @@ import os
 
 from twisted.python import usage
 
-from gaspar_tw.dispatch import DEFAULT_TIMEOUT
+from gaspar_tw.dispatch.dispatcher import DEFAULT_TIMEOUT
 from gaspar_tw.handler import DEFAULT_IMPORT_TIMEOUT
-from gaspar_tw.protocol import DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH
-from gaspar_tw.shutdown import DEFAULT_DRAIN_TIMEOUT
+from gaspar_tw.ops.shutdown import DEFAULT_DRAIN_TIMEOUT
+from gaspar_tw.server.gaspar import DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH
 
 DEFAULT_PORT = 10123
 
@@ -218,7 +218,7 @@ class Options(HandlerOptions):
         if self["curve-keys"] and not self["bind"]:
             raise usage.UsageError("--curve-keys protects --bind; give --bind too")
         if self["curve-keys"]:
-            from gaspar_tw.curve import server_keys
+            from gaspar_tw.zeromq.curve import server_keys
 
             checkKeys(server_keys, self["curve-keys"])
         if self["endpoint"] is None:

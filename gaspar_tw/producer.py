@@ -14,23 +14,24 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gaspar_tw import wire
 from gaspar_tw.consumer import Consumer
-from gaspar_tw.dispatch import DEFAULT_TIMEOUT, Dispatcher, default_max_pending
+from gaspar_tw.dispatch.dispatcher import DEFAULT_TIMEOUT, Dispatcher, default_max_pending
 from gaspar_tw.errors import ServiceStopped
-from gaspar_tw.framed import FramedFactory
 from gaspar_tw.handler import Handler
-from gaspar_tw.limits import logAcceptFailures, raise_file_limit
-from gaspar_tw.pool import WorkerPool
+from gaspar_tw.ops.limits import raise_file_limit
+from gaspar_tw.ops.shutdown import DEFAULT_DRAIN_TIMEOUT
 from gaspar_tw.proctitle import address_text, producer_title, set_title
-from gaspar_tw.protocol import (
+from gaspar_tw.server.accept import logAcceptFailures
+from gaspar_tw.server.framed import FramedFactory
+from gaspar_tw.server.gaspar import (
     DEFAULT_BACKLOG,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_LENGTH,
     GasparFactory,
 )
-from gaspar_tw.shutdown import DEFAULT_DRAIN_TIMEOUT
 from gaspar_tw.stats import Stats
+from gaspar_tw.wire import messages
+from gaspar_tw.workers.local import WorkerPool
 
 log = Logger()
 
@@ -60,7 +61,7 @@ class Producer(service.Service):
     C{endpoint} is a port number, a server endpoint string (``"tcp:10123"``,
     ``"unix:/run/gaspar.sock"``), an L{IStreamServerEndpoint}, or C{None} for no listener
     (in-process L{submit} only). C{framed_endpoint}, if given, also serves the framed
-    persistent protocol (L{gaspar_tw.framed}) there. C{max_pending}, C{timeout},
+    persistent protocol (L{gaspar_tw.server.framed}) there. C{max_pending}, C{timeout},
     C{retry_on_crash}, C{idle_timeout} and C{drain_timeout} work as the twistd options of the
     same names (see the README, "Operations"). C{bind} (a ZeroMQ address) lets remote worker
     hosts join (C{workers} may then be 0); C{curve_keys} protects it with CURVE. Use it as a
@@ -95,7 +96,7 @@ class Producer(service.Service):
         self.workers = default_worker_count() if workers is None else int(workers)
         if self.workers < (0 if bind else 1):
             raise ValueError(f"workers must be at least 1 (0 with bind), not {self.workers}")
-        #: ZeroMQ address for remote workers (L{gaspar_tw.remote}), e.g. tcp://10.0.0.1:5570.
+        #: ZeroMQ address for remote workers (L{gaspar_tw.workers.remote}), e.g. tcp://10.0.0.1:5570.
         self.bind = bind
         self.curve_keys = curve_keys
         self.remote = None
@@ -162,7 +163,7 @@ class Producer(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        from gaspar_tw.channels import ChannelHub
+        from gaspar_tw.workers.channels import ChannelHub
 
         self.dispatcher.accepting = True
         self._draining = None
@@ -173,7 +174,7 @@ class Producer(service.Service):
         self.hub = ChannelHub(self._onWorkerMessage)
         self.pool.start(self.hub)
         if self.bind is not None:
-            from gaspar_tw.remote import RemoteWorkers
+            from gaspar_tw.workers.remote import RemoteWorkers
 
             self.remote = RemoteWorkers(
                 self.reactor, self.dispatcher, self.bind, self.stats, self.curve_keys
@@ -223,12 +224,12 @@ class Producer(service.Service):
         return port
 
     def _onWorkerMessage(self, frames: list) -> None:
-        kind, token = wire.frame_kind(frames[0])
-        if kind == wire.REPLIES:
-            ids, statuses, payloads = wire.decode_replies(frames)
-            busy = wire.busy_seconds(frames[0])
+        kind, token = messages.frame_kind(frames[0])
+        if kind == messages.REPLIES:
+            ids, statuses, payloads = messages.decode_replies(frames)
+            busy = messages.busy_seconds(frames[0])
             self.dispatcher.repliesReceived(token, ids, statuses, payloads, busy)
-        elif kind == wire.HELLO:
+        elif kind == messages.HELLO:
             self.pool.hello(token, int(frames[1]))
 
     def drain(self) -> Deferred:
@@ -314,7 +315,7 @@ class Producer(service.Service):
         """Run the reactor with this producer until SIGINT/SIGTERM (blocks).
 
         The process is taken to be the producer's own: its title is set and its soft limit
-        on open files raised to the hard one (L{gaspar_tw.limits.raise_file_limit}).
+        on open files raised to the hard one (L{gaspar_tw.ops.limits.raise_file_limit}).
         """
         from twisted.logger import globalLogBeginner, textFileLogObserver
 

@@ -23,7 +23,7 @@ class GasparService(MultiService):
 
     def setServiceParent(self, parent) -> None:
         if self.logObserver is not None:
-            from gaspar_tw.logs import useForApplication
+            from gaspar_tw.ops.logs import useForApplication
 
             useForApplication(parent, self.logObserver)  # twistd's Application
         super().setServiceParent(parent)
@@ -62,8 +62,8 @@ def loadConsumer(options, command: str):
 def makeService(options: Options) -> IService:
     """Build the producer (draining on SIGTERM, with its metrics port); a bad handler is a
     one-line error and exit 1."""
+    from gaspar_tw.ops.shutdown import DrainOnTerm
     from gaspar_tw.producer import Producer
-    from gaspar_tw.shutdown import DrainOnTerm
 
     consumer, pythonpath = loadConsumer(options, "twistd gaspar")
     producer = Producer(
@@ -84,7 +84,7 @@ def makeService(options: Options) -> IService:
     )
     top = GasparService()
     if options["log-format"] == "json":
-        from gaspar_tw.logs import jsonLinesObserver, twistdLogFile
+        from gaspar_tw.ops.logs import jsonLinesObserver, twistdLogFile
 
         top.logObserver = jsonLinesObserver(twistdLogFile(getattr(options, "parent", None) or {}))
     producer.setServiceParent(top)

@@ -25,10 +25,12 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from gaspar_tw import GasparClient, Producer, wire
+from gaspar_tw import GasparClient, Producer
 from gaspar_tw.client import pack, request
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
-from gaspar_tw.framed import OK, REFUSED, FramedFactory, FramedProtocol
+from gaspar_tw.server.framed import FramedFactory, FramedProtocol
+from gaspar_tw.wire import messages as wire
+from gaspar_tw.wire.framed import OK, REFUSED
 
 MIB = 1024 * 1024
 DROPPED = rb"dropping (\d+) connections that took no reply bytes"

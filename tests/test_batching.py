@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from gaspar_tw import Producer, wire
-from gaspar_tw.dispatch import INITIAL_WINDOW, WINDOW_SECONDS, Dispatcher
+from gaspar_tw import Producer
+from gaspar_tw.dispatch.dispatcher import INITIAL_WINDOW, WINDOW_SECONDS, Dispatcher
+from gaspar_tw.wire import messages as wire
 
 payload_lists = st.lists(
     st.one_of(

@@ -89,7 +89,7 @@ def test_status_of_nothing_is_a_one_line_error():
 
 
 def test_percentiles_are_nearest_rank():
-    from gaspar_tw.loadgen import LoadResult
+    from gaspar_tw.ops.loadgen import LoadResult
 
     result = LoadResult(100, ok=100, elapsed=2.0, latencies=[i / 1000 for i in range(100, 0, -1)])
     assert result.percentile(50) == 0.050 and result.percentile(99) == 0.099

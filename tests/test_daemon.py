@@ -68,7 +68,7 @@ def test_every_worker_serves_under_concurrent_load_and_replies_never_cross(daemo
 
 def test_sigterm_stops_daemon_and_every_worker(daemon):
     assert request(daemon.address, b"x", timeout=10) == b"x"
-    # A completed drain exits 0 (gaspar_tw.shutdown); the log says the workers were stopped.
+    # A completed drain exits 0 (gaspar_tw.ops.shutdown); the log says the workers were stopped.
     assert daemon.stop(signal.SIGTERM) == 0
     assert b"gaspar_tw producer stopped" in daemon.log()
     assert wait_until(lambda: not any(pid_alive(p) for p in daemon.worker_pids.values()), 5)

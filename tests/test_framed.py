@@ -16,8 +16,8 @@ from twisted.internet.defer import gatherResults
 
 from gaspar_tw import GasparClient, Overloaded, Producer, RemoteError, RequestTimeout
 from gaspar_tw.client import request
-from gaspar_tw.framed import HANDLER_ERROR, OK, REFUSED, TIMEOUT
-from gaspar_tw.frames import FrameSplitter, FrameTooLong
+from gaspar_tw.wire.framed import HANDLER_ERROR, OK, REFUSED, TIMEOUT
+from gaspar_tw.wire.frames import FrameSplitter, FrameTooLong
 
 FRAMED = re.compile(rb"listening on tcp ([\d.]+):(\d+) \(framed protocol\)")
 

@@ -22,7 +22,7 @@ def test_load_handler_imports_module_function():
         (":echo", "must look like"),
         ("no_such_mod_xyz:f", "cannot import module 'no_such_mod_xyz'"),
         ("gaspar_tw.examples:nothing", "has no attribute 'nothing'"),
-        ("gaspar_tw.worker:EXIT_HANDLER_ERROR", "not a callable"),
+        ("gaspar_tw.wire.control:EXIT_HANDLER_ERROR", "not a callable"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(spec, words):

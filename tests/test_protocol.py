@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from gaspar_tw.client import pack
 from gaspar_tw.dispatch import Dispatcher
-from gaspar_tw.protocol import GasparFactory
+from gaspar_tw.server.gaspar import GasparFactory
 
 LIMIT = 1000
 

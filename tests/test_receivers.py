@@ -12,8 +12,8 @@ from zope.interface.verify import verifyObject
 from gaspar_tw import Producer
 from gaspar_tw.dispatch import IReplyReceiver
 from gaspar_tw.errors import Overloaded
-from gaspar_tw.framed import FramedProtocol
-from gaspar_tw.protocol import GasparProtocol
+from gaspar_tw.server.framed import FramedProtocol
+from gaspar_tw.server.gaspar import GasparProtocol
 
 
 @implementer(IReplyReceiver)

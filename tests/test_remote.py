@@ -133,7 +133,7 @@ def test_silent_host_is_lost_then_announces_itself_again(daemon_factory, hosts):
 
 
 def keygen(directory) -> None:
-    command = [sys.executable, "-m", "gaspar_tw.cli", "keygen", str(directory)]
+    command = [sys.executable, "-m", "gaspar_tw.ops.cli", "keygen", str(directory)]
     subprocess.run(command, check=True, env=child_env(), capture_output=True, timeout=30)
 
 
@@ -156,7 +156,7 @@ def test_curve_right_keys_work_wrong_keys_get_nothing(daemon_factory, hosts, tmp
 
 
 def test_loopback_detection():
-    from gaspar_tw.remote import is_loopback
+    from gaspar_tw.workers.remote import is_loopback
 
     assert is_loopback("tcp://127.0.0.1:5570")
     assert is_loopback("tcp://[::1]:5570")

@@ -19,10 +19,10 @@ from test_remote import BOUND, ready_pids
 from test_remote import hosts as hosts  # the fixture: worker hosts, killed and reaped after
 from twisted.internet.task import Clock
 
-from gaspar_tw import wire
 from gaspar_tw.client import pack, request
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.errors import RequestTimeout
+from gaspar_tw.wire import messages as wire
 
 FAULTY = ("--handler", "handlers:faulty")
 REMOTE = (*FAULTY, "--bind", "tcp://127.0.0.1:*")
@@ -157,7 +157,9 @@ def test_cancelling_a_request_a_worker_holds_tells_the_worker_unless_it_is_runni
     assert sent.cancels == [ids[1]]  # the first is running; the last two never left the queue
     assert dispatcher.queued == 0 and dispatcher.pending == 0
     # The worker answers the running one and reports the cancelled one skipped.
-    dispatcher.repliesReceived(worker.token, ids[:2], bytes([wire.OK, wire.SKIPPED]), [b"", b""])
+    dispatcher.repliesReceived(
+        worker.token, ids[:2], bytes([wire.OK, wire.SKIPPED]), [b"", b""]
+    )
     assert not worker.outstanding and dispatcher.stats.cancelled == 4
 
 

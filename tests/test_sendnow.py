@@ -14,8 +14,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from gaspar_tw import Producer
-from gaspar_tw.framed import OK, reply_header, request_header
-from gaspar_tw.sendnow import DIRECT_BYTES, _idleSocket, unsentMark, writeAndClose, writeNow
+from gaspar_tw.server.sendnow import DIRECT_BYTES, _idleSocket, unsentMark, writeAndClose, writeNow
+from gaspar_tw.wire.framed import OK, reply_header, request_header
 
 
 class Replier(Protocol):

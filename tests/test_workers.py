@@ -21,8 +21,8 @@ from twisted.logger import globalLogPublisher
 
 from gaspar_tw import GasparClient, Producer
 from gaspar_tw.client import request
-from gaspar_tw.pool import MAX_LOG_LINE, OutputLines
-from gaspar_tw.workerhost import WorkerHost
+from gaspar_tw.host.service import WorkerHost
+from gaspar_tw.workers.local import MAX_LOG_LINE, OutputLines
 
 
 def cpu_seconds(pid: int) -> float:

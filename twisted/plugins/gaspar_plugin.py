@@ -1,6 +1,6 @@
 """The ``twistd gaspar`` plugin. Imports nothing heavy: gaspar_tw.tap is loaded on use."""
 
-from gaspar_tw.limits import OwnProcessServiceMaker
+from gaspar_tw.ops.limits import OwnProcessServiceMaker
 
 gaspar = OwnProcessServiceMaker(
     "gaspar",

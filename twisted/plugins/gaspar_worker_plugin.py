@@ -1,10 +1,10 @@
-"""The ``twistd gaspar-worker`` plugin. Imports nothing heavy: gaspar_tw.workerhost on use."""
+"""The ``twistd gaspar-worker`` plugin. Imports nothing heavy: gaspar_tw.host.service on use."""
 
-from gaspar_tw.limits import OwnProcessServiceMaker
+from gaspar_tw.ops.limits import OwnProcessServiceMaker
 
 gasparWorker = OwnProcessServiceMaker(
     "gaspar-worker",
-    "gaspar_tw.workerhost",
+    "gaspar_tw.host.service",
     "Run worker processes here for a gaspar producer started with --bind.",
     "gaspar-worker",
 )

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from gaspar_tw import wire
+from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.errors import (
     Overloaded,
     RemoteError,
@@ -32,7 +32,7 @@ from gaspar_tw.errors import (
     WorkerCrashed,
 )
 from gaspar_tw.stats import Stats, latency_bucket
-from gaspar_tw.sweep import Sweep
+from gaspar_tw.wire import messages
 
 log = Logger()
 
@@ -98,7 +98,7 @@ class WorkerLink:
     """A ready worker as the dispatcher sees it: where to send, and what it holds.
 
     C{outstanding} keeps request ids in the order they were sent; a worker answers in that
-    order (a request cancelled before it started is answered L{wire.SKIPPED}), so its first
+    order (a request cancelled before it started is answered L{messages.SKIPPED}), so its first
     id is the request the worker is running now. C{send} takes a list of messages (work, or
     a cancel). C{kill} asks the worker's owner to end the process (the dispatcher has
     already given up on it).
@@ -284,7 +284,7 @@ class Dispatcher:
             if rid in link.outstanding:
                 if next(iter(link.outstanding)) != rid:
                     try:
-                        link.send([wire.encode_cancel([rid])])
+                        link.send([messages.encode_cancel([rid])])
                     except Exception as e:  # it will run it; the reply is dropped
                         log.warn(
                             "could not tell worker pid {pid} to skip a cancelled request: {e!r}",
@@ -380,10 +380,10 @@ class Dispatcher:
     ) -> None:
         """Worker C{token} answered requests C{ids}; C{busy}: its handler seconds on them.
 
-        Requests it skipped (cancelled, status L{wire.SKIPPED}) count neither as served nor
+        Requests it skipped (cancelled, status L{messages.SKIPPED}) count neither as served nor
         in the handler time.
         """
-        ran = len(ids) - statuses.count(wire.SKIPPED)
+        ran = len(ids) - statuses.count(messages.SKIPPED)
         if busy is not None:
             self.handlerTime(ran, busy)
         link = self._links.get(token)
@@ -436,7 +436,7 @@ class Dispatcher:
 
     def _deliver(self, request: _Request, status: int, payload: bytes) -> None:
         """Hand a worker's answer to its request's receiver, and count it."""
-        if status == wire.OK:
+        if status == messages.OK:
             self.stats.ok += 1
             try:
                 request.receiver.replyReceived(request.rid, payload)
@@ -447,7 +447,7 @@ class Dispatcher:
             self._remoteError(request, payload)
 
     def _remoteError(self, request: _Request, payload: bytes) -> None:
-        info = wire.decode_error(payload)
+        info = messages.decode_error(payload)
         self._fail(request, RemoteError(info["type"], info["message"], info["traceback"]))
 
     def _fail(self, request: _Request, error: Exception) -> None:
@@ -601,7 +601,7 @@ class Dispatcher:
                 batch = [queue.popleft() for _ in range(n)]
                 ids = [request.rid for request in batch]
                 try:
-                    link.send(wire.encode_work(ids, [request.payload for request in batch]))
+                    link.send(messages.encode_work(ids, [request.payload for request in batch]))
                 except Exception:
                     queue.extendleft(reversed(batch))
                     self._sendFailed(link)
@@ -638,7 +638,7 @@ class Dispatcher:
             link = idle.pop()
             request = self._suspects.popleft()
             try:
-                link.send(wire.encode_work([request.rid], [request.payload]))
+                link.send(messages.encode_work([request.rid], [request.payload]))
             except Exception:
                 self._suspects.appendleft(request)
                 self._sendFailed(link)  # it held nothing: idle

@@ -17,8 +17,8 @@ import zmq
 from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory
 from txzmq.connection import ZmqConnection
 
-from gaspar_tw import wire
-from gaspar_tw.multipart import recv_frames, send_frames, waiting
+from gaspar_tw.wire import messages
+from gaspar_tw.zeromq.multipart import recv_frames, send_frames, waiting
 
 #: Replies are read from the reply socket for at most this long per reactor turn (and at
 #: most L{MAX_READS_PER_TURN} messages, L{READ_BYTES_PER_TURN} bytes), so that a stream of
@@ -26,7 +26,7 @@ from gaspar_tw.multipart import recv_frames, send_frames, waiting
 #: Yielding after large replies also lets the requests they set free go out sooner.
 READ_SECONDS_PER_TURN = 0.001
 MAX_READS_PER_TURN = 64
-READ_BYTES_PER_TURN = wire.MESSAGE_BYTES
+READ_BYTES_PER_TURN = messages.MESSAGE_BYTES
 
 
 class ReplyChannel(ZmqConnection):
@@ -74,7 +74,7 @@ class WorkChannel(ZmqConnection):
     def __init__(self, factory: ZmqFactory, address: str):
         super().__init__(factory, ZmqEndpoint(ZmqEndpointType.connect, address))
         self.socket.set(zmq.LINGER, 0)
-        self.socket.copy_threshold = wire.ZERO_COPY_BYTES
+        self.socket.copy_threshold = messages.ZERO_COPY_BYTES
 
     def messageReceived(self, message: list) -> None:  # pragma: no cover - PUSH receives nothing
         pass

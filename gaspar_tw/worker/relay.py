@@ -1,17 +1,14 @@
 """A remote worker's link to its producer: a thread owns the DEALER socket and heartbeats.
 
-The worker loop (L{gaspar_tw.worker.Worker}) runs unchanged on in-process sockets; a relay
+The worker loop (L{gaspar_tw.worker.loop.Worker}) runs unchanged on in-process sockets; a relay
 thread forwards work from the producer to it and its replies back, pings the producer every
 L{HEARTBEAT_SECONDS} (even while a handler runs) and, after L{HEARTBEAT_MISSES} silent
 intervals, connects afresh and says hello again. Nothing here imports Twisted.
 
-Besides L{gaspar_tw.wire}'s messages (work and its cancels are forwarded to the worker loop
-in order), one-frame control messages travel both ways:
-L{PING}; from the producer also L{WHO} (unknown to me: say hello again), L{KILL} (given up
-on after C{--timeout}: exit, the worker host starts a new process) and L{DONE} (the answer to
-the worker's L{BYE}, sent when its host stops it: every request it held is answered, it may
-exit; no request is cut short or run twice). A remote hello is
-C{[b"H" + token, pid, capacity, hostname]}.
+Work and its cancels are forwarded to the worker loop in order; the control words of
+L{gaspar_tw.wire.control} are answered here (a L{BYE} is sent when the worker host stops
+this worker, and it exits on L{DONE}: no request is cut short or run twice). A remote hello
+is C{[b"H" + token, pid, capacity, hostname]}.
 """
 
 from __future__ import annotations
@@ -24,24 +21,20 @@ from itertools import count
 
 import zmq
 
-from gaspar_tw import wire
-from gaspar_tw.curve import HANDSHAKE_FAILED, HandshakeFailures
 from gaspar_tw.handler import Handler
-from gaspar_tw.worker import Worker
-
-HEARTBEAT_SECONDS = 1.0
-HEARTBEAT_MISSES = 3
-
-PING = b"P"
-WHO = b"?"
-KILL = b"K"
-#: Worker -> producer: "I am stopping: send me no more work" (its host was told to stop).
-BYE = b"B"
-#: Producer -> worker: "you have answered all you held: go".
-DONE = wire.STOP
-
-#: Exit status of a worker the producer gave up on (the worker host starts another at once).
-EXIT_GIVEN_UP = 5
+from gaspar_tw.wire import messages
+from gaspar_tw.wire.control import (
+    BYE,
+    DONE,
+    EXIT_GIVEN_UP,
+    HEARTBEAT_MISSES,
+    HEARTBEAT_SECONDS,
+    KILL,
+    PING,
+    WHO,
+)
+from gaspar_tw.worker.loop import Worker
+from gaspar_tw.zeromq.curve import HANDSHAKE_FAILED, HandshakeFailures
 
 _WORK = "inproc://gaspar-work"
 _REPLIES = "inproc://gaspar-replies"
@@ -110,9 +103,9 @@ class Relay(threading.Thread):
         """A new DEALER to the producer, polled, with a monitor of its handshakes."""
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        dealer.copy_threshold = wire.ZERO_COPY_BYTES
+        dealer.copy_threshold = messages.ZERO_COPY_BYTES
         if self.curve_keys:
-            from gaspar_tw.curve import client_options
+            from gaspar_tw.zeromq.curve import client_options
 
             client_options(dealer, self.curve_keys)
         self._monitor = dealer.get_monitor_socket(
@@ -188,7 +181,7 @@ class Relay(threading.Thread):
                 frames = self.replies.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return hello
-            if frames[0].bytes[:1] == wire.HELLO:
+            if frames[0].bytes[:1] == messages.HELLO:
                 hello = [frames[0].bytes, frames[1].bytes, b"1", socket.gethostname().encode()]
                 _say(f"pid {os.getpid()} connecting to {self.address}")
                 frames = hello
@@ -212,7 +205,7 @@ class Relay(threading.Thread):
                 os._exit(EXIT_GIVEN_UP)
             elif kind == DONE:
                 self.work.send(DONE)  # one frame: the worker loop's cue to stop
-            elif kind[:1] == wire.CANCEL:
+            elif kind[:1] == messages.CANCEL:
                 self.work.send(frames[0], copy=False)
 
 

@@ -1,6 +1,6 @@
 """Remote workers: a bound ROUTER socket that worker hosts connect to, with heartbeats.
 
-Each remote worker process connects a DEALER (see L{gaspar_tw.relay}), says hello and
+Each remote worker process connects a DEALER (see L{gaspar_tw.worker.relay}), says hello and
 becomes a L{WorkerLink} like a local worker: the dispatcher's per-worker window balances
 load by readiness. A worker that disconnects or stays silent for L{HEARTBEAT_MISSES}
 heartbeats is lost (its requests are retried or failed like a crashed worker's).
@@ -19,12 +19,12 @@ import zmq
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gaspar_tw import wire
-from gaspar_tw.channels import MonitorChannel, ReplyChannel
-from gaspar_tw.curve import HANDSHAKE_FAILED, HandshakeFailures
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
-from gaspar_tw.relay import BYE, DONE, HEARTBEAT_MISSES, HEARTBEAT_SECONDS, KILL, PING, WHO
 from gaspar_tw.stats import Stats
+from gaspar_tw.wire import messages
+from gaspar_tw.wire.control import BYE, DONE, HEARTBEAT_MISSES, HEARTBEAT_SECONDS, KILL, PING, WHO
+from gaspar_tw.workers.channels import MonitorChannel, ReplyChannel
+from gaspar_tw.zeromq.curve import HANDSHAKE_FAILED, HandshakeFailures
 
 log = Logger()
 
@@ -60,9 +60,9 @@ class RouterChannel(ReplyChannel):
         # Options that must be set before the socket binds.
         self.socket.set(zmq.ROUTER_MANDATORY, 1)  # sending to a gone worker raises
         self.socket.set(zmq.LINGER, 0)
-        self.socket.copy_threshold = wire.ZERO_COPY_BYTES
+        self.socket.copy_threshold = messages.ZERO_COPY_BYTES
         if self.curve_keys:
-            from gaspar_tw.curve import server_options
+            from gaspar_tw.zeromq.curve import server_options
 
             server_options(self.socket, self.curve_keys)
         super().addEndpoints(endpoints)
@@ -182,12 +182,12 @@ class RemoteWorkers:
         kind = head[:1]
         if remote is not None:
             remote.heard = self.reactor.seconds()
-        if kind == wire.REPLIES and len(frames) >= 3:
-            ids, statuses, payloads = wire.decode_replies(frames[1:])
+        if kind == messages.REPLIES and len(frames) >= 3:
+            ids, statuses, payloads = messages.decode_replies(frames[1:])
             token = UNKNOWN_TOKEN if remote is None else remote.token
-            busy = wire.busy_seconds(head)
+            busy = messages.busy_seconds(head)
             self.dispatcher.repliesReceived(token, ids, statuses, payloads, busy)
-        elif kind == wire.HELLO and len(frames) >= 5:
+        elif kind == messages.HELLO and len(frames) >= 5:
             if remote is None:
                 self._hello(identity, frames[2:])
             return

@@ -1,20 +1,13 @@
-"""The framed protocol: a persistent connection carrying pipelined requests, replies in order.
+"""The framed protocol's server side: pipelined requests on a persistent connection.
 
-A request is ``[u32 length][payload]``; each reply is ``[u32 length][u8 status][payload]``,
-where C{length} counts the status byte and the payload (both big-endian, like gaspar's).
-Replies come back in the order the requests were sent. Status:
-
-- L{OK} (0): the payload is the handler's reply;
-- L{HANDLER_ERROR} (1): the handler raised (or its worker died); the payload is
-  ``"Type: message"`` in UTF-8;
-- L{TIMEOUT} (2): the request was not answered in time;
-- L{REFUSED} (3): the producer is overloaded or stopping; the request was not run.
+The bytes (requests, replies with a status byte, in request order) are
+L{gaspar_tw.wire.framed}'s. Each connection holds a bounded number of requests in flight
+and stops reading while its client does not take its replies.
 """
 
 from __future__ import annotations
 
 import select
-import struct
 from collections.abc import Iterable
 
 from twisted.internet import defer
@@ -28,16 +21,13 @@ from zope.interface import implementer
 
 from gaspar_tw.dispatch import IReplyReceiver
 from gaspar_tw.errors import Overloaded, RemoteError, ServiceStopped
-from gaspar_tw.frames import LENGTH, FrameSplitter, FrameTooLong, body_of
-from gaspar_tw.protocol import GasparFactory, _peer, log_handler_error
-from gaspar_tw.sendnow import DIRECT_BYTES, writeNow
+from gaspar_tw.server.gaspar import GasparFactory, _peer, log_handler_error
+from gaspar_tw.server.sendnow import DIRECT_BYTES, writeNow
+from gaspar_tw.wire.framed import HANDLER_ERROR, OK, REFUSED, TIMEOUT, reply_header
+from gaspar_tw.wire.frames import FrameSplitter, FrameTooLong, body_of
 
 log = Logger()
 
-OK = 0
-HANDLER_ERROR = 1
-TIMEOUT = 2
-REFUSED = 3
 
 #: Requests one connection may have in flight before we stop reading from it: at most this,
 #: and at most its share of C{--max-pending} (see L{connection_cap}).
@@ -50,8 +40,6 @@ MIN_CONNECTION_CAP = 64
 #: How often connections that are not being read are checked for a client that hung up.
 HANGUP_CHECK_SECONDS = 0.5
 
-_HEADER = struct.Struct("!IB")
-
 
 def connection_cap(max_pending: int | None) -> int:
     """How many requests in flight (and replies unsent) one connection may hold."""
@@ -59,16 +47,6 @@ def connection_cap(max_pending: int | None) -> int:
         return MAX_IN_FLIGHT
     share = max(max_pending // CONNECTION_SHARE, min(MIN_CONNECTION_CAP, max_pending))
     return max(1, min(MAX_IN_FLIGHT, share))
-
-
-def request_header(payload_length: int) -> bytes:
-    """The C{[u32 length]} that precedes a request's payload."""
-    return LENGTH.pack(payload_length)
-
-
-def reply_header(status: int, payload_length: int) -> bytes:
-    """The C{[u32 length][u8 status]} that precedes a reply's payload."""
-    return _HEADER.pack(payload_length + 1, status)
 
 
 def status_of(error: BaseException) -> tuple[int, bytes]:

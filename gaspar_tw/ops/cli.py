@@ -94,7 +94,7 @@ def bench_command(args: argparse.Namespace) -> int:
     from twisted.internet.defer import ensureDeferred
 
     from gaspar_tw.client import GasparClient
-    from gaspar_tw.loadgen import LoadRun
+    from gaspar_tw.ops.loadgen import LoadRun
 
     endpoint = client_endpoint(args.endpoint)
     try:
@@ -152,7 +152,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def keygen_command(args: argparse.Namespace) -> int:
-    from gaspar_tw.curve import keygen
+    from gaspar_tw.zeromq.curve import keygen
 
     for path in keygen(args.directory):
         print(path)

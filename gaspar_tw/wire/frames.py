@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from gaspar_tw import wire
+from gaspar_tw.wire import messages
 
 #: The big-endian u32 that precedes every request body, in both protocols.
 LENGTH = struct.Struct("!I")
@@ -16,7 +16,7 @@ LENGTH = struct.Struct("!I")
 #: Request bodies this large (those that travel to a worker in a ZeroMQ frame of their own)
 #: are passed on as read-only views of the bytes they arrived in, not copied out of them;
 #: smaller ones are packed with others into one frame anyway.
-VIEW_BYTES = wire.PACK_LIMIT
+VIEW_BYTES = messages.PACK_LIMIT
 
 
 def body_of(buffer: bytes, start: int, end: int) -> bytes | memoryview:

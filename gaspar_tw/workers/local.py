@@ -21,10 +21,10 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gaspar_tw.channels import ChannelHub, WorkChannel
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.stats import Stats
-from gaspar_tw.worker import EXIT_HANDLER_ERROR
+from gaspar_tw.wire.control import EXIT_HANDLER_ERROR
+from gaspar_tw.workers.channels import ChannelHub, WorkChannel
 
 log = Logger()
 childLog = Logger(namespace="gaspar_tw.worker")

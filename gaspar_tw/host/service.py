@@ -1,6 +1,6 @@
 """``twistd gaspar-worker``: worker processes on this host that serve a remote producer.
 
-Each worker connects to the producer's C{--bind} address (L{gaspar_tw.relay}); this service
+Each worker connects to the producer's C{--bind} address (L{gaspar_tw.worker.relay}); this service
 only starts them, replaces the ones that die and stops them, like the producer's own pool.
 """
 
@@ -12,8 +12,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from gaspar_tw.options import HandlerOptions, checkKeys, whole_number
-from gaspar_tw.pool import WorkerPool, WorkerProcess
 from gaspar_tw.stats import Stats
+from gaspar_tw.workers.local import WorkerPool, WorkerProcess
 
 log = Logger()
 
@@ -48,7 +48,7 @@ class Options(HandlerOptions):
         if not self["connect"]:
             raise usage.UsageError("--connect tcp://HOST:PORT is required")
         if self["curve-keys"]:
-            from gaspar_tw.curve import client_keys
+            from gaspar_tw.zeromq.curve import client_keys
 
             checkKeys(client_keys, self["curve-keys"])
 

@@ -19,11 +19,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gaspar_tw.dispatch import Dispatcher, IReplyReceiver
+from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.errors import GasparError, Overloaded, RemoteError
-from gaspar_tw.frames import LENGTH, FrameSplitter, FrameTooLong, body_of
-from gaspar_tw.sendnow import unsentMark, writeAndClose
+from gaspar_tw.server.sendnow import unsentMark, writeAndClose
 from gaspar_tw.stats import Stats
-from gaspar_tw.sweep import Sweep
+from gaspar_tw.wire.frames import LENGTH, FrameSplitter, FrameTooLong, body_of
 
 log = Logger()
 

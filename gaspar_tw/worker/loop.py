@@ -1,16 +1,11 @@
-"""A worker process: receive batches of requests over ZeroMQ, run the handler, send replies.
+"""The worker loop: receive batches of requests over ZeroMQ, run the handler, send replies.
 
-Run by the producer as ``python -m gaspar_tw.worker ...``. Plain blocking pyzmq, no reactor.
-The worker exits when its standard input closes (the producer is gone) and, on Linux, the
-kernel kills it when the producer dies (``PR_SET_PDEATHSIG``), even mid-handler. It leads a
-process group of its own, which the producer kills once the worker has exited, so that
-processes its handler forked do not outlive it.
+Plain blocking pyzmq, no reactor (L{gaspar_tw.worker.__main__} starts it). The loop ends
+when its standard input closes (the producer is gone).
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import os
 import signal
 import sys
@@ -20,14 +15,9 @@ from collections import deque
 
 import zmq
 
-from gaspar_tw import wire
-from gaspar_tw.errors import HandlerError
-from gaspar_tw.handler import Handler, load_handler
-from gaspar_tw.multipart import BLOCK, recv_frames, send_frames, waiting
-from gaspar_tw.proctitle import set_title, worker_title
-
-#: Exit status meaning "the handler cannot be loaded": the producer stops respawning.
-EXIT_HANDLER_ERROR = 4
+from gaspar_tw.handler import Handler
+from gaspar_tw.wire import messages
+from gaspar_tw.zeromq.multipart import BLOCK, recv_frames, send_frames, waiting
 
 #: Replies computed for longer than this are sent without waiting for the rest of the batch.
 FLUSH_AFTER_SECONDS = 0.001
@@ -40,33 +30,19 @@ LOOK_AFTER_SECONDS = 0.001
 RETIRE_SECONDS = 4.5
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies; elsewhere, rely on stdin EOF."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def call_handler(handler: Handler, payload: bytes) -> tuple[int, bytes]:
     """Run the handler on one request; return (status, reply or encoded error)."""
     try:
         result = handler(payload)
         if isinstance(result, bytes):
-            return wire.OK, result
+            return messages.OK, result
         if isinstance(result, str):
-            return wire.OK, result.encode("utf-8")
+            return messages.OK, result.encode("utf-8")
         if isinstance(result, (bytearray, memoryview)):
-            return wire.OK, bytes(result)
+            return messages.OK, bytes(result)
         raise TypeError(f"handler returned {type(result).__name__}, expected bytes or str")
     except Exception as e:
-        return wire.ERROR, wire.encode_error(e, traceback.format_exc())
+        return messages.ERROR, messages.encode_error(e, traceback.format_exc())
 
 
 class _Held:
@@ -111,13 +87,13 @@ class Worker:
         work.bind(work_address)
         replies = self.context.socket(zmq.PUSH)
         replies.setsockopt(zmq.LINGER, 2000)
-        replies.copy_threshold = wire.ZERO_COPY_BYTES
+        replies.copy_threshold = messages.ZERO_COPY_BYTES
         replies.connect(reply_address)
         return work, replies
 
     def serve(self) -> None:
         """Announce readiness, then answer batches until stdin closes."""
-        self.replies.send_multipart(wire.encode_hello(self.token, os.getpid()))
+        self.replies.send_multipart(messages.encode_hello(self.token, os.getpid()))
         poller = zmq.Poller()
         poller.register(self.work, zmq.POLLIN)
         stdin = sys.stdin.fileno()
@@ -147,12 +123,12 @@ class Worker:
     def answer(self, frames: list) -> bool:
         """Answer a batch, and any batch already waiting behind it, in few reply messages.
 
-        Returns C{True} if a stop cue (L{wire.STOP}, see L{retire}) came behind them. A
-        request cancelled before it starts is skipped (answered L{wire.SKIPPED}): the worker
+        Returns C{True} if a stop cue (L{messages.STOP}, see L{retire}) came behind them. A
+        request cancelled before it starts is skipped (answered L{messages.SKIPPED}): the worker
         reads what has arrived at most every L{LOOK_AFTER_SECONDS}, before a request.
 
         Replies are held while more work is at hand, and go out once the oldest is
-        L{FLUSH_AFTER_SECONDS} old, they reach L{wire.MESSAGE_BYTES}, or no work is left: a
+        L{FLUSH_AFTER_SECONDS} old, they reach L{messages.MESSAGE_BYTES}, or no work is left: a
         fast handler's replies to several batches share one message. A handler call never
         keeps earlier replies waiting: if it runs past L{FLUSH_AFTER_SECONDS} while replies
         are held, a timer (SIGALRM) sends them, so the producer always knows which request a
@@ -167,7 +143,7 @@ class Worker:
             if len(frames) == 1:  # a stop cue behind the work: answered all, now stop
                 self.flush()
                 return True
-            ids, payloads = wire.decode_work(frames)
+            ids, payloads = messages.decode_work(frames)
             for rid, payload in zip(ids, payloads, strict=False):
                 if now - looked >= LOOK_AFTER_SECONDS:
                     looked = now
@@ -176,7 +152,7 @@ class Worker:
                     cancelled.discard(rid)
                     if not self._held.ids:
                         oldest = now
-                    self._held.add(rid, wire.SKIPPED, b"", 0.0)
+                    self._held.add(rid, messages.SKIPPED, b"", 0.0)
                     continue
                 if self._held.ids and not self._alarm:
                     self._alarm = True
@@ -190,7 +166,7 @@ class Worker:
                 if not held.ids:
                     oldest = started
                 held.add(rid, status, result, now - started)
-                if held.size >= wire.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
+                if held.size >= messages.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
                     self.flush()
             frames = self._next()
         cancelled.clear()  # every request is answered: what is left came too late
@@ -202,8 +178,8 @@ class Worker:
         work = self.work
         while waiting(work):
             frames = recv_frames(work)
-            if len(frames) == 1 and frames[0][:1] == wire.CANCEL:
-                self._cancelled.update(wire.decode_cancel(frames[0]))
+            if len(frames) == 1 and frames[0][:1] == messages.CANCEL:
+                self._cancelled.update(messages.decode_cancel(frames[0]))
             else:
                 self._inbox.append(frames)
 
@@ -222,7 +198,7 @@ class Worker:
         if held.ids:
             send_frames(
                 self.replies,
-                wire.encode_replies(
+                messages.encode_replies(
                     self.token, held.ids, bytes(held.statuses), held.results, held.busy
                 ),
                 copy=False,
@@ -241,48 +217,3 @@ class Worker:
         self.work.close()
         self.replies.close()
         self.context.term()
-
-
-def main(argv: list[str] | None = None) -> int:
-    # A process group of our own, first thing: the producer kills it when we exit, and with it
-    # whatever the handler forked. (Ctrl-C in the producer's terminal does not reach it.)
-    os.setpgid(0, 0)
-    parser = argparse.ArgumentParser(prog="python -m gaspar_tw.worker")
-    parser.add_argument("--handler", required=True)
-    parser.add_argument("--token", type=int, required=True)
-    parser.add_argument("--slot", type=int, default=0, help="the pool slot, for the title")
-    parser.add_argument("--work", help="ZeroMQ address to bind the PULL socket")
-    parser.add_argument("--reply", help="ZeroMQ address of the producer's PULL")
-    parser.add_argument("--connect", help="a remote producer's --bind address (instead)")
-    parser.add_argument("--curve-keys", help="directory of CURVE keys for --connect")
-    parser.add_argument("--pythonpath", action="append", default=[])
-    args = parser.parse_args(argv)
-    if not args.connect and not (args.work and args.reply):
-        parser.error("either --work and --reply, or --connect, is required")
-
-    _die_with_parent()
-    set_title(worker_title(args.slot, args.handler))
-    # A SIGINT sent to our group all the same is ignored; the producer decides when we stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for directory in reversed(args.pythonpath):
-        sys.path.insert(0, directory)
-    try:
-        handler = load_handler(args.handler)
-    except HandlerError as e:
-        print(f"gaspar_tw worker: {e}", file=sys.stderr, flush=True)
-        return EXIT_HANDLER_ERROR
-    if args.connect:
-        from gaspar_tw.relay import RemoteWorker
-
-        worker = RemoteWorker(handler, args.token, args.connect, args.curve_keys)
-    else:
-        worker = Worker(handler, args.token, args.work, args.reply)
-    try:
-        worker.serve()
-    finally:
-        worker.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

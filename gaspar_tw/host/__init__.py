@@ -1,0 +1,2 @@
+"""The worker host (``twistd gaspar-worker``): worker processes on this machine that serve a
+remote producer's C{--bind} address."""

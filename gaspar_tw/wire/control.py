@@ -1,0 +1,31 @@
+"""Words between a producer and its workers outside the work messages, and exit statuses.
+
+A remote worker (L{gaspar_tw.worker.relay}) and the producer's ROUTER
+(L{gaspar_tw.workers.remote}) exchange one-frame control messages besides
+L{gaspar_tw.wire.messages}' work and replies: L{PING} both ways every L{HEARTBEAT_SECONDS};
+from the producer also L{WHO} (unknown to me: say hello again), L{KILL} (given up on after
+C{--timeout}: exit) and L{DONE} (the answer to the worker's L{BYE}: every request it held is
+answered, it may exit). A worker's exit status tells its parent why it ended.
+"""
+
+from __future__ import annotations
+
+from gaspar_tw.wire.messages import STOP
+
+#: A remote worker and its producer ping each other this often (seconds) ...
+HEARTBEAT_SECONDS = 1.0
+#: ... and one silent for this many intervals is lost (its requests are retried elsewhere).
+HEARTBEAT_MISSES = 3
+
+PING = b"P"
+WHO = b"?"
+KILL = b"K"
+#: Worker -> producer: "I am stopping: send me no more work" (its host was told to stop).
+BYE = b"B"
+#: Producer -> worker: "you have answered all you held: go".
+DONE = STOP
+
+#: Exit status of a worker whose handler cannot be loaded: its parent stops respawning it.
+EXIT_HANDLER_ERROR = 4
+#: Exit status of a remote worker the producer gave up on (its host starts another at once).
+EXIT_GIVEN_UP = 5

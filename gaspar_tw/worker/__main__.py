@@ -1,0 +1,81 @@
+"""A worker process: ``python -m gaspar_tw.worker --handler MOD:FN ...`` (started by a pool).
+
+It loads the handler and runs L{gaspar_tw.worker.loop.Worker} on the producer's sockets
+(C{--work}/C{--reply}, a local pool) or through a relay to a remote producer (C{--connect},
+a worker host). On Linux, the kernel kills it when its parent dies (``PR_SET_PDEATHSIG``),
+even mid-handler. It leads a process group of its own, which its parent kills once it has
+exited, so that processes its handler forked do not outlive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+
+from gaspar_tw.errors import HandlerError
+from gaspar_tw.handler import load_handler
+from gaspar_tw.proctitle import set_title, worker_title
+from gaspar_tw.wire.control import EXIT_HANDLER_ERROR
+from gaspar_tw.worker.loop import Worker
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; elsewhere, rely on stdin EOF."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A process group of our own, first thing: the producer kills it when we exit, and with it
+    # whatever the handler forked. (Ctrl-C in the producer's terminal does not reach it.)
+    os.setpgid(0, 0)
+    parser = argparse.ArgumentParser(prog="python -m gaspar_tw.worker")
+    parser.add_argument("--handler", required=True)
+    parser.add_argument("--token", type=int, required=True)
+    parser.add_argument("--slot", type=int, default=0, help="the pool slot, for the title")
+    parser.add_argument("--work", help="ZeroMQ address to bind the PULL socket")
+    parser.add_argument("--reply", help="ZeroMQ address of the producer's PULL")
+    parser.add_argument("--connect", help="a remote producer's --bind address (instead)")
+    parser.add_argument("--curve-keys", help="directory of CURVE keys for --connect")
+    parser.add_argument("--pythonpath", action="append", default=[])
+    args = parser.parse_args(argv)
+    if not args.connect and not (args.work and args.reply):
+        parser.error("either --work and --reply, or --connect, is required")
+
+    _die_with_parent()
+    set_title(worker_title(args.slot, args.handler))
+    # A SIGINT sent to our group all the same is ignored; the producer decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for directory in reversed(args.pythonpath):
+        sys.path.insert(0, directory)
+    try:
+        handler = load_handler(args.handler)
+    except HandlerError as e:
+        print(f"gaspar_tw worker: {e}", file=sys.stderr, flush=True)
+        return EXIT_HANDLER_ERROR
+    if args.connect:
+        from gaspar_tw.worker.relay import RemoteWorker  # its relay thread: remote only
+
+        worker = RemoteWorker(handler, args.token, args.connect, args.curve_keys)
+    else:
+        worker = Worker(handler, args.token, args.work, args.reply)
+    try:
+        worker.serve()
+    finally:
+        worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
