@@ -1,7 +1,8 @@
 """gaspar_tw: take CPU-heavy work off a Twisted reactor and spread it over worker processes.
 
 Public names are loaded lazily, so that a worker process (``python -m gaspar_tw.worker``)
-imports neither Twisted nor ZeroMQ glue it does not use.
+imports neither Twisted nor ZeroMQ glue it does not use; importing any of them installs no
+reactor (a pool looks the global one up when it starts).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "ProcessPool": "gaspar_tw.pool",
     "Producer": "gaspar_tw.producer",
+    "Config": "gaspar_tw.config",
     "Consumer": "gaspar_tw.consumer",
     "RemoteError": "gaspar_tw.errors",
     "WorkerCrashed": "gaspar_tw.errors",
@@ -28,6 +31,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from gaspar_tw import client
     from gaspar_tw.client import GasparClient
+    from gaspar_tw.config import Config
     from gaspar_tw.consumer import Consumer
     from gaspar_tw.errors import (
         Overloaded,
@@ -36,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
         ServiceStopped,
         WorkerCrashed,
     )
+    from gaspar_tw.pool import ProcessPool
     from gaspar_tw.producer import Producer
 
 

@@ -16,12 +16,11 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gaspar_tw.config import Config
 from gaspar_tw.errors import HandlerError
 
 Handler = Callable[[bytes], Any]
 
-#: Seconds a handler's module may take to import when twistd starts (C{--import-timeout}).
-DEFAULT_IMPORT_TIMEOUT = 30.0
 #: Exit status of C{python -m gaspar_tw.handler} for a handler that cannot be loaded.
 EXIT_CANNOT_LOAD = 3
 
@@ -91,7 +90,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def check_import(
-    spec: str, pythonpath: Sequence[str] = (), timeout: float = DEFAULT_IMPORT_TIMEOUT
+    spec: str, pythonpath: Sequence[str] = (), timeout: float = Config.import_timeout
 ) -> None:
     """Load C{spec} in a child process, as a worker will, allowing it C{timeout} seconds.
 

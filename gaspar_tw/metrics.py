@@ -103,18 +103,17 @@ def status(producer) -> dict:
     """What C{/status} shows: the producer, its workers and its counters (reactor thread)."""
     stats = producer.stats
     now = time.time()
-    workers = []
-    for process in sorted(producer.pool.processes.values(), key=lambda p: p.slot):
-        worker = stats.workers.get(process.token)
-        workers.append(
-            {
-                "slot": process.slot,
-                "pid": process.pid,
-                "ready": worker is not None,
-                "served": worker.served if worker is not None else 0,
-                "uptime": round(now - worker.ready_at, 3) if worker is not None else 0.0,
-            }
-        )
+    workers = [
+        {
+            "where": info.where,
+            "slot": info.slot,
+            "pid": info.pid,
+            "ready": info.ready_at is not None,
+            "served": info.served,
+            "uptime": round(now - info.ready_at, 3) if info.ready_at is not None else 0.0,
+        }
+        for info in producer.workerInfo()
+    ]
     port = producer.port
     return {
         "pid": os.getpid(),
@@ -127,6 +126,7 @@ def status(producer) -> dict:
         "unsent": producer.dispatcher.writing,
         "workers_configured": producer.workers,
         "workers_alive": len(stats.workers),
+        "workers_remote": sum(1 for worker in workers if worker["where"] != "local"),
         "worker_restarts": stats.worker_restarts,
         "requests": stats.outcomes(),
         "workers": workers,

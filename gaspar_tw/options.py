@@ -1,57 +1,27 @@
-"""Command-line options of ``twistd gaspar``, with their defaults in one place."""
+"""Command-line options of ``twistd gaspar`` and ``twistd gaspar-worker``, made from L{Config}.
+
+Each flag's default, check and help text are its L{gaspar_tw.config.Config} field's; a
+parsed command line gives its L{Config} as C{options.config}. Nothing here imports the
+dispatcher, the protocols or ZeroMQ: C{--help} stays quick.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
+from dataclasses import Field
+from typing import Any
 
 from twisted.python import usage
 
-from gaspar_tw.dispatch.dispatcher import DEFAULT_TIMEOUT
-from gaspar_tw.handler import DEFAULT_IMPORT_TIMEOUT
-from gaspar_tw.ops.shutdown import DEFAULT_DRAIN_TIMEOUT
-from gaspar_tw.server.gaspar import DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LENGTH
-
-DEFAULT_PORT = 10123
-
-
-def _positive_int(name: str):
-    return whole_number(name, 1)
-
-
-def whole_number(name: str, least: int):
-    def convert(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
-        if number < least:
-            raise usage.UsageError(f"--{name} must be at least {least}, not {number}")
-        return number
-
-    return convert
-
-
-def _seconds(name: str, allow_zero: bool = False):
-    def convert(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number of seconds, not {value!r}") from None
-        if number < 0 or (number == 0 and not allow_zero) or number != number:
-            least = "0 (0 turns it off)" if allow_zero else "more than 0"
-            raise usage.UsageError(f"--{name} must be {least}, not {value}")
-        return number
-
-    return convert
-
-
-def _choice(name: str, choices: tuple[str, ...]):
-    def convert(value: str) -> str:
-        if value not in choices:
-            raise usage.UsageError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
-        return value
-
-    return convert
+from gaspar_tw.config import (
+    DEFAULT_BACKLOG,
+    DEFAULT_PORT,
+    HOST,
+    PRODUCER,
+    Config,
+    default_of,
+    settings_for,
+)
 
 
 def checkKeys(load, directory: str) -> None:
@@ -62,21 +32,49 @@ def checkKeys(load, directory: str) -> None:
         raise usage.UsageError(f"--curve-keys: {e}") from None
 
 
+def _coerce(f: Field) -> Callable[[str], Any]:
+    """Text to the value of setting C{f}, or a usage error naming its flag."""
+    parse, check, flag = f.metadata["parse"], f.metadata["check"], f.metadata["flag"]
+
+    def coerce(value: str) -> Any:
+        try:
+            return check(parse(value))
+        except ValueError as e:
+            raise usage.UsageError(f"--{flag} {e}") from None
+
+    coerce.coerceDoc = ""  # twistd's help would otherwise add the function's docstring
+    return coerce
+
+
+def _parameters(command: str) -> list[list]:
+    """twistd's C{optParameters} for the settings of C{command} that have a flag."""
+    return [
+        [f.metadata["flag"], f.metadata["short"], default_of(f), f.metadata["doc"], _coerce(f)]
+        for f in settings_for(command)
+        if f.metadata["flag"]
+    ]
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise usage.UsageError(f"--port must be a whole number, not {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise usage.UsageError(f"--port must be from 1 to 65535, not {port}")
+    return port
+
+
+_port.coerceDoc = ""
+
+
 class HandlerOptions(usage.Options):
     """What every command that runs a handler takes: C{--handler} (required), C{--pythonpath},
-    C{--import-timeout}."""
+    and the settings of C{command}; C{config} is the L{Config} they make."""
 
-    optParameters = [
-        ["handler", "H", None, "The handler to run, as MODULE:FUNCTION (required)."],
-        [
-            "import-timeout",
-            None,
-            DEFAULT_IMPORT_TIMEOUT,
-            "Seconds the handler's module may take to import at start (tried first in a"
-            " child process); 0 for no limit and no such check.",
-            _seconds("import-timeout", allow_zero=True),
-        ],
-    ]
+    command = PRODUCER
+    config: Config
+    optParameters = [["handler", "H", None, "The handler to run, as MODULE:FUNCTION (required)."]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -84,11 +82,30 @@ class HandlerOptions(usage.Options):
 
     def opt_pythonpath(self, directory: str) -> None:
         """A directory to add to the Python path to find the handler (repeatable)."""
-        self["pythonpath"].append(os.path.abspath(directory))
+        self["pythonpath"].append(directory)
 
     def postOptions(self) -> None:
         if not self["handler"]:
             raise usage.UsageError("--handler MODULE:FUNCTION is required")
+        self.config = self._config()
+
+    def _config(self) -> Config:
+        """The L{Config} of the flags given (and the defaults of the others)."""
+        values = {
+            f.name: self[f.metadata["flag"]]
+            for f in settings_for(self.command)
+            if f.metadata["flag"]
+        }
+        values["pythonpath"] = self["pythonpath"]
+        values.update(self.extraSettings())
+        try:
+            return Config(**values)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def extraSettings(self) -> dict[str, Any]:
+        """Settings of flags that are not one setting each (for subclasses)."""
+        return {}
 
 
 class Options(HandlerOptions):
@@ -108,8 +125,8 @@ class Options(HandlerOptions):
             "port",
             "p",
             DEFAULT_PORT,
-            "TCP port to listen on (all interfaces, listen backlog 1024).",
-            _positive_int("port"),
+            f"TCP port to listen on (all interfaces, listen backlog {DEFAULT_BACKLOG}).",
+            _port,
         ],
         [
             "endpoint",
@@ -118,85 +135,7 @@ class Options(HandlerOptions):
             "Twisted server endpoint to listen on instead of --port, e.g. "
             "tcp:10123:interface=127.0.0.1 or unix:/run/gaspar.sock.",
         ],
-        [
-            "framed-endpoint",
-            None,
-            None,
-            "Also serve the framed persistent protocol (pipelined requests, replies with a"
-            " status byte) on this Twisted server endpoint, e.g. tcp:10124.",
-        ],
-        [
-            "workers",
-            "w",
-            None,
-            "Number of worker processes [default: the CPUs available]; 0 with --bind.",
-            whole_number("workers", 0),
-        ],
-        [
-            "max-length",
-            None,
-            DEFAULT_MAX_LENGTH,
-            "Largest request accepted, in bytes; longer ones are closed unread.",
-            _positive_int("max-length"),
-        ],
-        [
-            "max-pending",
-            None,
-            None,
-            "Most requests accepted and not yet answered; more are refused (closed at once)"
-            " [default: 1024, or 64 per worker if more].",
-            _positive_int("max-pending"),
-        ],
-        [
-            "timeout",
-            None,
-            DEFAULT_TIMEOUT,
-            "Seconds a handler may run on one request (then its worker is killed and"
-            " replaced) and a request may wait for a free worker; 0 for no limit.",
-            _seconds("timeout", allow_zero=True),
-        ],
-        [
-            "idle-timeout",
-            None,
-            DEFAULT_IDLE_TIMEOUT,
-            "Seconds a client may stall while sending its request before it is dropped;"
-            " 0 for no limit.",
-            _seconds("idle-timeout", allow_zero=True),
-        ],
-        [
-            "drain-timeout",
-            None,
-            DEFAULT_DRAIN_TIMEOUT,
-            "Seconds SIGTERM waits for accepted requests to be answered before stopping.",
-            _seconds("drain-timeout", allow_zero=True),
-        ],
-        [
-            "bind",
-            None,
-            None,
-            "Let remote worker hosts (twistd gaspar-worker --connect) join on this ZeroMQ"
-            " address, e.g. tcp://10.0.0.1:5570 (port * picks a free one) [default: off].",
-        ],
-        [
-            "curve-keys",
-            None,
-            None,
-            "Directory of CURVE keys (gaspar-tw keygen DIR) protecting --bind.",
-        ],
-        [
-            "metrics",
-            None,
-            None,
-            "Serve Prometheus /metrics and JSON /status on this endpoint, e.g. "
-            "tcp:9100:interface=127.0.0.1 [default: off].",
-        ],
-        [
-            "log-format",
-            None,
-            "text",
-            "Log as 'text' (one line an event) or 'json' (one JSON object a line).",
-            _choice("log-format", ("text", "json")),
-        ],
+        *_parameters(PRODUCER),
     ]
 
     def __init__(self) -> None:
@@ -212,7 +151,6 @@ class Options(HandlerOptions):
         self["retry-on-crash"] = False
 
     def postOptions(self) -> None:
-        super().postOptions()
         if self["workers"] == 0 and not self["bind"]:
             raise usage.UsageError("--workers 0 needs --bind (remote workers)")
         if self["curve-keys"] and not self["bind"]:
@@ -223,3 +161,36 @@ class Options(HandlerOptions):
             checkKeys(server_keys, self["curve-keys"])
         if self["endpoint"] is None:
             self["endpoint"] = f"tcp:{self['port']}:backlog={DEFAULT_BACKLOG}"
+        super().postOptions()
+
+    def extraSettings(self) -> dict[str, Any]:
+        return {
+            "endpoint": self["endpoint"],
+            "retry_on_crash": self["retry-on-crash"],
+            "proctitle": True,
+        }
+
+
+class HostOptions(HandlerOptions):
+    """Options for ``twistd gaspar-worker``."""
+
+    command = HOST
+    optParameters = _parameters(HOST)
+    synopsis = "--connect tcp://HOST:5570 --handler MODULE:FUNCTION [--workers N]"
+    longdesc = (
+        "Run worker processes on this machine for a gaspar producer started with --bind: each "
+        "connects to it over ZeroMQ, is given requests and answers them. Example: "
+        "twistd -n gaspar-worker --connect tcp://10.0.0.1:5570 "
+        "--handler gaspar_tw.examples:echo --workers 4"
+    )
+
+    def postOptions(self) -> None:
+        if not self["connect"]:
+            raise usage.UsageError("--connect tcp://HOST:PORT is required")
+        if self["workers"] == 0:
+            raise usage.UsageError("--workers must be at least 1, not 0")
+        if self["curve-keys"]:
+            from gaspar_tw.zeromq.curve import client_keys
+
+            checkKeys(client_keys, self["curve-keys"])
+        super().postOptions()

@@ -44,11 +44,11 @@ def loadConsumer(options, command: str):
     from gaspar_tw.errors import HandlerError
     from gaspar_tw.handler import check_import
 
-    pythonpath = [os.getcwd(), *options["pythonpath"]]
+    pythonpath = [os.getcwd(), *options.config.pythonpath]
     for directory in reversed(pythonpath):
         if directory not in sys.path:
             sys.path.insert(0, directory)
-    spec, timeout = options["handler"], options["import-timeout"]
+    spec, timeout = options["handler"], options.config.import_timeout
     # twistd shows this once its log starts (after makeService), with the time it was said.
     log.info("importing handler {spec} (--import-timeout {timeout:g}s)", spec=spec, timeout=timeout)
     try:
@@ -66,31 +66,17 @@ def makeService(options: Options) -> IService:
     from gaspar_tw.producer import Producer
 
     consumer, pythonpath = loadConsumer(options, "twistd gaspar")
-    producer = Producer(
-        consumer,
-        options["endpoint"],
-        options["workers"],
-        max_length=options["max-length"],
-        max_pending=options["max-pending"],
-        timeout=options["timeout"],
-        retry_on_crash=options["retry-on-crash"],
-        idle_timeout=options["idle-timeout"],
-        drain_timeout=options["drain-timeout"],
-        pythonpath=pythonpath,
-        framed_endpoint=options["framed-endpoint"],
-        proctitle=True,
-        bind=options["bind"],
-        curve_keys=options["curve-keys"],
-    )
+    config = options.config
+    producer = Producer(consumer, config=config, pythonpath=pythonpath)
     top = GasparService()
-    if options["log-format"] == "json":
+    if config.log_format == "json":
         from gaspar_tw.ops.logs import jsonLinesObserver, twistdLogFile
 
         top.logObserver = jsonLinesObserver(twistdLogFile(getattr(options, "parent", None) or {}))
     producer.setServiceParent(top)
     DrainOnTerm(producer).setServiceParent(top)
-    if options["metrics"]:
+    if config.metrics:
         from gaspar_tw.metrics import MetricsService
 
-        MetricsService(producer, options["metrics"]).setServiceParent(top)
+        MetricsService(producer, config.metrics).setServiceParent(top)
     return top

@@ -76,7 +76,8 @@ def test_status_prints_workers_pids_and_counters(daemon_factory):
     out = result.stdout
     assert f"pid {daemon.process.pid} on {daemon.address}" in out and "2/2 alive" in out
     rows = [line.split() for line in out.splitlines()[-2:]]
-    assert {int(row[0]): int(row[1]) for row in rows} == daemon.worker_pids
+    assert {int(row[1]): int(row[2]) for row in rows} == daemon.worker_pids
+    assert [row[0] for row in rows] == ["local", "local"]
 
     raw = json.loads(gaspar_tw("status", metrics_address(daemon), "--json").stdout)
     assert sorted(w["pid"] for w in raw["workers"]) == sorted(daemon.worker_pids.values())

@@ -157,9 +157,7 @@ def test_cancelling_a_request_a_worker_holds_tells_the_worker_unless_it_is_runni
     assert sent.cancels == [ids[1]]  # the first is running; the last two never left the queue
     assert dispatcher.queued == 0 and dispatcher.pending == 0
     # The worker answers the running one and reports the cancelled one skipped.
-    dispatcher.repliesReceived(
-        worker.token, ids[:2], bytes([wire.OK, wire.SKIPPED]), [b"", b""]
-    )
+    dispatcher.repliesReceived(worker.token, ids[:2], bytes([wire.OK, wire.SKIPPED]), [b"", b""])
     assert not worker.outstanding and dispatcher.stats.cancelled == 4
 
 

@@ -419,6 +419,11 @@ class Dispatcher:
         if self._queue or self._suspects:
             self._flush()
 
+    def repliesMessage(self, token: int, frames: list) -> None:
+        """Worker C{token} sent a replies message (L{messages.encode_replies}'s frames)."""
+        ids, statuses, payloads = messages.decode_replies(frames)
+        self.repliesReceived(token, ids, statuses, payloads, messages.busy_seconds(frames[0]))
+
     def _lateReplies(self, ids, statuses: bytes, payloads) -> None:
         """Replies from a worker given up on: they answer requests that may be requeued."""
         answered = set()

@@ -42,19 +42,29 @@ def format_status(status: dict) -> str:
     lines = [
         f"gaspar-tw producer pid {status['pid']} on {status['address'] or '(no listener)'},"
         f" handler {status['handler']}",
-        f"up {_duration(status['uptime'])}; workers {status['workers_alive']}/"
-        f"{status['workers_configured']} alive, {status['worker_restarts']} restarts;"
+        f"up {_duration(status['uptime'])}; workers {_workers(status)},"
+        f" {status['worker_restarts']} restarts;"
         f" {status['pending']} pending, {status['queued']} queued",
         f"requests: {requests}",
         "",
-        f"{'slot':>4}  {'pid':>8}  {'served':>10}  {'up':>12}",
+        f"{'where':<16}  {'slot':>4}  {'pid':>8}  {'served':>10}  {'up':>12}",
     ]
     for worker in status["workers"]:
         up = _duration(worker["uptime"]) if worker["ready"] else "starting"
+        where, slot = worker.get("where", "local"), worker["slot"]
         lines.append(
-            f"{worker['slot']:>4}  {worker['pid'] or '-':>8}  {worker['served']:>10}  {up:>12}"
+            f"{where:<16}  {'-' if slot is None else slot:>4}  {worker['pid'] or '-':>8}"
+            f"  {worker['served']:>10}  {up:>12}"
         )
     return "\n".join(lines)
+
+
+def _workers(status: dict) -> str:
+    """C{2/2 alive} (local workers), then C{+ 3 remote} if any are connected."""
+    remote = status.get("workers_remote", 0)
+    local = status["workers_alive"] - remote
+    text = f"{local}/{status['workers_configured']} alive"
+    return f"{text} + {remote} remote" if remote else text
 
 
 def status_command(args: argparse.Namespace) -> int:

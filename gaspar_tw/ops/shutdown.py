@@ -20,16 +20,11 @@ from twisted.logger import Logger
 
 log = Logger()
 
-#: Default seconds a drain waits for accepted requests to be answered.
-DEFAULT_DRAIN_TIMEOUT = 10.0
-
 
 class DrainOnTerm(service.Service):
     """Make SIGTERM mean "drain C{producer}, then exit 0" (see the module docstring)."""
 
     def __init__(self, producer, reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self.producer = producer
         self.reactor = reactor
         self._reactorHandler = None
@@ -37,6 +32,10 @@ class DrainOnTerm(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.reactor is None:
+            from twisted.internet import reactor
+
+            self.reactor = reactor
         # The reactor installs its own handlers as it starts; take over after that.
         self.reactor.callWhenRunning(self._install)
 

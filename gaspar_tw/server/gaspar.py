@@ -18,6 +18,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gaspar_tw.config import Config
 from gaspar_tw.dispatch import Dispatcher, IReplyReceiver
 from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.errors import GasparError, Overloaded, RemoteError
@@ -26,15 +27,6 @@ from gaspar_tw.stats import Stats
 from gaspar_tw.wire.frames import LENGTH, FrameSplitter, FrameTooLong, body_of
 
 log = Logger()
-
-#: Default largest request body accepted, in bytes.
-DEFAULT_MAX_LENGTH = 16 * 1024 * 1024
-#: Listen backlog for C{--port} and integer endpoints: one connection per request means as
-#: many connects in flight as concurrent clients, and Twisted's default of 50 overflows with
-#: more than 50 (each dropped SYN is retransmitted 1 s, then 3 s, later).
-DEFAULT_BACKLOG = 1024
-#: Default seconds a client may leave a request half sent before it is dropped.
-DEFAULT_IDLE_TIMEOUT = 30.0
 
 
 @implementer(IReplyReceiver)
@@ -150,9 +142,9 @@ class GasparFactory(Factory):
     def __init__(
         self,
         dispatcher: Dispatcher,
-        maxLength: int = DEFAULT_MAX_LENGTH,
+        maxLength: int = Config.max_length,
         stats: Stats | None = None,
-        idleTimeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        idleTimeout: float | None = Config.idle_timeout,
         clock=None,
     ) -> None:
         self.dispatcher = dispatcher

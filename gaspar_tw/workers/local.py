@@ -14,17 +14,23 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from itertools import count
+from typing import TYPE_CHECKING
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.stats import Stats
+from gaspar_tw.wire import messages
 from gaspar_tw.wire.control import EXIT_HANDLER_ERROR
-from gaspar_tw.workers.channels import ChannelHub, WorkChannel
+from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
+
+if TYPE_CHECKING:  # imported when a pool starts: txZMQ imports the global reactor
+    from gaspar_tw.workers.channels import ChannelHub, WorkChannel
 
 log = Logger()
 childLog = Logger(namespace="gaspar_tw.worker")
@@ -110,7 +116,7 @@ class WorkerProcess(ProcessProtocol):
     are closed then, not waited for (a process it forked could hold them open).
     """
 
-    def __init__(self, pool: WorkerPool, slot: int, token: int) -> None:
+    def __init__(self, pool: LocalWorkers, slot: int, token: int) -> None:
         self.pool = pool
         self.slot = slot
         self.token = token
@@ -175,7 +181,8 @@ class WorkerProcess(ProcessProtocol):
             pass
 
 
-class WorkerPool:
+@implementer(IWorkerSource)
+class LocalWorkers:
     """Start C{size} workers running C{handler_spec}, and keep that many alive.
 
     With C{dispatcher} C{None} (a worker host's pool: its workers answer a remote producer),
@@ -227,6 +234,29 @@ class WorkerPool:
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes.values() if p.pid is not None]
+
+    def workers(self) -> list[WorkerInfo]:
+        infos = []
+        for process in sorted(self.processes.values(), key=lambda p: p.slot):
+            worker = self.stats.workers.get(process.token)
+            infos.append(
+                WorkerInfo(
+                    "local",
+                    process.pid,
+                    process.slot,
+                    0 if worker is None else worker.served,
+                    None if worker is None else worker.ready_at,
+                )
+            )
+        return infos
+
+    def messageReceived(self, frames: list) -> None:
+        """A message on the hub's reply socket: a worker's replies or its hello."""
+        kind, token = messages.frame_kind(frames[0])
+        if kind == messages.REPLIES:
+            self.dispatcher.repliesMessage(token, frames)
+        elif kind == messages.HELLO:
+            self.hello(token, int(frames[1]))
 
     def _spawn(self, slot: int) -> None:
         self._respawns.pop(slot, None)

@@ -16,14 +16,17 @@ from itertools import count
 from urllib.parse import urlsplit
 
 import zmq
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire import messages
 from gaspar_tw.wire.control import BYE, DONE, HEARTBEAT_MISSES, HEARTBEAT_SECONDS, KILL, PING, WHO
-from gaspar_tw.workers.channels import MonitorChannel, ReplyChannel
+from gaspar_tw.workers.channels import ChannelHub, MonitorChannel, ReplyChannel
+from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
 from gaspar_tw.zeromq.curve import HANDSHAKE_FAILED, HandshakeFailures
 
 log = Logger()
@@ -92,6 +95,7 @@ class _Remote:
     heard: float
 
 
+@implementer(IWorkerSource)
 class RemoteWorkers:
     """Accept remote workers on C{address} and give them to C{dispatcher}."""
 
@@ -117,8 +121,10 @@ class RemoteWorkers:
         self._auth = None
         self._handshakes = None
 
-    def start(self, factory) -> str:
-        """Bind (on C{factory}'s ZeroMQ context); return the address bound, port included."""
+    def start(self, hub: ChannelHub) -> None:
+        """Bind (on C{hub}'s ZeroMQ context); C{boundAddress} is then the address bound,
+        port included."""
+        factory = hub.factory
         if self.curve_keys:
             from zmq.auth.thread import ThreadAuthenticator
 
@@ -151,9 +157,13 @@ class RemoteWorkers:
             curve=" (CURVE)" if self.curve_keys else "",
         )
         self._heartbeat.start(HEARTBEAT_SECONDS, now=False)
-        return self.boundAddress
 
-    def stop(self) -> None:
+    def whenReady(self) -> Deferred:
+        """Remote workers come when they come: nothing to wait for."""
+        return succeed(None)
+
+    def stop(self, grace: float = 0.0) -> Deferred:
+        """Forget every remote worker and close the socket (their hosts stop them)."""
         if self._heartbeat.running:
             self._heartbeat.stop()
         for identity in list(self.remotes):
@@ -168,9 +178,19 @@ class RemoteWorkers:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        return succeed(None)
 
     def pids(self) -> list[int]:
         return [remote.pid for remote in self.remotes.values()]
+
+    def workers(self) -> list[WorkerInfo]:
+        infos = []
+        for remote in sorted(self.remotes.values(), key=lambda r: (r.host, r.pid)):
+            worker = self.stats.workers.get(remote.token)
+            served = 0 if worker is None else worker.served
+            readyAt = None if worker is None else worker.ready_at
+            infos.append(WorkerInfo(remote.host, remote.pid, None, served, readyAt))
+        return infos
 
     # -- messages --------------------------------------------------------------------------
 
@@ -183,10 +203,8 @@ class RemoteWorkers:
         if remote is not None:
             remote.heard = self.reactor.seconds()
         if kind == messages.REPLIES and len(frames) >= 3:
-            ids, statuses, payloads = messages.decode_replies(frames[1:])
             token = UNKNOWN_TOKEN if remote is None else remote.token
-            busy = messages.busy_seconds(head)
-            self.dispatcher.repliesReceived(token, ids, statuses, payloads, busy)
+            self.dispatcher.repliesMessage(token, frames[1:])
         elif kind == messages.HELLO and len(frames) >= 5:
             if remote is None:
                 self._hello(identity, frames[2:])

@@ -1,0 +1,325 @@
+"""Every setting once: its name, default, check and help text, in one frozen L{Config}.
+
+A L{Config} is what L{gaspar_tw.ProcessPool}, L{gaspar_tw.Producer} and the worker host are
+built from; the twistd options (L{gaspar_tw.options}) are made from its fields, so a flag's
+default, check and C{--help} text are the ones written here. A field's metadata holds its
+C{doc}, its C{flag} (the command-line name, if it has one), the twistd C{commands} that take
+it, and C{parse} (text to value). Checks raise C{ValueError} with one line that names the
+setting. Nothing here imports Twisted or the rest of the package.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from typing import Any
+
+#: The gaspar port, as in gaspar.
+DEFAULT_PORT = 10123
+#: Listen backlog for C{--port} and integer endpoints: one connection per request means as
+#: many connects in flight as concurrent clients, and Twisted's default of 50 overflows with
+#: more than 50 (each dropped SYN is retransmitted 1 s, then 3 s, later).
+DEFAULT_BACKLOG = 1024
+
+PRODUCER = "gaspar"
+HOST = "gaspar-worker"
+BOTH = (PRODUCER, HOST)
+
+
+def default_worker_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_max_pending(workers: int) -> int:
+    """Room for about a thousand concurrent clients, and for two full windows per worker."""
+    return max(1024, 64 * workers)
+
+
+# -- checks: each takes a value and returns it (converted), or raises ValueError ----------
+
+
+def whole(least: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number, not {value!r}")
+        if value < least:
+            raise ValueError(f"must be at least {least}, not {value}")
+        return value
+
+    return check
+
+
+def seconds(allow_zero: bool) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a number of seconds, not {value!r}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            least = "0 (0 turns it off)" if allow_zero else "more than 0"
+            raise ValueError(f"must be a finite number of seconds of {least}, not {value}")
+        return float(value)
+
+    return check
+
+
+def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return check
+
+
+def text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"must be a string, not {value!r}")
+    return value or None
+
+
+def paths(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(f"must be a list of directories, not {value!r}")
+    return tuple(os.path.abspath(path) for path in value)
+
+
+def anything(value: Any) -> Any:
+    return value
+
+
+def flag_number(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {value!r}") from None
+
+
+def flag_seconds(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {value!r}") from None
+
+
+def setting(
+    default: Any,
+    doc: str,
+    check: Callable[[Any], Any] = anything,
+    *,
+    flag: str | None = None,
+    short: str | None = None,
+    parse: Callable[[str], Any] = str,
+    commands: Sequence[str] = (PRODUCER,),
+) -> Any:
+    """A L{Config} field: its default, one-line C{doc} and C{check}, and its command line."""
+    metadata = {
+        "doc": doc,
+        "check": check,
+        "flag": flag,
+        "short": short,
+        "parse": parse,
+        "commands": tuple(commands),
+    }
+    if isinstance(default, list | dict | set):
+        raise TypeError("a setting's default must be immutable")
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings of a producer, a process pool or a worker host (each reads its own).
+
+    Build one with keywords (C{Config(timeout=5)}) or change one with L{replace}; each value is
+    checked as it is set. C{None} means "the default that depends on the machine" where a
+    doc says so.
+    """
+
+    # -- where requests come from (the producer's front ends) ------------------------------
+    endpoint: Any = setting(
+        DEFAULT_PORT,
+        "A port number, a Twisted server endpoint string (tcp:10123, unix:/run/gaspar.sock),"
+        " an IStreamServerEndpoint, or None for no listener (in-process submit only).",
+    )
+    framed_endpoint: Any = setting(
+        None,
+        "Also serve the framed persistent protocol (pipelined requests, replies with a status"
+        " byte) on this Twisted server endpoint, e.g. tcp:10124.",
+        flag="framed-endpoint",
+    )
+    max_length: int = setting(
+        16 * 1024 * 1024,
+        "Largest request accepted, in bytes; longer ones are closed unread.",
+        whole(1),
+        flag="max-length",
+        parse=flag_number,
+    )
+    idle_timeout: float = setting(
+        30.0,
+        "Seconds a client may stall while sending its request, or leave its reply untaken,"
+        " before it is dropped; 0 for no limit.",
+        seconds(allow_zero=True),
+        flag="idle-timeout",
+        parse=flag_seconds,
+    )
+    drain_timeout: float = setting(
+        10.0,
+        "Seconds SIGTERM waits for accepted requests to be answered before stopping.",
+        seconds(allow_zero=True),
+        flag="drain-timeout",
+        parse=flag_seconds,
+    )
+    metrics: str | None = setting(
+        None,
+        "Serve Prometheus /metrics and JSON /status on this endpoint, e.g."
+        " tcp:9100:interface=127.0.0.1 [default: off].",
+        text,
+        flag="metrics",
+    )
+    log_format: str = setting(
+        "text",
+        "Log as 'text' (one line an event) or 'json' (one JSON object a line).",
+        one_of("text", "json"),
+        flag="log-format",
+    )
+    proctitle: bool = setting(
+        False, "Set the process title (gaspar-tw producer :10123): for a process of our own."
+    )
+
+    # -- the workers (the process pool) ----------------------------------------------------
+    workers: int | None = setting(
+        None,
+        "Number of worker processes [default: the CPUs available]; 0 with --bind (remote"
+        " workers only).",
+        optional(whole(0)),
+        flag="workers",
+        short="w",
+        parse=flag_number,
+        commands=BOTH,
+    )
+    max_pending: int | None = setting(
+        None,
+        "Most requests accepted and not yet answered; more are refused (closed at once)"
+        " [default: 1024, or 64 per worker if more].",
+        optional(whole(1)),
+        flag="max-pending",
+        parse=flag_number,
+    )
+    window: int = setting(32, "Most requests one worker holds at a time.", whole(1))
+    timeout: float = setting(
+        30.0,
+        "Seconds a handler may run on one request (then its worker is killed and replaced)"
+        " and a request may wait for a free worker; 0 for no limit.",
+        seconds(allow_zero=True),
+        flag="timeout",
+        parse=flag_seconds,
+    )
+    retry_on_crash: bool = setting(
+        True,
+        "Requests held by a worker that dies are retried once, each alone on another worker"
+        " (--no-retry-on-crash: they fail instead).",
+    )
+    pythonpath: tuple[str, ...] = setting(
+        (),
+        "A directory to add to the Python path to find the handler (repeatable).",
+        paths,
+        commands=BOTH,
+    )
+    import_timeout: float = setting(
+        30.0,
+        "Seconds the handler's module may take to import at start (tried first in a child"
+        " process); 0 for no limit and no such check.",
+        seconds(allow_zero=True),
+        flag="import-timeout",
+        parse=flag_seconds,
+        commands=BOTH,
+    )
+
+    # -- remote workers --------------------------------------------------------------------
+    bind: str | None = setting(
+        None,
+        "Let remote worker hosts (twistd gaspar-worker --connect) join on this ZeroMQ address,"
+        " e.g. tcp://10.0.0.1:5570 (port * picks a free one) [default: off].",
+        text,
+        flag="bind",
+    )
+    connect: str | None = setting(
+        None,
+        "The producer's --bind address, e.g. tcp://10.0.0.1:5570.",
+        text,
+        flag="connect",
+        short="c",
+        commands=(HOST,),
+    )
+    curve_keys: str | None = setting(
+        None,
+        "Directory of CURVE keys (gaspar-tw keygen DIR) protecting --bind / --connect.",
+        text,
+        flag="curve-keys",
+        commands=BOTH,
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            try:
+                value = f.metadata["check"](getattr(self, f.name))
+            except ValueError as e:
+                raise ValueError(f"{f.name} {e}") from None
+            object.__setattr__(self, f.name, value)
+        if self.workers == 0 and not self.bind:
+            raise ValueError("workers must be at least 1 (0 only with bind: remote workers)")
+        if self.curve_keys and not (self.bind or self.connect):
+            raise ValueError("curve_keys protects bind (or connect); give bind too")
+
+    @classmethod
+    def of(cls, config: Config | None = None, **settings: Any) -> Config:
+        """C{config} (or the defaults) with C{settings} changed; an unknown name is a
+        C{TypeError} that suggests the closest one."""
+        unknown = [name for name in settings if name not in _NAMES]
+        if unknown:
+            name = unknown[0]
+            close = difflib.get_close_matches(name, _NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"unknown setting {name!r}{hint}")
+        base = cls() if config is None else config
+        return replace(base, **settings) if settings else base
+
+    # -- values that depend on the machine -------------------------------------------------
+
+    @property
+    def worker_count(self) -> int:
+        """C{workers}, or the CPUs available."""
+        return default_worker_count() if self.workers is None else self.workers
+
+    @property
+    def pending_limit(self) -> int:
+        """C{max_pending}, or its default for this many workers."""
+        if self.max_pending is not None:
+            return self.max_pending
+        return default_max_pending(self.worker_count)
+
+    @property
+    def timeout_or_none(self) -> float | None:
+        """C{timeout}, C{None} for no limit."""
+        return self.timeout or None
+
+
+_NAMES = tuple(f.name for f in fields(Config))
+
+
+def settings_for(command: str) -> list[Field]:
+    """The fields with a flag of C{command} (C{"gaspar"} or C{"gaspar-worker"}), in order."""
+    return [f for f in fields(Config) if command in f.metadata["commands"]]
+
+
+def default_of(f: Field) -> Any:
+    return None if f.default is MISSING else f.default

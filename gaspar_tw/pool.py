@@ -1,0 +1,259 @@
+"""ProcessPool: the core service. A dispatcher, and the worker sources that feed it.
+
+The data flow::
+
+    submit(payload) ─▶ Dispatcher ─ request table ─▶ queue ─▶ scheduler ─▶ WorkerLink.send
+         ▲                                                                   │ ZeroMQ
+         │ Deferred fires                                                    ▼
+    IReplyReceiver ◀─ delivery ◀─ Dispatcher.repliesMessage ◀─ IWorkerSource: LocalWorkers
+                                                                (spawnProcess, ipc://) or
+                                                                RemoteWorkers (ROUTER, tcp://)
+
+A pool builds its parts when it first starts, on the reactor it was given or, by default,
+the global one, looked up then: importing or constructing a pool installs no reactor.
+L{gaspar_tw.Producer} is a pool with TCP front ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, ensureDeferred, fail, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gaspar_tw.config import Config
+from gaspar_tw.consumer import Consumer
+from gaspar_tw.dispatch import Dispatcher
+from gaspar_tw.errors import ServiceStopped
+from gaspar_tw.handler import Handler
+from gaspar_tw.stats import Stats
+from gaspar_tw.workers.local import LocalWorkers
+from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
+
+log = Logger()
+
+#: How often a drain checks whether every request is done.
+DRAIN_POLL_SECONDS = 0.05
+
+
+class ProcessPool(service.Service):
+    """Run C{handler} (C{bytes -> bytes}) in C{workers} processes: L{submit} a payload, get a
+    Deferred of its reply.
+
+    C{handler} is a L{Consumer}, a module-level function or its ``"module:function"`` name.
+    The other settings (C{timeout}, C{max_pending}, C{retry_on_crash}, C{window},
+    C{pythonpath}, C{drain_timeout}, C{bind}, C{curve_keys}, ...) are L{Config}'s, given as
+    keywords or as C{config}. C{reactor} defaults to the global reactor, looked up when the
+    pool starts. Use it as a service (C{startService}/C{stopService}, e.g. under a
+    C{MultiService} or twistd).
+    """
+
+    def __init__(
+        self,
+        handler: Consumer | str | Handler,
+        workers: int | None = None,
+        *,
+        reactor: Any = None,
+        config: Config | None = None,
+        **settings: Any,
+    ) -> None:
+        if workers is not None:
+            settings["workers"] = workers
+        self.config = Config.of(config, **settings)
+        self.consumer = handler if isinstance(handler, Consumer) else Consumer(handler)
+        self.reactor = reactor
+        #: Counters of everything this pool does (read by gaspar_tw.metrics).
+        self.stats = Stats()
+        self.dispatcher: Dispatcher | None = None
+        self.local: LocalWorkers | None = None
+        #: The remote workers' source, while running with C{bind}.
+        self.remote = None
+        self.hub = None
+        self._readyWaiters: list[Deferred] = []
+        self._draining: Deferred | None = None
+        self._drainDeadline = 0.0
+
+    @property
+    def workers(self) -> int:
+        """The number of local worker processes."""
+        return self.config.worker_count
+
+    # -- the in-process API ----------------------------------------------------------------
+
+    def submit(self, payload: bytes) -> Deferred:
+        """Run the handler on C{payload} in a worker; the Deferred fires with its reply.
+
+        Must be called in the reactor thread. Fails with L{gaspar_tw.RemoteError} when the
+        handler raises, L{gaspar_tw.WorkerCrashed} when its worker died with it (twice),
+        L{gaspar_tw.RequestTimeout} past C{timeout}, L{gaspar_tw.Overloaded} when
+        C{max_pending} requests wait, and L{gaspar_tw.ServiceStopped} when the pool is not
+        running. Cancelling it drops the request, or has its worker skip it.
+        """
+        if self.dispatcher is None:
+            return fail(ServiceStopped("the gaspar_tw pool has not been started"))
+        return self.dispatcher.submit(payload)
+
+    def whenReady(self) -> Deferred:
+        """Fires (with this pool) once every local worker is ready; before the pool starts,
+        once it has started and they are."""
+        if self.local is None:
+            d: Deferred = Deferred()
+            self._readyWaiters.append(d)
+            return d
+        return self.local.whenReady().addCallback(lambda _: self)
+
+    def workerPids(self) -> list[int]:
+        """The process ids of the current worker processes (local and remote)."""
+        return [pid for source in self._sources() for pid in source.pids()]
+
+    def workerInfo(self) -> list[WorkerInfo]:
+        """Every worker, local and remote, ready or starting."""
+        return [info for source in self._sources() for info in source.workers()]
+
+    def _sources(self) -> list[IWorkerSource]:
+        return [source for source in (self.local, self.remote) if source is not None]
+
+    # -- the service -----------------------------------------------------------------------
+
+    def _build(self) -> None:
+        """Make the parts, on the reactor now (once: a pool can be started again)."""
+        if self.dispatcher is not None:
+            return
+        if self.reactor is None:
+            from twisted.internet import reactor
+
+            self.reactor = reactor
+        config = self.config
+        self.dispatcher = Dispatcher(
+            self.reactor,
+            window=config.window,
+            max_pending=config.pending_limit,
+            retry_on_crash=config.retry_on_crash,
+            timeout=config.timeout_or_none,
+            stats=self.stats,
+        )
+        self.local = LocalWorkers(
+            self.reactor,
+            self.consumer.spec,
+            config.worker_count,
+            self.dispatcher,
+            config.pythonpath,
+            self.stats,
+        )
+
+    def privilegedStartService(self) -> None:
+        self._build()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._build()
+        super().startService()
+        from gaspar_tw.workers.channels import ChannelHub  # txZMQ: once a reactor runs
+
+        self._draining = None
+        self.dispatcher.accepting = True
+        self.dispatcher.start()
+        self.hub = ChannelHub(self.local.messageReceived)
+        self.local.start(self.hub)
+        if self.config.bind is not None:
+            from gaspar_tw.workers.remote import RemoteWorkers
+
+            self.remote = RemoteWorkers(
+                self.reactor, self.dispatcher, self.config.bind, self.stats, self.config.curve_keys
+            )
+            self.remote.start(self.hub)
+        log.info(
+            "gaspar_tw {kind}: {n} workers running {spec}",
+            kind=self._kind(),
+            n=self.local.size,
+            spec=self.consumer.spec,
+        )
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            self.whenReady().chainDeferred(d)
+
+    def drain(self) -> Deferred:
+        """Take no more work; wait for accepted requests to be answered (and, for a producer,
+        their replies sent).
+
+        Waits at most C{drain_timeout} seconds. Fires with C{True} if everything finished,
+        C{False} if the time ran out. Calling it again returns the same outcome.
+        """
+        if self._draining is None:
+            self._draining = ensureDeferred(self._drain())
+        return chained(self._draining)
+
+    def endDrain(self) -> None:
+        """Make a drain in progress give up at its next check (its outcome is C{False})."""
+        self._drainDeadline = 0.0
+
+    async def _drain(self) -> bool:
+        self._drainDeadline = self.reactor.seconds() + self.config.drain_timeout
+        await self._stopIntake()
+        if self._busy():
+            log.info(
+                "draining {what} (up to {t}s)",
+                what=self._describeBusy(),
+                t=self.config.drain_timeout,
+            )
+        while self._busy():
+            if self.reactor.seconds() >= self._drainDeadline:
+                log.warn(
+                    "drain ended with {what} still open (--drain-timeout {t}s, or a second"
+                    " SIGTERM); failing them",
+                    what=self._describeBusy(),
+                    t=self.config.drain_timeout,
+                )
+                return False
+            await deferLater(self.reactor, DRAIN_POLL_SECONDS, lambda: None)
+        return True
+
+    async def _stopIntake(self) -> None:
+        """Stop taking new work (a producer stops listening)."""
+
+    def _busy(self) -> bool:
+        """Whether anything accepted is still unfinished."""
+        return bool(self.dispatcher.pending)
+
+    def _describeBusy(self) -> str:
+        return f"{self.dispatcher.pending} pending requests"
+
+    @inlineCallbacks
+    def stopService(self):
+        """Drain (see L{drain}), then fail what is left and stop the workers."""
+        super().stopService()
+        drained = yield self.drain()
+        self.dispatcher.stopAccepting()
+        self.dispatcher.stop()
+        self.dispatcher.failAll(ServiceStopped("gaspar_tw stopped"))
+        self._afterFailAll()
+        if self.remote is not None:
+            yield self.remote.stop()
+            self.remote = None
+        # After a drain that timed out, workers may be stuck in a handler: don't wait long.
+        yield self.local.stop(grace=5.0 if drained else 0.5)
+        if self.hub is not None:
+            self.hub.close()
+            self.hub = None
+        log.info("gaspar_tw {what} stopped", what=self._kind())
+
+    def _afterFailAll(self) -> None:
+        """Every request has its outcome: close what waited for them (a producer's clients)."""
+
+    def _kind(self) -> str:
+        return "pool"
+
+
+def chained(d: Deferred) -> Deferred:
+    """A new Deferred with C{d}'s result, leaving C{d}'s own result as it was."""
+    out: Deferred = Deferred()
+
+    def relay(result):
+        out.callback(result)
+        return None if isinstance(result, Failure) else result
+
+    d.addBoth(relay)
+    return out
