@@ -57,7 +57,7 @@ def test_producer_without_workers_needs_bind():
 
 
 def test_unreadable_curve_keys_are_usage_errors(tmp_path):
-    from gaspar_tw.host import service as workerhost
+    from gaspar_tw.host import tap as workerhost
 
     with pytest.raises(usage.UsageError, match="producer.key_secret"):
         parse("--bind", "tcp://127.0.0.1:5570", "--curve-keys", str(tmp_path))

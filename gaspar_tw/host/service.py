@@ -15,13 +15,12 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from gaspar_tw.config import Config
-from gaspar_tw.options import HostOptions as Options
 from gaspar_tw.stats import Stats
 from gaspar_tw.workers.local import LocalWorkers, WorkerProcess
 
 log = Logger()
 
-__all__ = ["Options", "makeService", "WorkerHost"]
+__all__ = ["HostPool", "WorkerHost"]
 
 
 class HostPool(LocalWorkers):
@@ -90,11 +89,3 @@ class WorkerHost(service.Service):
     def stopService(self) -> Deferred:
         super().stopService()
         return self.pool.stop()
-
-
-def makeService(options: Options) -> service.IService:
-    """Build the worker host; a handler that cannot be imported is a one-line error."""
-    from gaspar_tw.tap import loadConsumer
-
-    consumer, pythonpath = loadConsumer(options, "twistd gaspar-worker")
-    return WorkerHost(consumer.spec, config=Config.of(options.config, pythonpath=pythonpath))
