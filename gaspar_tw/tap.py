@@ -31,8 +31,8 @@ class GasparService(MultiService):
     def startService(self) -> None:
         super().startService()
         # A process of our own: move the startup heap (Twisted, ZeroMQ, the handler's imports)
-        # out of the garbage collector's sight. Under load, a full collection of it held the
-        # reactor for ~20 ms; now a collection scans only what was made since.
+        # out of the garbage collector's sight: under load, a full collection of it held the
+        # reactor longer than any request takes; now a collection scans only what was made since.
         gc.freeze()
 
 
