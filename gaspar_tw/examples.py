@@ -21,7 +21,7 @@ def sha256(message: bytes) -> bytes:
 
 
 def burn(message: bytes) -> bytes:
-    """Spend about 5 ms of CPU (a pure-Python loop), then echo: a CPU-bound stand-in."""
+    """Spend a fixed amount of CPU (a pure-Python loop), then echo: a CPU-bound stand-in."""
     total = 0
     for i in range(60_000):
         total += i * i

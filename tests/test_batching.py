@@ -1,4 +1,4 @@
-"""How requests are batched: wire messages (packing, cutting, replies) and the adaptive window."""
+"""How requests are batched: the adaptive window, and replies that do not wait for their batch."""
 
 from __future__ import annotations
 
@@ -6,62 +6,11 @@ import time
 
 import pytest_twisted
 from conftest import TESTS, pid_alive
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
 from gaspar_tw import Producer
 from gaspar_tw.dispatch.dispatcher import INITIAL_WINDOW, WINDOW_SECONDS, Dispatcher
-from gaspar_tw.wire import messages as wire
-
-payload_lists = st.lists(
-    st.one_of(
-        st.binary(max_size=64),
-        st.integers(0, 255).map(lambda i: bytes([i]) * wire.PACK_LIMIT),
-    ),
-    max_size=12,
-)
-
-
-@settings(max_examples=40)
-@given(payload_lists)
-def test_work_messages_carry_every_payload_in_order(payloads):
-    ids = list(range(100, 100 + len(payloads)))
-    messages = wire.encode_work(ids, payloads)
-    got_ids, got = [], []
-    for frames in messages:
-        message_ids, message_payloads = wire.decode_work(frames)
-        got_ids += list(message_ids)
-        got += [bytes(p) for p in message_payloads]
-    assert got_ids == ids and got == payloads
-
-
-def test_a_big_batch_is_cut_into_messages_of_about_message_bytes():
-    size = wire.MESSAGE_BYTES * 2 // 5
-    payloads = [bytes([i]) * size for i in range(5)]
-    messages = wire.encode_work([1, 2, 3, 4, 5], payloads)
-    assert [list(wire.decode_work(m)[0]) for m in messages] == [[1, 2, 3], [4, 5]]
-
-
-def test_small_payloads_travel_packed_in_one_frame():
-    [frames] = wire.encode_work([1, 2, 3], [b"a", b"bb", b""])
-    assert len(frames) == 2  # ids and sizes, one packed body
-    [big] = wire.encode_work([1, 2], [b"a", b"x" * wire.PACK_LIMIT])
-    assert len(big) == 3  # a frame per payload once one of them is large
-
-
-@settings(max_examples=40)
-@given(payload_lists, st.floats(min_value=0, max_value=3600))
-def test_replies_round_trip_with_their_busy_time(payloads, busy):
-    ids = list(range(len(payloads)))
-    statuses = bytes(i % 2 for i in ids)
-    frames = wire.encode_replies(7, ids, statuses, payloads, busy)
-    assert wire.frame_kind(frames[0]) == (wire.REPLIES, 7)
-    got_ids, got_statuses, got = wire.decode_replies(frames)
-    assert list(got_ids) == ids and got_statuses == statuses
-    assert [bytes(p) for p in got] == payloads
-    assert abs(wire.busy_seconds(frames[0]) - busy) < 1e-6 + 1e-9 * busy
 
 
 def test_window_shrinks_for_slow_handlers_and_stays_full_for_fast_ones():

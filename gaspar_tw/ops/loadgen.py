@@ -2,8 +2,8 @@
 
 L{LoadRun} is the engine of ``gaspar-tw bench`` and of the benchmark suite: it keeps
 C{concurrency} requests in flight until C{requests} have been sent (or C{max_seconds} have
-passed), through any C{send(payload) -> Deferred[bytes]}. L{gasparSender} is the gaspar
-format: one connection per request, read the reply to EOF.
+passed), through any C{send(payload) -> Deferred[bytes]}, such as
+L{gaspar_tw.client.GasparClient.request}.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-
-from gaspar_tw.client import GasparClient
 
 Send = Callable[[bytes], Deferred]
 
@@ -146,8 +144,3 @@ class LoadRun:
             done, self._done = self._done, None
             if done is not None:
                 done.callback(result)
-
-
-def gasparSender(reactor, endpoint: str, timeout: float | None = 30.0) -> Send:
-    """C{send(payload)}: one gaspar request on its own connection to a client endpoint."""
-    return GasparClient(reactor, endpoint, timeout=timeout).request

@@ -15,24 +15,26 @@ Replies and control (every worker -> producer, on the shared PULL socket)::
     [b"H" + token, pid]                                                   worker ready
     [b"R" + token + busy + n + ids + statuses + sizes, body_1, ..., body_k]   replies
 
+Every integer is little-endian, whatever the byte order of the host that sends or reads it.
 C{token} is a worker process's unique number (u64), C{busy} the microseconds the handler
 spent on these requests (u32, so the producer can size its batches), C{n} the number of
-requests (u32), C{ids} their ids (n native u64s), C{sizes} each payload's length (n native
-u32s), C{statuses} one byte a reply (L{OK} or L{ERROR}; an error payload is
-L{encode_error}'s JSON). The small fields share the first frame: every ZeroMQ frame costs
-about a microsecond to send and another to receive, so a message of small payloads is two
-frames. Small payloads travel packed in one frame (k = 1: one frame costs as much as a few
-hundred bytes of copying); a message holding a payload of L{PACK_LIMIT} bytes or more
-carries one frame per payload (k = n), sent without a copy. L{encode_work} cuts a batch
-into messages of about L{MESSAGE_BYTES}, so a worker can start on the first requests while
-the rest are on their way. Nothing here imports Twisted: the worker process uses this
-module too.
+requests (u32), C{ids} their ids (n u64s), C{sizes} each payload's length (n u32s),
+C{statuses} one byte a reply (L{OK} or L{ERROR}; an error payload is L{encode_error}'s JSON),
+C{pid} the worker's process id in decimal ASCII. The small fields share the first frame:
+every ZeroMQ frame has a fixed cost to send and another to receive, so a message of small
+payloads is two frames. Small payloads travel packed in one frame (k = 1: copying small
+payloads together costs less than a frame each); a message holding a payload of
+L{PACK_LIMIT} bytes or more carries one frame per payload (k = n), sent without a copy.
+L{encode_work} cuts a batch into messages of about L{MESSAGE_BYTES}, so a worker can start
+on the first requests while the rest are on their way. Nothing here imports Twisted: the
+worker process uses this module too.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import sys
 from array import array
 from collections.abc import Sequence
 from typing import Any
@@ -64,26 +66,53 @@ _COUNT = struct.Struct("<I")
 _REPLIES_HEAD = struct.Struct("<cQII")
 
 
+def _native_array(typecode: str, buffer) -> array:
+    """The numbers in C{buffer}, written in this host's byte order."""
+    numbers = array(typecode)
+    numbers.frombytes(buffer)
+    return numbers
+
+
+def _swapped_array(typecode: str, buffer) -> array:
+    """The numbers in C{buffer}, written in the byte order opposite to this host's."""
+    numbers = array(typecode)
+    numbers.frombytes(buffer)
+    numbers.byteswap()
+    return numbers
+
+
+def _swapped_bytes(numbers: array) -> bytes:
+    """C{numbers} in the byte order opposite to this host's (swaps C{numbers} in place)."""
+    numbers.byteswap()
+    return numbers.tobytes()
+
+
+#: Arrays from and to the wire's byte order (little-endian), chosen once: a little-endian host
+#: reads and writes its arrays as they are, without a copy; a big-endian one swaps each.
+if sys.byteorder == "little":
+    _array_from_wire, _array_to_wire = _native_array, array.tobytes
+else:
+    _array_from_wire, _array_to_wire = _swapped_array, _swapped_bytes
+
+
 def unpack_ids(frame, offset: int, n: int) -> array:
-    ids = array("Q")
-    ids.frombytes(memoryview(frame)[offset : offset + 8 * n])
-    return ids
+    """The C{n} request ids (u64s) that start at C{offset} of C{frame}."""
+    return _array_from_wire("Q", memoryview(frame)[offset : offset + 8 * n])
 
 
 def pack_bodies(payloads: Sequence[Any]) -> tuple[bytes, list]:
     """C{(sizes, [body_1, ..., body_k])} for C{payloads}: packed if all are small."""
     sizes = array("I", map(len, payloads))
     if len(payloads) > 1 and max(sizes) < PACK_LIMIT:
-        return sizes.tobytes(), [b"".join(payloads)]
-    return sizes.tobytes(), list(payloads)
+        return _array_to_wire(sizes), [b"".join(payloads)]
+    return _array_to_wire(sizes), list(payloads)
 
 
 def unpack_bodies(frame, offset: int, n: int, bodies: Sequence[Any]) -> Sequence[Any]:
     """The payloads of a message whose sizes start at C{offset} of C{frame}."""
     if len(bodies) == n:
         return bodies
-    sizes = array("I")
-    sizes.frombytes(memoryview(frame)[offset : offset + 4 * n])
+    sizes = _array_from_wire("I", memoryview(frame)[offset : offset + 4 * n])
     blob = bodies[0]
     payloads = []
     start = 0
@@ -96,7 +125,7 @@ def unpack_bodies(frame, offset: int, n: int, bodies: Sequence[Any]) -> Sequence
 
 def _work_message(ids: Sequence[int], payloads: Sequence[Any]) -> list:
     sizes, bodies = pack_bodies(payloads)
-    return [_COUNT.pack(len(ids)) + array("Q", ids).tobytes() + sizes, *bodies]
+    return [_COUNT.pack(len(ids)) + _array_to_wire(array("Q", ids)) + sizes, *bodies]
 
 
 def encode_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]:
@@ -123,7 +152,7 @@ def decode_work(frames: Sequence[Any]) -> tuple[array, Sequence[Any]]:
 
 def encode_cancel(ids: Sequence[int]) -> list:
     """The control message that cancels requests C{ids} a worker holds."""
-    return [CANCEL + array("Q", ids).tobytes()]
+    return [CANCEL + _array_to_wire(array("Q", ids))]
 
 
 def decode_cancel(frame) -> array:
@@ -141,7 +170,7 @@ def encode_replies(
     micros = min(int(busy * 1e6), 0xFFFFFFFF)
     sizes, bodies = pack_bodies(payloads)
     head = _REPLIES_HEAD.pack(REPLIES, token, micros, len(ids))
-    return [head + array("Q", ids).tobytes() + statuses + sizes, *bodies]
+    return [head + _array_to_wire(array("Q", ids)) + statuses + sizes, *bodies]
 
 
 def busy_seconds(head: bytes) -> float:

@@ -1,7 +1,8 @@
 """The producer's ZeroMQ sockets, on txZMQ: one PULL for every reply, one PUSH per worker.
 
-txZMQ is imported here only, and only once a reactor is running, so that the twistd plugin
-can be discovered without installing the default reactor.
+This module imports txZMQ, which imports (and so installs) the global reactor: import it
+only once a service starts, so that the twistd plugin can be discovered, and
+C{twistd --reactor} chosen, without installing the default reactor.
 """
 
 from __future__ import annotations
