@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gaspar_tw.config import Config
 from gaspar_tw.errors import HandlerError
 
 Handler = Callable[[bytes], Any]
@@ -89,9 +88,7 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def check_import(
-    spec: str, pythonpath: Sequence[str] = (), timeout: float = Config.import_timeout
-) -> None:
+def check_import(spec: str, pythonpath: Sequence[str], timeout: float) -> None:
     """Load C{spec} in a child process, as a worker will, allowing it C{timeout} seconds.
 
     Raises L{HandlerError} with one line saying why if it cannot be loaded, ends its

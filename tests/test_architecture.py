@@ -136,7 +136,7 @@ def test_the_walk_sees_every_room_and_resolves_module_imports():
     edges = {(i.importer, i.imported, i.lazy) for i in imports()}
     assert ("gaspar_tw.worker.loop", "gaspar_tw.wire.messages", False) in edges  # a module
     assert ("gaspar_tw.dispatch", "gaspar_tw.dispatch.dispatcher", False) in edges
-    assert ("gaspar_tw.host.service", "gaspar_tw.tap", True) in edges  # inside a function
+    assert ("gaspar_tw.host.tap", "gaspar_tw.tap", True) in edges  # inside a function
     assert ("gaspar_tw", "gaspar_tw.producer", True) in edges  # the root's lazy exports
     assert {room(m) for m in _module_files()} >= {"wire", "worker", "dispatch", "server"}
 
@@ -224,11 +224,6 @@ def test_the_front_ends_import_no_worker_sources():
     assert not bad, "server/ knows requests and the dispatcher, not workers:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="host/service.py takes default_worker_count from producer.py (being reworked with "
-    "ProcessPool and config.py)",
-)
 def test_only_the_package_root_and_tap_import_the_producer():
     bad = violations(
         lambda i: (
@@ -253,7 +248,7 @@ ALLOWED: dict[str, set[str]] = {
     "consumer": {"handler", "errors"},
     "wire": {"errors"},
     "zeromq": {"wire", "errors"},
-    "config": {"handler", "zeromq", "wire", "errors"},
+    "config": set(),
     # the worker process and the clients
     "worker": {"zeromq", "wire", "handler", "proctitle", "errors"},
     "client": {"wire", "errors"},
@@ -292,7 +287,7 @@ ALLOWED: dict[str, set[str]] = {
         "errors",
     },
     # twistd's option parsing and service makers
-    "options": {"config", "ops", "zeromq", "handler", "errors"},
+    "options": {"config", "zeromq", "errors"},
     "tap": {
         "producer",
         "metrics",
@@ -320,12 +315,7 @@ ALLOWED: dict[str, set[str]] = {
         "errors",
     },
     # the public names, loaded lazily
-    ROOT: {"pool", "producer", "client", "consumer", "errors"},
-}
-
-ROOM_XFAILS = {
-    "options": "options.py takes defaults from dispatch/ and server/ (config.py is to hold them)",
-    "host": "host/service.py takes default_worker_count from producer.py (being reworked)",
+    ROOT: {"pool", "producer", "config", "client", "consumer", "errors"},
 }
 
 
@@ -352,12 +342,7 @@ def test_the_table_points_one_way():
 
 @pytest.mark.parametrize(
     "importer",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=ROOM_XFAILS[name]))
-        if name in ROOM_XFAILS
-        else name
-        for name in ALLOWED
-    ],
+    list(ALLOWED),
 )
 def test_each_room_imports_only_the_rooms_below_it(importer):
     allowed = ALLOWED[importer] | {importer, ROOT}
@@ -406,7 +391,6 @@ def test_the_worker_process_loads_neither_twisted_nor_the_dispatcher():
     )
 
 
-@pytest.mark.xfail(strict=True, reason="ProcessPool / lazy reactor: being built")
 def test_the_public_names_load_without_installing_the_reactor():
     run_clean(
         "import sys, gaspar_tw, gaspar_tw.client, gaspar_tw.aio\n"

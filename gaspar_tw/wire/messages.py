@@ -167,7 +167,7 @@ def encode_hello(token: int, pid: int) -> list:
 def encode_replies(
     token: int, ids: Sequence[int], statuses: bytes, payloads: Sequence[Any], busy: float = 0.0
 ) -> list:
-    micros = min(int(busy * 1e6), 0xFFFFFFFF)
+    micros = min(round(busy * 1e6), 0xFFFFFFFF)
     sizes, bodies = pack_bodies(payloads)
     head = _REPLIES_HEAD.pack(REPLIES, token, micros, len(ids))
     return [head + _array_to_wire(array("Q", ids)) + statuses + sizes, *bodies]
