@@ -1,4 +1,5 @@
-"""How requests are batched: wire messages (packing, cutting, replies) and the adaptive window."""
+"""How requests are batched: wire messages (packing, cutting, replies), and replies of one
+batch that do not wait for each other. The window's rules: test_dispatch_scheduler.py."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ from conftest import TESTS, pid_alive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.task import Clock
 
 from gaspar_tw import Producer
-from gaspar_tw.dispatch.dispatcher import INITIAL_WINDOW, WINDOW_SECONDS, Dispatcher
 from gaspar_tw.wire import messages as wire
 
 payload_lists = st.lists(
@@ -62,20 +61,6 @@ def test_replies_round_trip_with_their_busy_time(payloads, busy):
     assert list(got_ids) == ids and got_statuses == statuses
     assert [bytes(p) for p in got] == payloads
     assert abs(wire.busy_seconds(frames[0]) - busy) < 1e-6 + 1e-9 * busy
-
-
-def test_window_shrinks_for_slow_handlers_and_stays_full_for_fast_ones():
-    dispatcher = Dispatcher(Clock(), window=32)
-    assert dispatcher.handler_time is None and dispatcher._window() == INITIAL_WINDOW  # unknown
-    for _ in range(50):
-        dispatcher.handlerTime(10, 10 * 0.000002)  # 2 us a request
-    assert dispatcher._window() == 32
-    for _ in range(50):
-        dispatcher.handlerTime(1, 0.005)  # 5 ms a request
-    assert dispatcher._window() == 2
-    for _ in range(50):
-        dispatcher.handlerTime(4, 4 * WINDOW_SECONDS / 8)
-    assert 7 <= dispatcher._window() <= 8
 
 
 @pytest_twisted.ensureDeferred
