@@ -1,11 +1,12 @@
 """Delivery of workers' answers: replies, handler errors as RemoteError, the calls run once
-per batch (afterReplies), and replies from a worker given up on.
+per batch (afterReplies), wire replies messages, and replies from a worker given up on.
 
 A real L{Dispatcher} on a L{Clock}, with fake worker links that record what they are sent.
 """
 
 from __future__ import annotations
 
+import pytest
 from dispatch_fakes import Outcomes, link, tick
 from twisted.internet.task import Clock
 
@@ -72,6 +73,22 @@ def test_calls_registered_with_afterReplies_run_once_the_whole_batch_is_delivere
     clock.advance(0)
     dispatcher.repliesReceived(worker.token, [rid], bytes(1), [b""])
     assert events[4:] == ["reply 4", "write"]
+
+
+def test_a_replies_message_is_decoded_and_delivered_with_its_handler_time():
+    clock, dispatcher, worker, _ = serving()
+    outcomes = Outcomes()
+    rids = [dispatcher.submitTo(b"x", outcomes) for _ in range(2)]
+    clock.advance(0)
+    frames = wire.encode_replies(worker.token, rids, bytes(2), [b"one", b"two"], 0.5)
+    dispatcher.repliesMessage(worker.token, frames)
+    assert {rid: bytes(reply) for rid, reply in outcomes.replies.items()} == {
+        rids[0]: b"one",
+        rids[1]: b"two",
+    }
+    assert dispatcher.handler_time == pytest.approx(0.00001 + (0.25 - 0.00001) * 0.2)
+    assert dispatcher.stats.workers[worker.token].served == 2
+    assert sum(dispatcher.stats.latency_counts) == 2 and not worker.outstanding
 
 
 def test_a_late_reply_from_a_worker_given_up_on_still_answers_its_request():

@@ -15,7 +15,7 @@ from gaspar_tw.dispatch.scheduler import Scheduler
 from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.dispatch.timeouts import Timeouts
 from gaspar_tw.stats import Stats
-from gaspar_tw.wire.messages import SKIPPED
+from gaspar_tw.wire.messages import SKIPPED, busy_seconds, decode_replies
 
 #: Default seconds a handler may spend on one request, and a request may wait for a worker.
 DEFAULT_TIMEOUT = 30.0
@@ -224,6 +224,11 @@ class Dispatcher:
     def handlerTime(self, count: int, seconds: float) -> None:
         """A worker spent C{seconds} in the handler on C{count} requests."""
         self._scheduler.handlerTime(count, seconds)
+
+    def repliesMessage(self, token: int, frames: list) -> None:
+        """Worker C{token} sent a replies message (its frames): deliver the replies."""
+        ids, statuses, payloads = decode_replies(frames)
+        self.repliesReceived(token, ids, statuses, payloads, busy_seconds(frames[0]))
 
     def repliesReceived(
         self, token: int, ids, statuses: bytes, payloads, busy: float | None = None
