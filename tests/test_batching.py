@@ -1,4 +1,5 @@
-"""How requests are batched: the adaptive window, and replies that do not wait for their batch."""
+"""Replies of one batch that do not wait for each other. The window's rules:
+test_dispatch_scheduler.py; the wire messages: test_wire.py."""
 
 from __future__ import annotations
 
@@ -7,24 +8,8 @@ import time
 import pytest_twisted
 from conftest import TESTS, pid_alive
 from twisted.internet import reactor
-from twisted.internet.task import Clock
 
 from gaspar_tw import Producer
-from gaspar_tw.dispatch.dispatcher import INITIAL_WINDOW, WINDOW_SECONDS, Dispatcher
-
-
-def test_window_shrinks_for_slow_handlers_and_stays_full_for_fast_ones():
-    dispatcher = Dispatcher(Clock(), window=32)
-    assert dispatcher.handler_time is None and dispatcher._window() == INITIAL_WINDOW  # unknown
-    for _ in range(50):
-        dispatcher.handlerTime(10, 10 * 0.000002)  # 2 us a request
-    assert dispatcher._window() == 32
-    for _ in range(50):
-        dispatcher.handlerTime(1, 0.005)  # 5 ms a request
-    assert dispatcher._window() == 2
-    for _ in range(50):
-        dispatcher.handlerTime(4, 4 * WINDOW_SECONDS / 8)
-    assert 7 <= dispatcher._window() <= 8
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,39 @@
+"""A ready worker as the dispatcher sees it: how to reach it, and the requests it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+def _noop() -> None:
+    pass
+
+
+@dataclass(eq=False)
+class WorkerLink:
+    """Where to send a worker's work, how to end it, and what it holds.
+
+    C{outstanding} keeps request ids in the order they were sent; a worker answers in that
+    order (a request cancelled before it started is answered L{messages.SKIPPED}), so its first
+    id is the request the worker is running now. C{send} takes a list of messages (work, or
+    a cancel). C{kill} asks the worker's owner to end the process (the dispatcher has
+    already given up on it).
+    """
+
+    token: int
+    pid: int
+    send: Callable[[list], None]
+    kill: Callable[[], None] = _noop
+    #: Called once a retiring worker (L{Dispatcher.retire}) has answered all it held.
+    drained: Callable[[], None] = _noop
+    outstanding: dict = field(default_factory=dict)
+    retiring: bool = False
+    #: The request first at the last sweep, and the sweep count stamped when it became so.
+    watched: int | None = None
+    watchedAt: int = 0
+
+
+def load(link: WorkerLink) -> int:
+    """The requests C{link} holds: the key that orders workers least-loaded first."""
+    return len(link.outstanding)

@@ -1,0 +1,311 @@
+"""Which worker gets which queued request: window sizes, least-loaded fair shares, and
+requests retried after a crash, each run alone."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from gaspar_tw.dispatch.links import WorkerLink, load
+from gaspar_tw.dispatch.receivers import fail
+from gaspar_tw.dispatch.requests import Request
+from gaspar_tw.dispatch.sweep import Sweep
+from gaspar_tw.errors import WorkerCrashed
+from gaspar_tw.stats import Stats
+from gaspar_tw.wire.messages import encode_cancel, encode_work
+
+log = Logger()
+
+#: Requests whose estimated handler time adds up to less than this go to one worker in one
+#: message instead of being split across workers (fewer ZeroMQ messages for fast handlers).
+CONCENTRATE_SECONDS = 0.0005
+#: Each worker is given about this much estimated handler time at once (at least 2 requests,
+#: at most C{window}): slow handlers get small windows, so no request waits behind a busy
+#: worker while another is idle.
+WINDOW_SECONDS = 0.002
+#: Requests a worker may hold until the handler's time is known (a slow handler's requests
+#: must not pile up on the first worker while others are idle, nor behind cancelled ones).
+INITIAL_WINDOW = 2
+
+
+class Scheduler:
+    """The queue, the ready workers (C{links}, by token) and what each holds.
+
+    L{flush} gives each worker with room at most L{windowSize} requests, least-loaded first,
+    in one message per worker. A dead worker's requests (I{suspects}) are retried once, each
+    alone on an otherwise idle worker, so one that kills its worker again is known and failed
+    with L{WorkerCrashed}; while they wait, as many of the least-loaded workers are reserved
+    for them (given no new work until idle).
+
+    C{requests} is the request table's dict; C{sweep} stamps requests as they join a queue;
+    C{scheduleFlush} asks for a L{flush} on the next reactor turn.
+    """
+
+    def __init__(
+        self,
+        requests: dict[int, Request],
+        stats: Stats,
+        sweep: Sweep,
+        scheduleFlush: Callable[[], None],
+        *,
+        window: int,
+        retry_on_crash: bool,
+    ) -> None:
+        self.requests = requests
+        self.stats = stats
+        self.window = window
+        self.retry_on_crash = retry_on_crash
+        #: Handler seconds per request, a moving average of what workers report (None until
+        #: the first report: until then requests are spread, the window is L{INITIAL_WINDOW}).
+        self.handler_time: float | None = None
+        self.queue: deque[Request] = deque()
+        #: Requests held by a worker that died: each is retried alone on an idle worker.
+        self.suspects: deque[Request] = deque()
+        self.links: dict[int, WorkerLink] = {}
+        #: Tokens of workers running one suspect alone.
+        self.isolating: set[int] = set()
+        #: Tokens of workers given no new work until they are idle, for the waiting suspects.
+        self.reserved: set[int] = set()
+        self._sweep = sweep
+        self._scheduleFlush = scheduleFlush
+
+    # -- window ----------------------------------------------------------------------------
+
+    def handlerTime(self, count: int, seconds: float) -> None:
+        """A worker spent C{seconds} in the handler on C{count} requests."""
+        if not count:
+            return
+        if self.handler_time is None:
+            self.handler_time = seconds / count
+        else:
+            self.handler_time += (seconds / count - self.handler_time) * 0.2
+
+    def windowSize(self) -> int:
+        """Requests one worker may hold: C{window}, fewer for slow handlers or unknown ones."""
+        handler_time = self.handler_time
+        if handler_time is None:
+            return min(INITIAL_WINDOW, self.window)
+        if not handler_time:
+            return self.window
+        return max(2, min(self.window, int(WINDOW_SECONDS / handler_time)))
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send queued requests to workers with room, least-loaded first, fair shares."""
+        if self.suspects or self.isolating or self.reserved:
+            self._sendSuspects()
+        queue = self.queue
+        window = self.windowSize()
+        while queue:
+            links = [
+                link
+                for link in self.links.values()
+                if len(link.outstanding) < window and not link.retiring
+            ]
+            if self.isolating or self.reserved:
+                setAside = self.isolating | self.reserved
+                links = [link for link in links if link.token not in setAside]
+            if not links:
+                return
+            links.sort(key=load)
+            handler_time = self.handler_time
+            if handler_time is not None and len(queue) * handler_time < CONCENTRATE_SECONDS:
+                links = links[:1]
+            for index, link in enumerate(links):
+                if not queue:
+                    return
+                share = -(-len(queue) // (len(links) - index))
+                n = min(window - len(link.outstanding), share)
+                batch = [queue.popleft() for _ in range(n)]
+                ids = [request.rid for request in batch]
+                try:
+                    link.send(encode_work(ids, [request.payload for request in batch]))
+                except Exception:
+                    queue.extendleft(reversed(batch))
+                    self._sendFailed(link)
+                    continue
+                link.outstanding.update(dict.fromkeys(ids))
+
+    def _sendFailed(self, link: WorkerLink) -> None:
+        """Sending to C{link} failed (call from the except block): give up on that worker,
+        requeue what it held, and have it ended."""
+        log.failure("sending to worker pid {pid} failed; replacing it", pid=link.pid)
+        self.forget(link)
+        self.requeue(self.held(link))
+        link.kill()
+
+    def _sendSuspects(self) -> None:
+        """Give each retried request, alone, to a worker that holds nothing else.
+
+        While retried requests wait and no worker is idle, the least-loaded workers (one per
+        waiting request) are reserved: they get no new work, so each is idle once it has
+        answered what it holds, and a retried request waits that long at most under any load.
+        """
+        links = self.links
+        for token in list(self.isolating):
+            if not links[token].outstanding:
+                self.isolating.discard(token)
+        reserved = self.reserved
+        idle = [
+            link
+            for link in links.values()
+            if not link.outstanding and not link.retiring and link.token not in self.isolating
+        ]
+        idle.sort(key=lambda link: link.token in reserved)  # reserved ones are taken first
+        while self.suspects and idle:
+            link = idle.pop()
+            request = self.suspects.popleft()
+            try:
+                link.send(encode_work([request.rid], [request.payload]))
+            except Exception:
+                self.suspects.appendleft(request)
+                self._sendFailed(link)  # it held nothing: idle
+                continue
+            link.outstanding[request.rid] = None
+            self.isolating.add(link.token)
+            reserved.discard(link.token)
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Hold back as many workers as retried requests wait: the least loaded ones."""
+        reserved = self.reserved
+        for token in list(reserved):
+            if self.links[token].retiring:
+                reserved.discard(token)
+        excess = len(reserved) - len(self.suspects)
+        if excess > 0:
+            held = sorted((self.links[token] for token in reserved), key=load)
+            reserved.difference_update(link.token for link in held[-excess:])
+        elif excess < 0:
+            free = [
+                link
+                for link in self.links.values()
+                if not link.retiring
+                and link.token not in reserved
+                and link.token not in self.isolating
+            ]
+            free.sort(key=load)
+            reserved.update(link.token for link in free[:-excess])
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def requeue(self, requests: list[Request]) -> None:
+        """Put requests back at the head of the queue, their queue wait starting afresh."""
+        if not requests:
+            return
+        for request in requests:
+            request.queuedAt = self._sweep.count
+        self.queue.extendleft(reversed(requests))
+        self._scheduleFlush()
+
+    def drop(self, rids: set[int]) -> None:
+        """Take the requests with ids C{rids} off the queues, wherever they wait."""
+        for waiting in (self.queue, self.suspects):
+            kept = [request for request in waiting if request.rid not in rids]
+            if len(kept) != len(waiting):
+                waiting.clear()
+                waiting.extend(kept)
+        if self.reserved:
+            self._scheduleFlush()  # a worker held back for them may take other work
+
+    def cancel(self, request: Request) -> None:
+        """Drop a cancelled request if it waits; have its worker skip it if not started."""
+        for waiting in (self.queue, self.suspects):
+            try:
+                waiting.remove(request)
+            except ValueError:
+                continue
+            if self.reserved:
+                self._scheduleFlush()  # a worker held back for it may take other work
+            return
+        rid = request.rid
+        for link in self.links.values():
+            if rid in link.outstanding:
+                if next(iter(link.outstanding)) != rid:  # the first is running: let it be
+                    try:
+                        link.send([encode_cancel([rid])])
+                    except Exception as e:  # it will run it; the reply is dropped
+                        log.warn(
+                            "could not tell worker pid {pid} to skip a cancelled request: {e!r}",
+                            pid=link.pid,
+                            e=e,
+                        )
+                return
+
+    def clear(self) -> None:
+        """Forget every request (the table has been emptied)."""
+        self.queue.clear()
+        self.suspects.clear()
+        for link in self.links.values():
+            link.outstanding.clear()
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def retire(self, token: int) -> None:
+        """Give the worker C{token} no more work; call its C{drained} once it has answered
+        what it holds (at once if nothing)."""
+        link = self.links.get(token)
+        if link is None or link.retiring:
+            return
+        link.retiring = True
+        if not link.outstanding:
+            link.drained()
+
+    def workerLost(self, token: int) -> None:
+        """A worker ended: retry each request it held once, alone, or fail them.
+
+        Which of its requests killed the worker is unknown (a reply it sent just before
+        dying can be lost with it), so each is retried on an otherwise idle worker; a request
+        whose worker dies while running it alone fails with L{WorkerCrashed}.
+        """
+        link = self.links.get(token)
+        if link is None:
+            return
+        alone = token in self.isolating
+        self.forget(link)
+        held = self.held(link)
+        if not held:
+            return
+        if alone:
+            why = "it was retried alone on another worker, which died too"
+            retry, failed = [], held
+        elif self.retry_on_crash:
+            why, retry, failed = "", held, []
+        else:
+            why = "retrying is off (--no-retry-on-crash)"
+            retry, failed = [], held
+        log.warn(
+            "worker pid {pid} died holding {n} requests: {retried} retried, {failed} failed",
+            pid=link.pid,
+            n=len(held),
+            retried=len(retry),
+            failed=len(failed),
+        )
+        for request in retry:
+            request.queuedAt = self._sweep.count
+        self.suspects.extend(retry)
+        if retry:
+            self._scheduleFlush()
+        self.stats.error += len(failed)
+        for request in failed:
+            del self.requests[request.rid]
+            fail(
+                request,
+                WorkerCrashed(f"worker pid {link.pid} died while handling the request; {why}"),
+            )
+
+    def held(self, link: WorkerLink) -> list[Request]:
+        """Take a lost worker's pending requests off it, in the order they were sent."""
+        requests = self.requests
+        held = [requests[rid] for rid in link.outstanding if rid in requests]
+        link.outstanding.clear()
+        return held
+
+    def forget(self, link: WorkerLink) -> None:
+        """Stop giving work to C{link} (it died, or was given up on)."""
+        del self.links[link.token]
+        self.isolating.discard(link.token)
+        self.reserved.discard(link.token)

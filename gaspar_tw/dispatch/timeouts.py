@@ -1,0 +1,90 @@
+"""The timeout rules, applied at each sweep: abandon a worker stuck on one request, and
+expire requests that waited too long for a worker."""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from gaspar_tw.dispatch.links import WorkerLink
+from gaspar_tw.dispatch.receivers import fail
+from gaspar_tw.dispatch.scheduler import Scheduler
+from gaspar_tw.dispatch.sweep import Sweep
+from gaspar_tw.errors import RequestTimeout
+from gaspar_tw.stats import Stats
+
+log = Logger()
+
+
+class Timeouts:
+    """Enforce C{sweep.timeout} on the scheduler's workers and queues; call L{check} at
+    each sweep.
+
+    A worker on one request for C{timeout} is abandoned: that request fails with
+    L{RequestTimeout}, the worker is killed through L{WorkerLink.kill}, and the requests
+    queued behind it go back to the queue. A request that waited as long in a queue fails
+    with L{RequestTimeout}.
+    """
+
+    def __init__(self, scheduler: Scheduler, sweep: Sweep, stats: Stats) -> None:
+        self._scheduler = scheduler
+        self._sweep = sweep
+        self._stats = stats
+
+    def check(self) -> None:
+        """Abandon workers stuck on one request for C{timeout}; expire requests queued as long.
+
+        A worker's first outstanding request is the one it is running. One first seen at this
+        sweep became first since the previous one: it is stamped like a request queued then,
+        in sweep counts (not reactor times, whose jitter cost a whole extra sweep), so the
+        worker is abandoned after it has run the request for C{timeout} and less than one
+        sweep interval more.
+        """
+        sweep = self._sweep
+        scheduler = self._scheduler
+        for link in list(scheduler.links.values()):
+            running = next(iter(link.outstanding), None)
+            if running is None or running != link.watched:
+                link.watched, link.watchedAt = running, sweep.count - 1
+            elif sweep.expired(link.watchedAt):
+                self._abandon(link, running)
+        if scheduler.queue or scheduler.suspects:
+            self._expireQueued()
+
+    def _abandon(self, link: WorkerLink, running: int) -> None:
+        """Give up on a stuck worker: fail its current request, requeue the rest, kill it."""
+        scheduler = self._scheduler
+        timeout = self._sweep.timeout
+        scheduler.forget(link)
+        stuck = scheduler.requests.pop(running, None)
+        others = scheduler.held(link)
+        log.warn(
+            "worker pid {pid} ran one request for over {timeout}s (--timeout): killing it,"
+            " failing that request and retrying the {n} queued behind it",
+            pid=link.pid,
+            timeout=timeout,
+            n=len(others),
+        )
+        link.kill()
+        scheduler.requeue(others)
+        if stuck is not None:
+            self._stats.requestTimedOut()
+            fail(stuck, RequestTimeout(f"the handler ran for over {timeout}s (--timeout)"))
+
+    def _expireQueued(self) -> None:
+        scheduler = self._scheduler
+        expired = self._sweep.expired
+        stale = [r for r in (*scheduler.queue, *scheduler.suspects) if expired(r.queuedAt)]
+        if not stale:
+            return
+        scheduler.drop({request.rid for request in stale})
+        timeout = self._sweep.timeout
+        log.warn(
+            "{n} requests waited over {timeout}s for a free worker (--timeout); failing them",
+            n=len(stale),
+            timeout=timeout,
+        )
+        requests = scheduler.requests
+        for request in stale:
+            del requests[request.rid]
+            self._stats.requestTimedOut()
+            fail(request, RequestTimeout(f"no worker was free for {timeout}s (--timeout)"))
