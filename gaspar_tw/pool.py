@@ -30,6 +30,7 @@ from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.handler import Handler
 from gaspar_tw.stats import Stats
+from gaspar_tw.wire.control import HURRIED_STOP_GRACE_SECONDS, STOP_GRACE_SECONDS
 from gaspar_tw.workers.local import LocalWorkers
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
 
@@ -234,7 +235,7 @@ class ProcessPool(service.Service):
             yield self.remote.stop()
             self.remote = None
         # After a drain that timed out, workers may be stuck in a handler: don't wait long.
-        yield self.local.stop(grace=5.0 if drained else 0.5)
+        yield self.local.stop(STOP_GRACE_SECONDS if drained else HURRIED_STOP_GRACE_SECONDS)
         if self.hub is not None:
             self.hub.close()
             self.hub = None

@@ -25,6 +25,12 @@ BYE = b"B"
 #: Producer -> worker: "you have answered all you held: go".
 DONE = STOP
 
+#: Seconds a worker is given to finish what it holds once its parent stops it (stdin closed),
+#: before SIGTERM (and SIGKILL at twice as long).
+STOP_GRACE_SECONDS = 5.0
+#: ... and after a drain that ran out of time, when it may be stuck in a handler.
+HURRIED_STOP_GRACE_SECONDS = 0.5
+
 #: Exit status of a worker whose handler cannot be loaded: its parent stops respawning it.
 EXIT_HANDLER_ERROR = 4
 #: Exit status of a remote worker the producer gave up on (its host starts another at once).

@@ -17,6 +17,7 @@ import zmq
 
 from gaspar_tw.handler import Handler
 from gaspar_tw.wire import messages
+from gaspar_tw.wire.control import STOP_GRACE_SECONDS
 from gaspar_tw.zeromq.multipart import BLOCK, recv_frames, send_frames, waiting
 
 #: Replies computed for longer than this are sent without waiting for the rest of the batch.
@@ -26,8 +27,8 @@ FLUSH_AFTER_SECONDS = 0.001
 #: every time, a fast handler's batch costs no extra socket call per request.
 LOOK_AFTER_SECONDS = 0.001
 #: A worker that asked to retire (L{Worker.retire}) stops after this long without the word to
-#: go (its worker host sends SIGTERM at 5 s).
-RETIRE_SECONDS = 4.5
+#: go: before its worker host's SIGTERM.
+RETIRE_SECONDS = STOP_GRACE_SECONDS - 0.5
 
 
 def call_handler(handler: Handler, payload: bytes) -> tuple[int, bytes]:

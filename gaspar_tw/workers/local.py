@@ -26,7 +26,7 @@ from zope.interface import implementer
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire import messages
-from gaspar_tw.wire.control import EXIT_HANDLER_ERROR
+from gaspar_tw.wire.control import EXIT_HANDLER_ERROR, STOP_GRACE_SECONDS
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
 
 if TYPE_CHECKING:  # imported when a pool starts: txZMQ imports the global reactor
@@ -387,7 +387,7 @@ class LocalWorkers:
             )
         self._respawns[process.slot] = self.reactor.callLater(delay, self._spawn, process.slot)
 
-    def stop(self, grace: float = 5.0) -> Deferred:
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> Deferred:
         """Stop every worker: close its stdin, then SIGTERM after C{grace}, SIGKILL after 2x.
 
         Fires once every worker process has exited and been reaped (and what it forked
