@@ -24,9 +24,17 @@ DEFAULT_PORT = 10123
 #: more than 50 (each dropped SYN is retransmitted 1 s, then 3 s, later).
 DEFAULT_BACKLOG = 1024
 
+#: The twistd commands, for a setting's C{commands} (the ones whose options show it).
 PRODUCER = "gaspar"
 HOST = "gaspar-worker"
 BOTH = (PRODUCER, HOST)
+
+#: Who reads a setting, for its C{scope}: L{gaspar_tw.ProcessPool} (and so a producer),
+#: L{gaspar_tw.Producer} alone, the worker host, or only the twistd commands.
+POOL = "ProcessPool"
+FRONT_ENDS = "Producer"
+WORKER_HOST = "WorkerHost"
+TWISTD = "twistd"
 
 
 def default_worker_count() -> int:
@@ -60,12 +68,25 @@ def seconds(allow_zero: bool) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"must be a number of seconds, not {value!r}")
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            least = "0 (0 turns it off)" if allow_zero else "more than 0"
-            raise ValueError(f"must be a finite number of seconds of {least}, not {value}")
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number of seconds, not {value}")
+        if value < 0 or (value == 0 and not allow_zero):
+            least = "0 or more (0 turns it off)" if allow_zero else "more than 0"
+            raise ValueError(f"must be {least} seconds, not {value:g}")
         return float(value)
 
     return check
+
+
+def no_limit_or_seconds(value: Any) -> float | None:
+    """Seconds, where C{None} (or 0) means no limit."""
+    return None if value is None else seconds(allow_zero=True)(value)
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be True or False, not {value!r}")
+    return value
 
 
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -88,8 +109,10 @@ def text(value: Any) -> str | None:
 
 
 def paths(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Sequence):
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise ValueError(f"must be a list of directories, not {value!r}")
+    if not all(isinstance(path, str) for path in value):
+        raise ValueError(f"must be a list of directory names (str), not {value!r}")
     return tuple(os.path.abspath(path) for path in value)
 
 
@@ -120,10 +143,16 @@ def setting(
     short: str | None = None,
     parse: Callable[[str], Any] = str,
     commands: Sequence[str] = (PRODUCER,),
+    scope: Sequence[str] = (POOL,),
+    host_doc: str | None = None,
 ) -> Any:
-    """A L{Config} field: its default, one-line C{doc} and C{check}, and its command line."""
+    """A L{Config} field: its default, one-line C{doc} and C{check}, its command line, and
+    the C{scope} of services that read it (another service refuses it: it would be ignored).
+    C{host_doc} is its help text for C{twistd gaspar-worker}, if not C{doc}."""
     metadata = {
         "doc": doc,
+        "host_doc": host_doc or doc,
+        "scope": tuple(scope),
         "check": check,
         "flag": flag,
         "short": short,
@@ -149,12 +178,14 @@ class Config:
         DEFAULT_PORT,
         "A port number, a Twisted server endpoint string (tcp:10123, unix:/run/gaspar.sock),"
         " an IStreamServerEndpoint, or None for no listener (in-process submit only).",
+        scope=(FRONT_ENDS,),
     )
     framed_endpoint: Any = setting(
         None,
         "Also serve the framed persistent protocol (pipelined requests, replies with a status"
         " byte) on this Twisted server endpoint, e.g. tcp:10124.",
         flag="framed-endpoint",
+        scope=(FRONT_ENDS,),
     )
     max_length: int = setting(
         16 * 1024 * 1024,
@@ -162,14 +193,16 @@ class Config:
         whole(1),
         flag="max-length",
         parse=flag_number,
+        scope=(FRONT_ENDS,),
     )
-    idle_timeout: float = setting(
+    idle_timeout: float | None = setting(
         30.0,
         "Seconds a client may stall while sending its request, or leave its reply untaken,"
         " before it is dropped; 0 for no limit.",
-        seconds(allow_zero=True),
+        no_limit_or_seconds,
         flag="idle-timeout",
         parse=flag_seconds,
+        scope=(FRONT_ENDS,),
     )
     drain_timeout: float = setting(
         10.0,
@@ -184,15 +217,20 @@ class Config:
         " tcp:9100:interface=127.0.0.1 [default: off].",
         text,
         flag="metrics",
+        scope=(TWISTD,),
     )
     log_format: str = setting(
         "text",
         "Log as 'text' (one line an event) or 'json' (one JSON object a line).",
         one_of("text", "json"),
         flag="log-format",
+        scope=(TWISTD,),
     )
     proctitle: bool = setting(
-        False, "Set the process title (gaspar-tw producer :10123): for a process of our own."
+        False,
+        "Set the process title (gaspar-tw producer :10123): for a process of our own.",
+        boolean,
+        scope=(FRONT_ENDS,),
     )
 
     # -- the workers (the process pool) ----------------------------------------------------
@@ -205,6 +243,8 @@ class Config:
         short="w",
         parse=flag_number,
         commands=BOTH,
+        scope=(POOL, WORKER_HOST),
+        host_doc="Number of worker processes [default: the CPUs available].",
     )
     max_pending: int | None = setting(
         None,
@@ -215,11 +255,11 @@ class Config:
         parse=flag_number,
     )
     window: int = setting(32, "Most requests one worker holds at a time.", whole(1))
-    timeout: float = setting(
+    timeout: float | None = setting(
         30.0,
         "Seconds a handler may run on one request (then its worker is killed and replaced)"
         " and a request may wait for a free worker; 0 for no limit.",
-        seconds(allow_zero=True),
+        no_limit_or_seconds,
         flag="timeout",
         parse=flag_seconds,
     )
@@ -227,12 +267,14 @@ class Config:
         True,
         "Requests held by a worker that dies are retried once, each alone on another worker"
         " (--no-retry-on-crash: they fail instead).",
+        boolean,
     )
     pythonpath: tuple[str, ...] = setting(
         (),
         "A directory to add to the Python path to find the handler (repeatable).",
         paths,
         commands=BOTH,
+        scope=(POOL, WORKER_HOST),
     )
     import_timeout: float = setting(
         30.0,
@@ -242,6 +284,7 @@ class Config:
         flag="import-timeout",
         parse=flag_seconds,
         commands=BOTH,
+        scope=(TWISTD,),
     )
 
     # -- remote workers --------------------------------------------------------------------
@@ -259,13 +302,16 @@ class Config:
         flag="connect",
         short="c",
         commands=(HOST,),
+        scope=(WORKER_HOST,),
     )
     curve_keys: str | None = setting(
         None,
-        "Directory of CURVE keys (gaspar-tw keygen DIR) protecting --bind / --connect.",
+        "Directory of CURVE keys (gaspar-tw keygen DIR) protecting --bind.",
         text,
         flag="curve-keys",
         commands=BOTH,
+        scope=(POOL, WORKER_HOST),
+        host_doc="Directory of CURVE keys (gaspar-tw keygen DIR) for --connect.",
     )
 
     def __post_init__(self) -> None:
@@ -281,14 +327,18 @@ class Config:
             raise ValueError("curve_keys protects bind (or connect); give bind too")
 
     @classmethod
-    def of(cls, config: Config | None = None, **settings: Any) -> Config:
-        """C{config} (or the defaults) with C{settings} changed; an unknown name is a
-        C{TypeError} that suggests the closest one."""
-        unknown = [name for name in settings if name not in _NAMES]
-        if unknown:
-            name = unknown[0]
-            close = difflib.get_close_matches(name, _NAMES, n=1)
+    def of(cls, config: Config | None, scope: Sequence[str], **settings: Any) -> Config:
+        """C{config} (or the defaults) with C{settings} changed, for a service that reads the
+        settings of C{scope}. A name unknown, or of a setting it would ignore, is a
+        C{TypeError} (suggesting the closest name it takes)."""
+        takes = [f.name for f in fields(cls) if set(f.metadata["scope"]) & set(scope)]
+        for name in settings:
+            if name in takes:
+                continue
+            close = difflib.get_close_matches(name, takes, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if name in _NAMES:
+                raise TypeError(f"{scope[-1]} takes no setting {name!r}: it would be ignored")
             raise TypeError(f"unknown setting {name!r}{hint}")
         base = cls() if config is None else config
         return replace(base, **settings) if settings else base
@@ -311,6 +361,11 @@ class Config:
     def timeout_or_none(self) -> float | None:
         """C{timeout}, C{None} for no limit."""
         return self.timeout or None
+
+    @property
+    def idle_timeout_or_none(self) -> float | None:
+        """C{idle_timeout}, C{None} for no limit."""
+        return self.idle_timeout or None
 
 
 _NAMES = tuple(f.name for f in fields(Config))

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from gaspar_tw.handler import Handler, handler_spec, load_handler
+import os
+import sys
+
+from twisted.logger import Logger
+
+from gaspar_tw.errors import HandlerError
+from gaspar_tw.handler import Handler, check_import, handler_spec, load_handler
+
+log = Logger()
 
 
 class Consumer:
@@ -23,3 +31,23 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f"Consumer({self.spec!r})"
+
+
+def loadConsumer(options, command: str) -> tuple[Consumer, list[str]]:
+    """The consumer of a twistd command's C{--handler}, with the current directory and
+    C{--pythonpath} importable; returns it and that path. A handler that cannot be imported,
+    or not within C{--import-timeout} seconds (tried in a child process first), exits with
+    one line."""
+    pythonpath = [os.getcwd(), *options.config.pythonpath]
+    for directory in reversed(pythonpath):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    spec, timeout = options["handler"], options.config.import_timeout
+    # twistd shows this once its log starts (after makeService), with the time it was said.
+    log.info("importing handler {spec} (--import-timeout {timeout:g}s)", spec=spec, timeout=timeout)
+    try:
+        if timeout:
+            check_import(spec, pythonpath, timeout)
+        return Consumer(spec), pythonpath
+    except HandlerError as e:
+        raise SystemExit(f"{command}: {e}") from None

@@ -38,7 +38,7 @@ class Overloaded(GasparError):
 
 
 class ServiceStopped(GasparError):
-    """The producer is stopping or stopped and takes no more requests."""
+    """The pool or producer is stopping or stopped and takes no more requests."""
 
 
 class HandlerError(GasparError, ValueError):

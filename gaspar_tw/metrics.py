@@ -25,9 +25,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.proctitle import address_text
-from gaspar_tw.stats import LATENCY_BUCKETS, OUTCOMES, Stats
+from gaspar_tw.stats import LATENCY_BUCKETS, OUTCOMES
 
 log = Logger()
 
@@ -35,14 +34,14 @@ PREFIX = "gaspar_tw_"
 
 
 class StatsCollector(Collector):
-    """Turn a L{Stats} (and the dispatcher's queue lengths) into metric families."""
+    """Turn a pool's L{Stats} (and its dispatcher's queue lengths) into metric families."""
 
-    def __init__(self, stats: Stats, dispatcher: Dispatcher) -> None:
-        self.stats = stats
-        self.dispatcher = dispatcher
+    def __init__(self, pool) -> None:
+        self.pool = pool
 
     def collect(self):
-        stats = self.stats
+        stats = self.pool.stats
+        dispatcher = self.pool.dispatcher
         requests = CounterMetricFamily(
             PREFIX + "requests", "Requests finished, by outcome.", labels=["outcome"]
         )
@@ -52,17 +51,17 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily(
             PREFIX + "requests_in_flight",
             "Requests accepted and not yet answered.",
-            value=self.dispatcher.pending,
+            value=dispatcher.pending if dispatcher is not None else 0,
         )
         yield GaugeMetricFamily(
             PREFIX + "replies_unsent",
             "Replies a client has not taken yet; they count against --max-pending.",
-            value=self.dispatcher.writing,
+            value=dispatcher.writing if dispatcher is not None else 0,
         )
         yield GaugeMetricFamily(
             PREFIX + "queue_depth",
             "Requests waiting for a worker with room.",
-            value=self.dispatcher.queued,
+            value=dispatcher.queued if dispatcher is not None else 0,
         )
         counts = list(stats.latency_counts)
         cumulative, buckets = 0, []
@@ -161,7 +160,7 @@ def metricsSite(producer) -> Site:
     from prometheus_client.twisted import MetricsResource  # imports the global reactor
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(producer.stats, producer.dispatcher))
+    registry.register(StatsCollector(producer))
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry))
     root.putChild(b"status", StatusResource(producer))
@@ -189,7 +188,10 @@ class MetricsService(service.Service):
         if self._listening:
             return
         self._listening = True
-        endpoint = serverFromString(self.producer.reactor, self.endpoint)
+        reactor = self.producer.reactor
+        if reactor is None:  # the producer has not chosen one yet: the global one, now
+            from twisted.internet import reactor
+        endpoint = serverFromString(reactor, self.endpoint)
         failures: list = []
         d = endpoint.listen(metricsSite(self.producer))
         d.addCallbacks(self._listened, failures.append)

@@ -49,7 +49,7 @@ def _coerce(f: Field) -> Callable[[str], Any]:
 def _parameters(command: str) -> list[list]:
     """twistd's C{optParameters} for the settings of C{command} that have a flag."""
     return [
-        [f.metadata["flag"], f.metadata["short"], default_of(f), f.metadata["doc"], _coerce(f)]
+        [f.metadata["flag"], f.metadata["short"], default_of(f), _doc(f, command), _coerce(f)]
         for f in settings_for(command)
         if f.metadata["flag"]
     ]
@@ -66,6 +66,10 @@ def _port(value: str) -> int:
 
 
 _port.coerceDoc = ""
+
+
+def _doc(f: Field, command: str) -> str:
+    return f.metadata["host_doc"] if command == HOST else f.metadata["doc"]
 
 
 class HandlerOptions(usage.Options):
@@ -85,9 +89,11 @@ class HandlerOptions(usage.Options):
         self["pythonpath"].append(directory)
 
     def postOptions(self) -> None:
+        self.config = self._config()
+
+    def checkHandler(self) -> None:
         if not self["handler"]:
             raise usage.UsageError("--handler MODULE:FUNCTION is required")
-        self.config = self._config()
 
     def _config(self) -> Config:
         """The L{Config} of the flags given (and the defaults of the others)."""
@@ -151,6 +157,7 @@ class Options(HandlerOptions):
         self["retry-on-crash"] = False
 
     def postOptions(self) -> None:
+        self.checkHandler()
         if self["workers"] == 0 and not self["bind"]:
             raise usage.UsageError("--workers 0 needs --bind (remote workers)")
         if self["curve-keys"] and not self["bind"]:
@@ -185,6 +192,7 @@ class HostOptions(HandlerOptions):
     )
 
     def postOptions(self) -> None:
+        self.checkHandler()
         if not self["connect"]:
             raise usage.UsageError("--connect tcp://HOST:PORT is required")
         if self["workers"] == 0:

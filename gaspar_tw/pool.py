@@ -9,22 +9,24 @@ The data flow::
                                                                 (spawnProcess, ipc://) or
                                                                 RemoteWorkers (ROUTER, tcp://)
 
-A pool builds its parts when it first starts, on the reactor it was given or, by default,
-the global one, looked up then: importing or constructing a pool installs no reactor.
-L{gaspar_tw.Producer} is a pool with TCP front ends.
+A pool makes its parts on the reactor it was given or, by default, the global one: at once if
+one is installed already, else when it is first started (or first used). So importing or
+constructing a pool installs no reactor. L{gaspar_tw.Producer} is a pool with TCP front ends.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import fields
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred, fail, inlineCallbacks
+from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gaspar_tw.config import Config
+from gaspar_tw.config import POOL, Config
 from gaspar_tw.consumer import Consumer
 from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import ServiceStopped
@@ -39,6 +41,8 @@ log = Logger()
 #: How often a drain checks whether every request is done.
 DRAIN_POLL_SECONDS = 0.05
 
+_SETTINGS = frozenset(f.name for f in fields(Config))
+
 
 class ProcessPool(service.Service):
     """Run C{handler} (C{bytes -> bytes}) in C{workers} processes: L{submit} a payload, get a
@@ -46,11 +50,14 @@ class ProcessPool(service.Service):
 
     C{handler} is a L{Consumer}, a module-level function or its ``"module:function"`` name.
     The other settings (C{timeout}, C{max_pending}, C{retry_on_crash}, C{window},
-    C{pythonpath}, C{drain_timeout}, C{bind}, C{curve_keys}, ...) are L{Config}'s, given as
-    keywords or as C{config}. C{reactor} defaults to the global reactor, looked up when the
-    pool starts. Use it as a service (C{startService}/C{stopService}, e.g. under a
-    C{MultiService} or twistd).
+    C{pythonpath}, C{drain_timeout}, C{bind}, C{curve_keys}) are L{Config}'s, given as
+    keywords or as C{config}, and readable as attributes (C{pool.timeout}). C{reactor}
+    defaults to the global reactor, looked up when it is needed, never at import. Use it as a
+    service (C{startService}/C{stopService}, e.g. under a C{MultiService} or twistd).
     """
+
+    #: The settings this service reads (L{Config.of} refuses the others).
+    scope: tuple[str, ...] = (POOL,)
 
     def __init__(
         self,
@@ -63,7 +70,7 @@ class ProcessPool(service.Service):
     ) -> None:
         if workers is not None:
             settings["workers"] = workers
-        self.config = Config.of(config, **settings)
+        self.config = Config.of(config, self.scope, **settings)
         self.consumer = handler if isinstance(handler, Consumer) else Consumer(handler)
         self.reactor = reactor
         #: Counters of everything this pool does (read by gaspar_tw.metrics).
@@ -76,11 +83,19 @@ class ProcessPool(service.Service):
         self._readyWaiters: list[Deferred] = []
         self._draining: Deferred | None = None
         self._drainDeadline = 0.0
+        if reactor is not None or "twisted.internet.reactor" in sys.modules:
+            self._build()  # a reactor is chosen already: looking it up later changes nothing
+
+    def __getattr__(self, name: str) -> Any:
+        # The settings, as attributes (only called for names not found otherwise).
+        if name in _SETTINGS:
+            return getattr(self.config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def workers(self) -> int:
         """The number of local worker processes."""
-        return self.config.worker_count
+        return self.local.size if self.local is not None else self.config.worker_count
 
     # -- the in-process API ----------------------------------------------------------------
 
@@ -90,16 +105,17 @@ class ProcessPool(service.Service):
         Must be called in the reactor thread. Fails with L{gaspar_tw.RemoteError} when the
         handler raises, L{gaspar_tw.WorkerCrashed} when its worker died with it (twice),
         L{gaspar_tw.RequestTimeout} past C{timeout}, L{gaspar_tw.Overloaded} when
-        C{max_pending} requests wait, and L{gaspar_tw.ServiceStopped} when the pool is not
-        running. Cancelling it drops the request, or has its worker skip it.
+        C{max_pending} requests wait, and L{gaspar_tw.ServiceStopped} once the pool stops.
+        A request submitted before the pool starts waits for its workers. Cancelling it
+        drops the request, or has its worker skip it.
         """
-        if self.dispatcher is None:
-            return fail(ServiceStopped("the gaspar_tw pool has not been started"))
+        self._build()
         return self.dispatcher.submit(payload)
 
     def whenReady(self) -> Deferred:
-        """Fires (with this pool) once every local worker is ready; before the pool starts,
-        once it has started and they are."""
+        """Fires (with this pool) once every local worker is ready (and, for a producer, its
+        listeners are bound); asked before the pool is built, once it has started and they
+        are."""
         if self.local is None:
             d: Deferred = Deferred()
             self._readyWaiters.append(d)
@@ -120,7 +136,7 @@ class ProcessPool(service.Service):
     # -- the service -----------------------------------------------------------------------
 
     def _build(self) -> None:
-        """Make the parts, on the reactor now (once: a pool can be started again)."""
+        """Make the parts, on the reactor (once: a pool can be started again)."""
         if self.dispatcher is not None:
             return
         if self.reactor is None:
@@ -152,12 +168,12 @@ class ProcessPool(service.Service):
     def startService(self) -> None:
         self._build()
         super().startService()
-        from gaspar_tw.workers.channels import ChannelHub  # txZMQ: once a reactor runs
+        from gaspar_tw.workers.channels import ChannelHub  # txZMQ: once a reactor is chosen
 
         self._draining = None
         self.dispatcher.accepting = True
         self.dispatcher.start()
-        self.hub = ChannelHub(self.local.messageReceived)
+        self.hub = ChannelHub(self.local.messageReceived, self.reactor)
         self.local.start(self.hub)
         if self.config.bind is not None:
             from gaspar_tw.workers.remote import RemoteWorkers
@@ -172,9 +188,13 @@ class ProcessPool(service.Service):
             n=self.local.size,
             spec=self.consumer.spec,
         )
+        self._startFrontEnds()
         waiters, self._readyWaiters = self._readyWaiters, []
         for d in waiters:
             self.whenReady().chainDeferred(d)
+
+    def _startFrontEnds(self) -> None:
+        """Start taking work from outside (a producer listens)."""
 
     def drain(self) -> Deferred:
         """Take no more work; wait for accepted requests to be answered (and, for a producer,
@@ -195,19 +215,10 @@ class ProcessPool(service.Service):
         self._drainDeadline = self.reactor.seconds() + self.config.drain_timeout
         await self._stopIntake()
         if self._busy():
-            log.info(
-                "draining {what} (up to {t}s)",
-                what=self._describeBusy(),
-                t=self.config.drain_timeout,
-            )
+            self._logDraining()
         while self._busy():
             if self.reactor.seconds() >= self._drainDeadline:
-                log.warn(
-                    "drain ended with {what} still open (--drain-timeout {t}s, or a second"
-                    " SIGTERM); failing them",
-                    what=self._describeBusy(),
-                    t=self.config.drain_timeout,
-                )
+                self._logDrainEnded()
                 return False
             await deferLater(self.reactor, DRAIN_POLL_SECONDS, lambda: None)
         return True
@@ -219,17 +230,32 @@ class ProcessPool(service.Service):
         """Whether anything accepted is still unfinished."""
         return bool(self.dispatcher.pending)
 
-    def _describeBusy(self) -> str:
-        return f"{self.dispatcher.pending} pending requests"
+    def _logDraining(self) -> None:
+        log.info(
+            "draining {n} pending requests (up to {t}s)",
+            n=self.dispatcher.pending,
+            t=self.config.drain_timeout,
+        )
+
+    def _logDrainEnded(self) -> None:
+        log.warn(
+            "drain ended with {n} requests still pending (--drain-timeout {t}s, or a second"
+            " SIGTERM); failing them",
+            n=self.dispatcher.pending,
+            t=self.config.drain_timeout,
+        )
 
     @inlineCallbacks
     def stopService(self):
         """Drain (see L{drain}), then fail what is left and stop the workers."""
+        wasRunning = self.running
         super().stopService()
+        if not wasRunning:  # e.g. a MultiService stopping every child, started or not
+            return
         drained = yield self.drain()
         self.dispatcher.stopAccepting()
         self.dispatcher.stop()
-        self.dispatcher.failAll(ServiceStopped("gaspar_tw stopped"))
+        self.dispatcher.failAll(ServiceStopped(f"gaspar_tw {self._kind()} stopped"))
         self._afterFailAll()
         if self.remote is not None:
             yield self.remote.stop()
@@ -239,7 +265,7 @@ class ProcessPool(service.Service):
         if self.hub is not None:
             self.hub.close()
             self.hub = None
-        log.info("gaspar_tw {what} stopped", what=self._kind())
+        log.info("gaspar_tw {kind} stopped", kind=self._kind())
 
     def _afterFailAll(self) -> None:
         """Every request has its outcome: close what waited for them (a producer's clients)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -10,7 +11,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
-from gaspar_tw.config import DEFAULT_BACKLOG, Config
+from gaspar_tw.config import DEFAULT_BACKLOG, FRONT_ENDS, POOL, Config
 from gaspar_tw.consumer import Consumer
 from gaspar_tw.handler import Handler
 from gaspar_tw.ops.limits import raise_file_limit
@@ -22,7 +23,15 @@ from gaspar_tw.server.gaspar import GasparFactory
 
 log = Logger()
 
-_UNSET: Any = object()
+
+class _Default:
+    """The C{endpoint} not given: the config's (port 10123 by default)."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_PORT"
+
+
+_UNSET: Any = _Default()
 
 
 def endpoint_description(endpoint: int | str | None) -> str | None:
@@ -46,6 +55,8 @@ class Producer(ProcessPool):
     L{start} to run a reactor until stopped.
     """
 
+    scope = (POOL, FRONT_ENDS)
+
     def __init__(
         self,
         consumer: Consumer | str | Handler,
@@ -58,17 +69,13 @@ class Producer(ProcessPool):
     ) -> None:
         if endpoint is not _UNSET:
             settings["endpoint"] = endpoint
-        super().__init__(consumer, workers, reactor=reactor, config=config, **settings)
         self.factory: GasparFactory | None = None
         self.framedFactory: FramedFactory | None = None
         self.port: IListeningPort | None = None
         self.framedPort: IListeningPort | None = None
         self._listening: Deferred | None = None
         self._framedListening: Deferred | None = None
-
-    @property
-    def endpoint(self) -> int | str | IStreamServerEndpoint | None:
-        return self.config.endpoint
+        super().__init__(consumer, workers, reactor=reactor, config=config, **settings)
 
     def whenReady(self) -> Deferred:
         """Fires when every worker is ready and the listeners (if any) are bound."""
@@ -85,7 +92,7 @@ class Producer(ProcessPool):
             return
         super()._build()
         config = self.config
-        arguments = (self.dispatcher, config.max_length, self.stats, config.idle_timeout)
+        arguments = (self.dispatcher, config.max_length, self.stats, config.idle_timeout_or_none)
         self.factory = GasparFactory(*arguments, self.reactor)
         self.framedFactory = FramedFactory(*arguments, self.reactor)
 
@@ -94,8 +101,7 @@ class Producer(ProcessPool):
         super().privilegedStartService()
         self._listen()
 
-    def startService(self) -> None:
-        super().startService()
+    def _startFrontEnds(self) -> None:
         self.factory.startIdleSweep()
         self.framedFactory.startIdleSweep()
         self.framedFactory.draining = False
@@ -156,8 +162,22 @@ class Producer(ProcessPool):
     def _busy(self) -> bool:
         return super()._busy() or bool(self._busyConnections())
 
-    def _describeBusy(self) -> str:
-        return f"{super()._describeBusy()} and {self._busyConnections()} open connections"
+    def _logDraining(self) -> None:
+        log.info(
+            "draining {n} pending requests and {c} open connections (up to {t}s)",
+            n=self.dispatcher.pending,
+            c=self._busyConnections(),
+            t=self.config.drain_timeout,
+        )
+
+    def _logDrainEnded(self) -> None:
+        log.warn(
+            "drain ended with {n} requests and {c} connections still open"
+            " (--drain-timeout {t}s, or a second SIGTERM); failing them",
+            n=self.dispatcher.pending,
+            c=self._busyConnections(),
+            t=self.config.drain_timeout,
+        )
 
     def _afterFailAll(self) -> None:
         self.factory.stopIdleSweep()
@@ -189,7 +209,7 @@ class Producer(ProcessPool):
             [textFileLogObserver(sys.stderr)], redirectStandardIO=False
         )
         raise_file_limit()
-        self.config = Config.of(self.config, proctitle=True)
+        self.config = replace(self.config, proctitle=True)
         self.reactor.callWhenRunning(self._startOrStop)
         self.reactor.addSystemEventTrigger("before", "shutdown", self._stopIfRunning)
         self.reactor.run()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
-import sys
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
@@ -36,32 +34,10 @@ class GasparService(MultiService):
         gc.freeze()
 
 
-def loadConsumer(options, command: str):
-    """The consumer of C{--handler}, the current directory and C{--pythonpath} importable;
-    returns it and that path. A handler that cannot be imported, or not within
-    C{--import-timeout} seconds (tried in a child process first), exits with one line."""
-    from gaspar_tw.consumer import Consumer
-    from gaspar_tw.errors import HandlerError
-    from gaspar_tw.handler import check_import
-
-    pythonpath = [os.getcwd(), *options.config.pythonpath]
-    for directory in reversed(pythonpath):
-        if directory not in sys.path:
-            sys.path.insert(0, directory)
-    spec, timeout = options["handler"], options.config.import_timeout
-    # twistd shows this once its log starts (after makeService), with the time it was said.
-    log.info("importing handler {spec} (--import-timeout {timeout:g}s)", spec=spec, timeout=timeout)
-    try:
-        if timeout:
-            check_import(spec, pythonpath, timeout)
-        return Consumer(spec), pythonpath
-    except HandlerError as e:
-        raise SystemExit(f"{command}: {e}") from None
-
-
 def makeService(options: Options) -> IService:
     """Build the producer (draining on SIGTERM, with its metrics port); a bad handler is a
     one-line error and exit 1."""
+    from gaspar_tw.consumer import loadConsumer
     from gaspar_tw.ops.shutdown import DrainOnTerm
     from gaspar_tw.producer import Producer
 

@@ -49,7 +49,7 @@ def test_a_producer_a_pool_and_a_host_take_the_same_settings():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"timeout": -1}, "timeout must be a finite number of seconds of 0"),
+        ({"timeout": -1}, "timeout must be 0 or more \\(0 turns it off\\) seconds, not -1"),
         ({"timeout": math.inf}, "timeout must be a finite number"),
         ({"idle_timeout": math.nan}, "idle_timeout must be a finite number"),
         ({"max_pending": 0}, "max_pending must be at least 1, not 0"),
@@ -62,15 +62,33 @@ def test_a_producer_a_pool_and_a_host_take_the_same_settings():
 def test_a_bad_value_is_one_line_naming_the_setting(settings, message):
     with pytest.raises(ValueError, match=message):
         Config(**settings)
-    with pytest.raises(ValueError, match=message):
-        ProcessPool("gaspar_tw.examples:echo", **settings)
 
 
 def test_an_unknown_setting_suggests_the_closest_name():
     with pytest.raises(TypeError, match="unknown setting 'timout' \\(did you mean 'timeout'\\?\\)"):
         Producer("gaspar_tw.examples:echo", None, timout=3)
     with pytest.raises(TypeError, match="unknown setting 'colour'$"):
-        Config.of(colour="red")
+        ProcessPool("gaspar_tw.examples:echo", colour="red")
+
+
+@pytest.mark.parametrize(
+    ("service", "setting"),
+    [(ProcessPool, "endpoint"), (ProcessPool, "idle_timeout"), (Producer, "metrics")],
+)
+def test_a_setting_the_service_would_ignore_is_refused(service, setting):
+    with pytest.raises(TypeError, match=f"{service.__name__} takes no setting {setting!r}"):
+        service("gaspar_tw.examples:echo", **{setting: "tcp:9100"})
+    with pytest.raises(TypeError, match="'timeout'"):
+        WorkerHost("gaspar_tw.examples:echo", "tcp://127.0.0.1:5570", timeout=3)
+
+
+def test_no_limit_is_none_or_zero_and_settings_read_as_attributes():
+    pool = ProcessPool("gaspar_tw.examples:echo", timeout=None, max_pending=9)
+    assert pool.timeout is None and pool.config.timeout_or_none is None and pool.max_pending == 9
+    producer = Producer("gaspar_tw.examples:echo", None, idle_timeout=0, drain_timeout=2)
+    assert producer.idle_timeout == 0 and producer.drain_timeout == 2 and producer.endpoint is None
+    with pytest.raises(ValueError, match="retry_on_crash must be True or False"):
+        ProcessPool("gaspar_tw.examples:echo", retry_on_crash="no")
 
 
 @pytest.mark.parametrize("command", ["gaspar", "gaspar-worker"])

@@ -22,14 +22,14 @@ from gaspar_tw.ops.cli import format_status
 @pytest_twisted.ensureDeferred
 async def test_a_pool_answers_submit_and_stops_its_workers():
     pool = ProcessPool("handlers:faulty", 2, pythonpath=[str(TESTS)], timeout=5)
-    with pytest.raises(ServiceStopped, match="not been started"):
-        await pool.submit(b"early")
-    ready = pool.whenReady()  # asked before the start: fires once started and ready
+    early = pool.submit(b"early")  # before the start: waits for a worker
+    ready = pool.whenReady()
     pool.startService()
     try:
         assert await ready.addTimeout(15, reactor) is pool
         pids = pool.workerPids()
         assert len(pids) == 2
+        assert (await early.addTimeout(15, reactor)).endswith(b":early")
         reply = await pool.submit(b"hello").addTimeout(15, reactor)
         pid, _, body = reply.partition(b":")
         assert body == b"hello" and int(pid) in pids
@@ -37,12 +37,12 @@ async def test_a_pool_answers_submit_and_stops_its_workers():
             await pool.submit(b"raise:no").addTimeout(15, reactor)
         infos = pool.workerInfo()
         assert [(i.where, i.slot) for i in infos] == [("local", 0), ("local", 1)]
-        assert sum(i.served for i in infos) == 2 and all(i.ready_at for i in infos)
+        assert sum(i.served for i in infos) == 3 and all(i.ready_at for i in infos)
     finally:
         await pool.stopService()
     assert_reaped(pids)
-    with pytest.raises(ServiceStopped):
-        await pool.submit(b"late")
+    with pytest.raises(ServiceStopped, match="not running"):
+        await pool.submit(b"late").addTimeout(5, reactor)
 
 
 def test_a_pool_runs_under_the_asyncio_reactor_installed_after_the_import(tmp_path):
@@ -106,7 +106,9 @@ async def test_status_lists_remote_workers_with_their_host():
             if producer.remote.pids():
                 break
             await deferLater(reactor, 0.05, lambda: None)
+        assert producer.remote.pids() == host.pool.pids(), "the remote worker never said hello"
         [remote_pid] = host.pool.pids()
+        pids = producer.workerPids()
         shown = status(producer)
         where = {worker["pid"]: worker["where"] for worker in shown["workers"]}
         assert where[remote_pid] == socket.gethostname()
@@ -116,3 +118,4 @@ async def test_status_lists_remote_workers_with_their_host():
     finally:
         await host.stopService()
         await producer.stopService()
+    assert_reaped(pids)

@@ -14,7 +14,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from gaspar_tw.config import Config
+from gaspar_tw.config import WORKER_HOST, Config
 from gaspar_tw.stats import Stats
 from gaspar_tw.workers.local import LocalWorkers, WorkerProcess
 
@@ -63,7 +63,7 @@ class WorkerHost(service.Service):
         settings = {name: value for name, value in given.items() if value is not None}
         if pythonpath:
             settings["pythonpath"] = pythonpath
-        self.config = Config.of(config, **settings)
+        self.config = Config.of(config, (WORKER_HOST,), **settings)
         if not self.config.connect:
             raise ValueError("a worker host needs the producer's address (connect)")
         self.handler_spec = handler_spec
@@ -86,6 +86,7 @@ class WorkerHost(service.Service):
         )
         self.pool.start(None)
 
-    def stopService(self) -> Deferred:
+    def stopService(self) -> Deferred | None:
+        wasRunning = self.running
         super().stopService()
-        return self.pool.stop()
+        return self.pool.stop() if wasRunning else None

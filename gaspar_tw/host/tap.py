@@ -11,9 +11,10 @@ __all__ = ["Options", "makeService"]
 
 def makeService(options: Options) -> IService:
     """Build the worker host; a handler that cannot be imported is a one-line error."""
-    from gaspar_tw.config import Config
+    from dataclasses import replace
+
+    from gaspar_tw.consumer import loadConsumer
     from gaspar_tw.host.service import WorkerHost
-    from gaspar_tw.tap import loadConsumer
 
     consumer, pythonpath = loadConsumer(options, "twistd gaspar-worker")
-    return WorkerHost(consumer.spec, config=Config.of(options.config, pythonpath=pythonpath))
+    return WorkerHost(consumer.spec, config=replace(options.config, pythonpath=pythonpath))

@@ -81,7 +81,7 @@ class WorkChannel(ZmqConnection):
         pass
 
     def send(self, messages: list[list]) -> None:
-        """Send L{gaspar_tw.wire.encode_work}'s messages (large frames without a copy)."""
+        """Send L{gaspar_tw.wire.messages.encode_work}'s messages (large frames without a copy)."""
         socket = self.socket
         for frames in messages:
             send_frames(socket, frames, copy=False)
@@ -107,11 +107,15 @@ class MonitorChannel(ZmqConnection):
 
 
 class ChannelHub:
-    """Owns the ZeroMQ context and a private directory of ipc:// sockets for the workers."""
+    """Owns the ZeroMQ context and a private directory of ipc:// sockets for the workers.
 
-    def __init__(self, onMessage: Callable[[list], None]) -> None:
+    Its sockets are read on C{reactor} (txZMQ's own default is the global reactor).
+    """
+
+    def __init__(self, onMessage: Callable[[list], None], reactor) -> None:
         self.directory = tempfile.mkdtemp(prefix="gaspar-tw-")
         self.factory = ZmqFactory()
+        self.factory.reactor = reactor
         self.reply_address = f"ipc://{self.directory}/replies"
         self.replies = ReplyChannel(self.factory, self.reply_address, onMessage)
 

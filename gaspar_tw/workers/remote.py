@@ -152,7 +152,7 @@ class RemoteWorkers:
             factory, self.channel.socket, HANDSHAKE_FAILED, failures.event
         )
         log.info(
-            "gaspar_tw producer: remote workers connect to {address}{curve}",
+            "gaspar_tw: remote workers connect to {address}{curve}",
             address=self.boundAddress,
             curve=" (CURVE)" if self.curve_keys else "",
         )
