@@ -109,7 +109,9 @@ class RequestTable:
         """Turn a request away (the table is at C{capacity}): fail it, count it, log it."""
         self._stats.requestRefused()
         if not self._accepting:
-            receiver.requestFailed(0, ServiceStopped("gaspar_tw is not running (stopped, or not started)"))
+            receiver.requestFailed(
+                0, ServiceStopped("gaspar_tw is not running (stopped, or not started)")
+            )
             return
         held = len(self.requests) + self._writing
         now = self._clock.seconds()
