@@ -109,7 +109,8 @@ class ProcessPool(service.Service):
         A request submitted before the pool starts waits for its workers. Cancelling it
         drops the request, or has its worker skip it.
         """
-        self._build()
+        if self.dispatcher is None:
+            self._build()
         return self.dispatcher.submit(payload)
 
     def whenReady(self) -> Deferred:
