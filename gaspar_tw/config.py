@@ -14,7 +14,7 @@ import difflib
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
 #: The gaspar port, as in gaspar.
@@ -374,7 +374,3 @@ _NAMES = tuple(f.name for f in fields(Config))
 def settings_for(command: str) -> list[Field]:
     """The fields with a flag of C{command} (C{"gaspar"} or C{"gaspar-worker"}), in order."""
     return [f for f in fields(Config) if command in f.metadata["commands"]]
-
-
-def default_of(f: Field) -> Any:
-    return None if f.default is MISSING else f.default

@@ -19,7 +19,6 @@ from gaspar_tw.config import (
     HOST,
     PRODUCER,
     Config,
-    default_of,
     settings_for,
 )
 
@@ -49,7 +48,7 @@ def _coerce(f: Field) -> Callable[[str], Any]:
 def _parameters(command: str) -> list[list]:
     """twistd's C{optParameters} for the settings of C{command} that have a flag."""
     return [
-        [f.metadata["flag"], f.metadata["short"], default_of(f), _doc(f, command), _coerce(f)]
+        [f.metadata["flag"], f.metadata["short"], f.default, _doc(f, command), _coerce(f)]
         for f in settings_for(command)
         if f.metadata["flag"]
     ]
