@@ -58,6 +58,8 @@ class ProcessPool(service.Service):
 
     #: The settings this service reads (L{Config.of} refuses the others).
     scope: tuple[str, ...] = (POOL,)
+    #: What the log and errors call it.
+    kind = "pool"
 
     def __init__(
         self,
@@ -185,7 +187,7 @@ class ProcessPool(service.Service):
             self.remote.start(self.hub)
         log.info(
             "gaspar_tw {kind}: {n} workers running {spec}",
-            kind=self._kind(),
+            kind=self.kind,
             n=self.local.size,
             spec=self.consumer.spec,
         )
@@ -256,7 +258,7 @@ class ProcessPool(service.Service):
         drained = yield self.drain()
         self.dispatcher.stopAccepting()
         self.dispatcher.stop()
-        self.dispatcher.failAll(ServiceStopped(f"gaspar_tw {self._kind()} stopped"))
+        self.dispatcher.failAll(ServiceStopped(f"gaspar_tw {self.kind} stopped"))
         self._afterFailAll()
         if self.remote is not None:
             yield self.remote.stop()
@@ -266,13 +268,10 @@ class ProcessPool(service.Service):
         if self.hub is not None:
             self.hub.close()
             self.hub = None
-        log.info("gaspar_tw {kind} stopped", kind=self._kind())
+        log.info("gaspar_tw {kind} stopped", kind=self.kind)
 
     def _afterFailAll(self) -> None:
         """Every request has its outcome: close what waited for them (a producer's clients)."""
-
-    def _kind(self) -> str:
-        return "pool"
 
 
 def chained(d: Deferred) -> Deferred:

@@ -56,6 +56,7 @@ class Producer(ProcessPool):
     """
 
     scope = (POOL, FRONT_ENDS)
+    kind = "producer"
 
     def __init__(
         self,
@@ -187,9 +188,6 @@ class Producer(ProcessPool):
                 connection.transport.abortConnection()
         for connection in list(self.framedFactory.connections):
             connection.close()  # its replies are all written by now
-
-    def _kind(self) -> str:
-        return "producer"
 
     # -- running stand-alone ---------------------------------------------------------------
 
