@@ -29,6 +29,7 @@ class DrainOnTerm(service.Service):
         self.reactor = reactor
         self._reactorHandler = None
         self._terminating = False
+        self._termBeforeRun = False
 
     def startService(self) -> None:
         super().startService()
@@ -36,19 +37,36 @@ class DrainOnTerm(service.Service):
             from twisted.internet import reactor
 
             self.reactor = reactor
+        # A daemonising twistd returns to its caller before the reactor runs and installs its
+        # handlers: a SIGTERM sent then (say, `kill $(cat twistd.pid)` at once) would kill the
+        # process outright, leaving its pid file. Remember it, and drain once running.
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, self._onEarlyTerm)
         # The reactor installs its own handlers as it starts; take over after that.
         self.reactor.callWhenRunning(self._install)
 
+    def _onEarlyTerm(self, signum: int, frame) -> None:
+        self._termBeforeRun = True
+
     def stopService(self) -> None:
         super().stopService()
-        if self._reactorHandler is not None and signal.getsignal(signal.SIGTERM) == self._onTerm:
+        handler = signal.getsignal(signal.SIGTERM)
+        if self._reactorHandler is not None and handler == self._onTerm:
             signal.signal(signal.SIGTERM, self._reactorHandler)
+        elif handler == self._onEarlyTerm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def _install(self) -> None:
         handler = signal.getsignal(signal.SIGTERM)
-        if callable(handler) and self.running:  # else no reactor handler to defer to
+        if handler == self._onEarlyTerm:  # a reactor that installs no handlers of its own
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if self._termBeforeRun:
+                signal.raise_signal(signal.SIGTERM)
+        elif callable(handler) and self.running:  # else no reactor handler to defer to
             self._reactorHandler = handler
             signal.signal(signal.SIGTERM, self._onTerm)
+            if self._termBeforeRun:
+                self._onTerm(signal.SIGTERM, None)
 
     def _onTerm(self, signum: int, frame) -> None:
         if self._terminating:
