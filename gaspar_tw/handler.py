@@ -7,12 +7,15 @@ would and says why it cannot (L{check_import} runs it, with a time limit).
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,32 +37,81 @@ def load_handler(spec: str) -> Handler:
         raise HandlerError(f"handler {spec!r} must look like 'module:function', e.g. 'mymod:echo'")
     try:
         target: Any = importlib.import_module(module_name)
-    except ImportError as e:
+    except ModuleNotFoundError as e:
+        if not _names_module(e.name, module_name):
+            raise _import_failed(module_name, spec, e) from e
         raise HandlerError(
             f"cannot import module {module_name!r} for handler {spec!r}: {e}"
             " (is it on the Python path? run from its directory or pass --pythonpath DIR)"
         ) from e
     except Exception as e:
-        raise HandlerError(
-            f"importing module {module_name!r} for handler {spec!r} failed: {type(e).__name__}: {e}"
-        ) from e
-    for part in attr_path.split("."):
+        raise _import_failed(module_name, spec, e) from e
+    parts = attr_path.split(".")
+    for index, part in enumerate(parts):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise HandlerError(
-                f"module {module_name!r} has no attribute {attr_path!r} (handler {spec!r})"
-            ) from None
+            message = f"module {module_name!r} has no attribute {attr_path!r} (handler {spec!r})"
+            close = difflib.get_close_matches(part, _public_callables(target), n=1)
+            if close:
+                guess = ".".join([*parts[:index], close[0], *parts[index + 1 :]])
+                message += f"; did you mean {guess!r}?"
+            raise HandlerError(message) from None
     if not callable(target):
         raise HandlerError(f"handler {spec!r} is a {type(target).__name__}, not a callable")
     return target
+
+
+def _names_module(missing: str | None, module_name: str) -> bool:
+    """Whether the module found missing is C{module_name} itself or a package it is in."""
+    return missing is not None and (module_name + ".").startswith(missing + ".")
+
+
+def _import_failed(module_name: str, spec: str, error: Exception) -> HandlerError:
+    """The module was found, but importing it raised C{error}: say what and where."""
+    what = " ".join((error.msg if isinstance(error, SyntaxError) else str(error)).splitlines())
+    where = error_location(error)
+    return HandlerError(
+        f"importing module {module_name!r} for handler {spec!r} failed:"
+        f" {type(error).__name__}: {what}" + (f" ({where})" if where else "")
+    )
+
+
+def error_location(error: BaseException) -> str | None:
+    """Where C{error} was raised, as ``"file, line N"``: a C{SyntaxError}'s own place, else
+    the innermost frame of its traceback. A file under the current directory is shown
+    relative to it."""
+    if isinstance(error, SyntaxError) and error.filename and error.lineno:
+        return f"{_shown(error.filename)}, line {error.lineno}"
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith("<frozen ")
+    ]
+    if not frames:
+        return None
+    return f"{_shown(frames[-1].filename)}, line {frames[-1].lineno}"
+
+
+def _shown(path: str) -> str:
+    relative = os.path.relpath(path) if os.path.isabs(path) else path
+    return path if relative.startswith(os.pardir + os.sep) else relative
+
+
+def _public_callables(target: Any) -> list[str]:
+    names = []
+    for name in dir(target):
+        if not name.startswith("_") and callable(getattr(target, name, None)):
+            names.append(name)
+    return names
 
 
 def handler_spec(fn: Handler) -> str:
     """Return the ``"module:qualname"`` a worker process can import to find C{fn}.
 
     Raises L{HandlerError} (a C{ValueError}) for callables a spawned process cannot import:
-    lambdas, nested functions and anything defined in ``__main__``.
+    lambdas, nested functions, methods bound to an instance and anything defined in
+    ``__main__``; its message says what to do instead.
     """
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
@@ -68,17 +120,44 @@ def handler_spec(fn: Handler) -> str:
             f"handler {fn!r} has no importable name; define a function in a module"
             " and pass it (or its 'module:function' name)"
         )
+    name = qualname.rpartition(".")[2]
+    isLambda = name == "<lambda>"
     if module == "__main__":
+        if isLambda:
+            fix = (
+                "define it with def in a module (e.g. def work(message) in myhandlers.py)"
+                " and pass 'myhandlers:work' (a lambda cannot be imported by name)"
+            )
+        else:
+            fix = (
+                "move it to the top level of a module (e.g. myhandlers.py)"
+                f" and pass 'myhandlers:{name}'"
+            )
         raise HandlerError(
-            f"handler {qualname!r} is defined in __main__, which worker processes cannot import;"
-            " move it into a module (e.g. myhandlers.py) and pass 'myhandlers:" + qualname + "'"
+            f"handler {qualname!r} is defined in __main__, which worker processes cannot"
+            f" import; {fix}"
         )
-    if "<lambda>" in qualname or "<locals>" in qualname:
+    cannot = f"handler '{module}:{qualname}' is {{}}, which worker processes cannot import; "
+    if isLambda:
+        fix = "name it with def at module level (a lambda cannot be imported by name)"
+        bound = _bound_names(fn, module)
+        if bound:
+            fix += f", or pass the name it is bound to as a string: '{module}:{bound[0]}'"
+        raise HandlerError(cannot.format("a lambda") + fix)
+    if "<locals>" in qualname:
+        raise HandlerError(cannot.format("a nested function") + "move it to module level")
+    if inspect.ismethod(fn) and not inspect.isclass(fn.__self__):
         raise HandlerError(
-            f"handler {module}:{qualname} is a lambda or nested function, which worker processes"
-            " cannot import; define it at module level"
+            cannot.format("a method bound to an instance")
+            + "make it a module-level function (or a staticmethod) and pass that"
         )
     return f"{module}:{qualname}"
+
+
+def _bound_names(fn: Handler, module_name: str) -> list[str]:
+    """The names C{fn} is bound to at the top level of its (imported) module."""
+    module = sys.modules.get(module_name)
+    return [name for name, value in vars(module).items() if value is fn] if module else []
 
 
 def _kill_group(pgid: int) -> None:
@@ -129,9 +208,18 @@ def check_import(spec: str, pythonpath: Sequence[str], timeout: float) -> None:
     if child.returncode == EXIT_CANNOT_LOAD and last:
         raise HandlerError(last)
     raise HandlerError(
-        f"importing handler {spec!r} ended its process (exit status {child.returncode})"
+        f"importing handler {spec!r} ended its process ({_ending(child.returncode)})"
         + (f": {last}" if last else "")
     )
+
+
+def _ending(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ def test_consumer_accepts_a_function_or_its_name():
 
 
 def test_lambda_and_nested_functions_are_refused_with_the_fix():
-    with pytest.raises(ValueError, match="define it at module level"):
+    with pytest.raises(ValueError, match="name it with def at module level"):
         gaspar_tw.Consumer(handler=lambda m: m)
 
     def nested(m):
@@ -51,7 +51,7 @@ def test_handler_in_main_is_refused_with_the_fix():
         return m
 
     fake.__module__ = "__main__"
-    with pytest.raises(ValueError, match="move it into a module"):
+    with pytest.raises(ValueError, match="move it to the top level of a module"):
         gaspar_tw.Consumer(handler=fake)
 
 

@@ -4,7 +4,9 @@ It loads the handler and runs L{gaspar_tw.worker.loop.Worker} on the producer's 
 (C{--work}/C{--reply}, a local pool) or through a relay to a remote producer (C{--connect},
 a worker host). On Linux, the kernel kills it when its parent dies (``PR_SET_PDEATHSIG``),
 even mid-handler. It leads a process group of its own, which its parent kills once it has
-exited, so that processes its handler forked do not outlive it.
+exited, so that processes its handler forked do not outlive it. If its loop (or a remote
+worker's relay thread) fails, it exits at once with one line on stderr
+(L{gaspar_tw.worker.crash}); its parent starts another.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from gaspar_tw.errors import HandlerError
 from gaspar_tw.handler import load_handler
 from gaspar_tw.proctitle import set_title, worker_title
 from gaspar_tw.wire.control import EXIT_HANDLER_ERROR
+from gaspar_tw.worker.crash import crashed
 from gaspar_tw.worker.loop import Worker
 
 
@@ -64,16 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     except HandlerError as e:
         print(f"gaspar_tw worker: {e}", file=sys.stderr, flush=True)
         return EXIT_HANDLER_ERROR
-    if args.connect:
-        from gaspar_tw.worker.relay import RemoteWorker  # its relay thread: remote only
-
-        worker = RemoteWorker(handler, args.token, args.connect, args.curve_keys)
-    else:
-        worker = Worker(handler, args.token, args.work, args.reply)
+    worker: Worker | None = None
     try:
+        if args.connect:
+            from gaspar_tw.worker.relay import RemoteWorker  # its relay thread: remote only
+
+            worker = RemoteWorker(handler, args.token, args.connect, args.curve_keys)
+        else:
+            worker = Worker(handler, args.token, args.work, args.reply)
         worker.serve()
-    finally:
-        worker.close()
+    except Exception as e:
+        crashed("the worker loop", e)
+    finally:  # (not after a crash: that has ended the process)
+        if worker is not None:
+            worker.close()
     return 0
 
 

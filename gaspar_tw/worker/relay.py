@@ -8,7 +8,8 @@ intervals, connects afresh and says hello again. Nothing here imports Twisted.
 Work and its cancels are forwarded to the worker loop in order; the control words of
 L{gaspar_tw.wire.control} are answered here (a L{BYE} is sent when the worker host stops
 this worker, and it exits on L{DONE}: no request is cut short or run twice). A remote hello
-is C{[b"H" + token, pid, capacity, hostname]}.
+is C{[b"H" + token, pid, capacity, hostname]}. If the relay thread fails, the worker process
+exits (L{gaspar_tw.worker.crash}) and its worker host starts another.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from gaspar_tw.wire.control import (
     PING,
     WHO,
 )
+from gaspar_tw.worker.crash import crashed
 from gaspar_tw.worker.loop import Worker
 from gaspar_tw.zeromq.curve import HANDSHAKE_FAILED, HandshakeFailures
 
@@ -131,6 +133,12 @@ class Relay(threading.Thread):
                 return
 
     def run(self) -> None:
+        try:
+            self._relay()
+        except BaseException as e:  # the worker loop waits on us: without us it would idle
+            crashed(f"the relay to the producer at {self.address}", e)
+
+    def _relay(self) -> None:
         clock = time.monotonic
         poller = zmq.Poller()
         poller.register(self.replies, zmq.POLLIN)
