@@ -27,6 +27,7 @@ from twisted.web.server import Site
 
 from gaspar_tw.proctitle import address_text
 from gaspar_tw.stats import LATENCY_BUCKETS, OUTCOMES
+from gaspar_tw.version import version
 
 log = Logger()
 
@@ -115,6 +116,7 @@ def status(producer) -> dict:
     ]
     port = producer.port
     return {
+        "version": version(),
         "pid": os.getpid(),
         "handler": producer.consumer.spec,
         "address": address_text(port.getHost()) if port is not None else None,

@@ -249,6 +249,7 @@ ALLOWED: dict[str, set[str]] = {
     "wire": {"errors"},
     "zeromq": {"wire", "errors"},
     "config": set(),
+    "version": set(),
     # the worker process and the clients
     "worker": {"zeromq", "wire", "handler", "proctitle", "errors"},
     "client": {"wire", "errors"},
@@ -257,8 +258,8 @@ ALLOWED: dict[str, set[str]] = {
     "dispatch": {"config", "wire", "stats", "errors"},
     "server": {"dispatch", "config", "wire", "stats", "errors"},
     "workers": {"dispatch", "config", "zeromq", "wire", "stats", "handler", "proctitle", "errors"},
-    "metrics": {"dispatch", "config", "stats", "proctitle", "errors"},
-    "ops": {"client", "config", "zeromq", "wire", "stats", "proctitle", "errors"},
+    "metrics": {"dispatch", "config", "stats", "proctitle", "version", "errors"},
+    "ops": {"client", "config", "zeromq", "wire", "stats", "proctitle", "version", "errors"},
     "pool": {
         "dispatch",
         "workers",

@@ -11,6 +11,8 @@ from conftest import child_env
 from test_framed import framed_daemon
 from test_metrics import metrics_address
 
+from gaspar_tw.version import version
+
 GASPAR_TW = Path(sys.executable).parent / "gaspar-tw"
 
 
@@ -59,34 +61,29 @@ def test_bench_counts_failed_requests_and_exits_non_zero(daemon_factory):
     assert summary["ok"] == 0 and summary["empty"] == 20
 
 
-def test_bench_against_a_closed_port_reports_the_error_and_a_bad_endpoint_is_refused():
-    result = gaspar_tw("bench", "127.0.0.1:1", "-n", "5", "--timeout", "10")
-    assert result.returncode == 1
-    assert "0 ok, 0 empty replies, 5 errors" in result.stdout and "refused" in result.stdout
-    bad = gaspar_tw("bench", "tcp:127.0.0.1", "-n", "5")
-    assert bad.returncode == 2 and bad.stderr.startswith("gaspar-tw bench: bad endpoint")
-
-
 def test_status_prints_workers_pids_and_counters(daemon_factory):
     daemon = daemon_factory(
         "--handler", "gaspar_tw.examples:echo", "--metrics", "tcp:0:interface=127.0.0.1"
     )
-    result = gaspar_tw("status", metrics_address(daemon))
+    result = gaspar_tw("status", f"http://{metrics_address(daemon)}/metrics")  # the logged URL
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert f"pid {daemon.process.pid} on {daemon.address}" in out and "2/2 alive" in out
+    assert out.startswith(f"gaspar-tw {version()} producer pid {daemon.process.pid}")
+    assert f"pid {daemon.process.pid} on {daemon.address}" in out and "workers 2/2 alive," in out
     rows = [line.split() for line in out.splitlines()[-2:]]
     assert {int(row[1]): int(row[2]) for row in rows} == daemon.worker_pids
     assert [row[0] for row in rows] == ["local", "local"]
 
     raw = json.loads(gaspar_tw("status", metrics_address(daemon), "--json").stdout)
     assert sorted(w["pid"] for w in raw["workers"]) == sorted(daemon.worker_pids.values())
+    assert raw["version"] == version()
 
-
-def test_status_of_nothing_is_a_one_line_error():
-    result = gaspar_tw("status", "127.0.0.1:1", "--timeout", "5")
-    assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.startswith("gaspar-tw status: cannot read http://127.0.0.1:1/status")
+    wrong = gaspar_tw("status", daemon.address)  # its gaspar port, not its metrics port
+    assert wrong.returncode == 1 and wrong.stdout == ""
+    assert wrong.stderr == (
+        f"gaspar-tw status: {daemon.address} does not answer HTTP: give the daemon's"
+        " --metrics address, not its gaspar port\n"
+    )
 
 
 def test_percentiles_are_nearest_rank():

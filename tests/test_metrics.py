@@ -14,6 +14,7 @@ from conftest import pid_alive, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from gaspar_tw.client import request
+from gaspar_tw.version import version
 
 METRICS = rb"metrics on http://([\d.]+):(\d+)/metrics"
 
@@ -89,7 +90,7 @@ def test_status_lists_worker_pids_and_follows_a_restart(daemon_factory):
     address = metrics_address(daemon)
     assert request(daemon.address, b"hi", timeout=10) == b"hi"
     status = json.loads(fetch(address, "/status"))
-    assert status["pid"] == daemon.process.pid
+    assert status["pid"] == daemon.process.pid and status["version"] == version()
     assert status["address"] == daemon.address and status["handler"] == "gaspar_tw.examples:echo"
     assert {w["slot"]: w["pid"] for w in status["workers"]} == daemon.worker_pids
     assert sum(w["served"] for w in status["workers"]) == 1 and status["requests"]["ok"] == 1

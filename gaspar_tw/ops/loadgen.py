@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.python.failure import Failure
 
 Send = Callable[[bytes], Deferred]
@@ -35,6 +36,8 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     #: What went wrong with the first request that failed on the network, if one did.
     first_error: str | None = None
+    #: Why the run stopped early, with C{stop_if_unreachable}: the first connection failure.
+    unreachable: Exception | None = None
 
     @property
     def sent(self) -> int:
@@ -80,6 +83,8 @@ class LoadRun:
     starts after C{max_seconds}; those in flight still finish. An empty reply counts as
     C{empty}, not ok, unless C{empty_is_failure} is false: it is the gaspar format's only
     failure signal, while over the framed protocol it is a reply like any other.
+    With C{stop_if_unreachable}, a failure to connect at all (refused, unknown host, no such
+    socket file) before any reply starts no more requests: C{result.unreachable} tells why.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class LoadRun:
         concurrency: int,
         max_seconds: float | None = None,
         empty_is_failure: bool = True,
+        stop_if_unreachable: bool = False,
     ) -> None:
         if requests < 1 or concurrency < 1:
             raise ValueError("requests and concurrency must be at least 1")
@@ -100,6 +106,7 @@ class LoadRun:
         self.concurrency = concurrency
         self.max_seconds = max_seconds
         self.empty_is_failure = empty_is_failure
+        self.stop_if_unreachable = stop_if_unreachable
         self.result = LoadResult(requests)
         self.started = 0
         self.finished = 0
@@ -129,15 +136,23 @@ class LoadRun:
             self.result.empty += 1
 
     def _failed(self, failure: Failure) -> None:
-        self.result.errors += 1
-        if self.result.first_error is None:
-            self.result.first_error = failure.getErrorMessage() or failure.type.__name__
+        result = self.result
+        result.errors += 1
+        if result.first_error is None:
+            result.first_error = failure.getErrorMessage() or failure.type.__name__
+        if (
+            self.stop_if_unreachable
+            and result.unreachable is None
+            and not (result.ok or result.empty)
+            and failure.check(ConnectError, DNSLookupError)
+        ):
+            result.unreachable = failure.value
 
     def _finishedOne(self, _) -> None:
         self.finished += 1
         result = self.result
         late = self.max_seconds is not None and time.perf_counter() - self._t0 > self.max_seconds
-        if self.started < result.requests and not late:
+        if self.started < result.requests and not late and result.unreachable is None:
             self._next()
         elif self.finished == self.started:
             result.elapsed = time.perf_counter() - self._t0

@@ -11,7 +11,9 @@ Nothing here imports Twisted: worker processes use this module too.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -20,6 +22,10 @@ import zmq.auth
 
 PRODUCER = "producer"
 WORKER = "worker"
+#: The files of a key directory: each side's public key (.key) and secret key (.key_secret).
+KEY_FILES = tuple(
+    f"{name}{suffix}" for name in (PRODUCER, WORKER) for suffix in (".key", ".key_secret")
+)
 
 #: The socket-monitor events of a failed handshake (keys that do not match, among others).
 HANDSHAKE_FAILED = (
@@ -35,14 +41,35 @@ HANDSHAKE_LOG_INTERVAL = 10.0
 _EVENT = struct.Struct("=HI")
 
 
-def keygen(directory: str) -> list[str]:
-    """Write a producer and a worker key pair into C{directory}; return the files written."""
+def existing_keys(directory: str) -> list[str]:
+    """The key files L{keygen} writes that C{directory} holds already."""
+    return [name for name in KEY_FILES if os.path.lexists(os.path.join(directory, name))]
+
+
+def keygen(directory: str, replace: bool = False) -> list[str]:
+    """Write a producer and a worker key pair into C{directory}; return the files written.
+
+    C{directory} is created (private) if missing. Keys already there are kept
+    (C{FileExistsError} naming them) unless C{replace}. Each file is written in a private
+    directory first and then renamed into place: a secret key is never readable by others.
+    """
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    written = []
-    for name in (PRODUCER, WORKER):
-        public, secret = zmq.auth.create_certificates(directory, name)
-        os.chmod(secret, 0o600)
-        written += [public, secret]
+    existing = existing_keys(directory)
+    if existing and not replace:
+        raise FileExistsError(
+            f"{directory} already holds {', '.join(existing)} (replace=True replaces them)"
+        )
+    staging = tempfile.mkdtemp(prefix=".keygen-", dir=directory)
+    try:
+        for name in (PRODUCER, WORKER):
+            _, secret = zmq.auth.create_certificates(staging, name)
+            os.chmod(secret, 0o600)
+        written = []
+        for name in KEY_FILES:
+            written.append(os.path.join(directory, name))
+            os.replace(os.path.join(staging, name), written[-1])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return written
 
 
