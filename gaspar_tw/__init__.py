@@ -10,8 +10,6 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
     "ProcessPool": "gaspar_tw.pool",
     "Producer": "gaspar_tw.producer",
@@ -45,6 +43,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from gaspar_tw.version import version
+
+        return version()
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'gaspar_tw' has no attribute {name!r}")

@@ -21,8 +21,10 @@ def version() -> str:
 
 def checkout_version() -> str | None:
     """The version in the C{pyproject.toml} beside the package, if this is a source checkout."""
-    import tomllib
-
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: an installed distribution has its version
+        return None
     path = Path(__file__).resolve().parent.parent / "pyproject.toml"
     try:
         with path.open("rb") as file:

@@ -315,7 +315,7 @@ ALLOWED: dict[str, set[str]] = {
         "errors",
     },
     # the public names, loaded lazily
-    ROOT: {"pool", "producer", "config", "client", "consumer", "errors"},
+    ROOT: {"pool", "producer", "config", "client", "consumer", "errors", "version"},
 }
 
 
