@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import site
 import sys
+import sysconfig
 
 from twisted.logger import Logger
 
 from gaspar_tw.errors import HandlerError
-from gaspar_tw.handler import Handler, check_import, handler_spec, load_handler
+from gaspar_tw.handler import Handler, check_import, handler_spec, import_root, load_handler
 
 log = Logger()
+
+#: Where the standard library and installed packages are: on every worker's path already.
+_STANDARD_PATHS = frozenset(
+    os.path.abspath(path) for path in sysconfig.get_paths().values() if path
+) | frozenset(os.path.abspath(path) for path in site.getsitepackages())
 
 
 class Consumer:
@@ -28,6 +35,13 @@ class Consumer:
         else:
             self.spec = handler_spec(handler)
             self.handler = handler
+
+    @property
+    def pythonpath(self) -> list[str]:
+        """What a worker process needs on its path to import the handler as this process did
+        (the directory of the module, say, of a script run from elsewhere)."""
+        root = import_root(self.spec)
+        return [] if root is None or root in _STANDARD_PATHS else [root]
 
     def __repr__(self) -> str:
         return f"Consumer({self.spec!r})"

@@ -106,6 +106,24 @@ def _public_callables(target: Any) -> list[str]:
     return names
 
 
+def import_root(spec: str) -> str | None:
+    """The directory this process imported the module of handler C{spec} from (the entry of
+    C{sys.path} it was found in), or C{None} if it is not imported or has no file.
+
+    A worker process starts with the producer's working directory on its path, not the
+    directory of the producer's script: given this, it finds the handler where the producer did.
+    """
+    module_name = spec.partition(":")[0]
+    top = sys.modules.get(module_name.partition(".")[0])
+    if top is None:
+        return None
+    if getattr(top, "__file__", None):
+        where = os.path.dirname(os.path.abspath(top.__file__))
+        return os.path.dirname(where) if hasattr(top, "__path__") else where
+    paths = list(getattr(top, "__path__", ()))  # a namespace package
+    return os.path.dirname(os.path.abspath(paths[0])) if paths else None
+
+
 def handler_spec(fn: Handler) -> str:
     """Return the ``"module:qualname"`` a worker process can import to find C{fn}.
 

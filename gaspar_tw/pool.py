@@ -160,7 +160,7 @@ class ProcessPool(service.Service):
             self.consumer.spec,
             config.worker_count,
             self.dispatcher,
-            config.pythonpath,
+            [*config.pythonpath, *self.consumer.pythonpath],
             self.stats,
         )
 
