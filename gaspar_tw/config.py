@@ -5,7 +5,8 @@ built from; the twistd options (L{gaspar_tw.options}) are made from its fields, 
 default, check and C{--help} text are the ones written here. A field's metadata holds its
 C{doc}, its C{flag} (the command-line name, if it has one), the twistd C{commands} that take
 it, and C{parse} (text to value). Checks raise C{ValueError} with one line that names the
-setting. Nothing here imports Twisted or the rest of the package.
+setting. Nothing here imports Twisted (L{gaspar_tw.addresses} checks an endpoint string with
+Twisted's parser, loaded when one is checked).
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
+from gaspar_tw.addresses import check_endpoint, check_zmq_address
+
 #: The gaspar port, as in gaspar.
 DEFAULT_PORT = 10123
 #: Listen backlog for C{--port} and integer endpoints: one connection per request means as
 #: many connects in flight as concurrent clients, and Twisted's default of 50 overflows with
 #: more than 50 (each dropped SYN is retransmitted 1 s, then 3 s, later).
 DEFAULT_BACKLOG = 1024
+#: The most worker processes one pool or worker host starts: more is surely a typo.
+MAX_WORKERS = 1024
+#: Starting more local workers than this many per usable CPU logs a warning.
+WORKERS_PER_CPU = 4
 
 #: The twistd commands, for a setting's C{commands} (the ones whose options show it).
 PRODUCER = "gaspar"
@@ -50,15 +57,29 @@ def default_max_pending(workers: int) -> int:
     return max(1024, 64 * workers)
 
 
+def crowding_warning(workers: int) -> str | None:
+    """A warning if C{workers} local processes are more than L{WORKERS_PER_CPU} a usable CPU."""
+    cpus = default_worker_count()
+    if workers <= WORKERS_PER_CPU * cpus:
+        return None
+    return (
+        f"starting {workers} workers on {cpus} usable CPU{'s' if cpus > 1 else ''} (more than"
+        f" {WORKERS_PER_CPU} a CPU):"
+        " fine for handlers that mostly wait, but busy ones only take turns (--workers)"
+    )
+
+
 # -- checks: each takes a value and returns it (converted), or raises ValueError ----------
 
 
-def whole(least: int) -> Callable[[Any], int]:
+def whole(least: int, most: int | None = None) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"must be a whole number, not {value!r}")
         if value < least:
             raise ValueError(f"must be at least {least}, not {value}")
+        if most is not None and value > most:
+            raise ValueError(f"must be at most {most:,}, not {value:,}")
         return value
 
     return check
@@ -120,6 +141,30 @@ def anything(value: Any) -> Any:
     return value
 
 
+def server_endpoint(example: str) -> Callable[[Any], str | None]:
+    """A Twisted server endpoint string (C{None} or C{""}: none); C{example} is a right one."""
+    return lambda value: None if value in (None, "") else check_endpoint(value, example)
+
+
+def listen_endpoint(value: Any) -> Any:
+    """The producer's C{endpoint}: a port, an endpoint string, an endpoint object or C{None}."""
+    expected = "must be a port number, a Twisted server endpoint string such as tcp:10123"
+    if value is None or isinstance(value, str):
+        return value if value is None else check_endpoint(value, "tcp:10123")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 65535:
+            raise ValueError(f"must be a port number from 0 to 65535, not {value}")
+        return value
+    if callable(getattr(value, "listen", None)):  # an IStreamServerEndpoint
+        return value
+    raise ValueError(f"{expected}, or an IStreamServerEndpoint, not {value!r}")
+
+
+def zmq_address(*, bind: bool) -> Callable[[Any], str | None]:
+    """A ZeroMQ address to C{bind} or to connect to (C{None} or C{""}: none)."""
+    return lambda value: None if value in (None, "") else check_zmq_address(value, bind=bind)
+
+
 def flag_number(value: str) -> int:
     try:
         return int(value)
@@ -178,12 +223,14 @@ class Config:
         DEFAULT_PORT,
         "A port number, a Twisted server endpoint string (tcp:10123, unix:/run/gaspar.sock),"
         " an IStreamServerEndpoint, or None for no listener (in-process submit only).",
+        listen_endpoint,
         scope=(FRONT_ENDS,),
     )
-    framed_endpoint: Any = setting(
+    framed_endpoint: str | None = setting(
         None,
         "Also serve the framed persistent protocol (pipelined requests, replies with a status"
         " byte) on this Twisted server endpoint, e.g. tcp:10124.",
+        server_endpoint("tcp:10124"),
         flag="framed-endpoint",
         scope=(FRONT_ENDS,),
     )
@@ -215,7 +262,7 @@ class Config:
         None,
         "Serve Prometheus /metrics and JSON /status on this endpoint, e.g."
         " tcp:9100:interface=127.0.0.1 [default: off].",
-        text,
+        server_endpoint("tcp:9100:interface=127.0.0.1"),
         flag="metrics",
         scope=(TWISTD,),
     )
@@ -238,7 +285,7 @@ class Config:
         None,
         "Number of worker processes [default: the CPUs available]; 0 with --bind (remote"
         " workers only).",
-        optional(whole(0)),
+        optional(whole(0, MAX_WORKERS)),
         flag="workers",
         short="w",
         parse=flag_number,
@@ -292,13 +339,13 @@ class Config:
         None,
         "Let remote worker hosts (twistd gaspar-worker --connect) join on this ZeroMQ address,"
         " e.g. tcp://10.0.0.1:5570 (port * picks a free one) [default: off].",
-        text,
+        zmq_address(bind=True),
         flag="bind",
     )
     connect: str | None = setting(
         None,
         "The producer's --bind address, e.g. tcp://10.0.0.1:5570.",
-        text,
+        zmq_address(bind=False),
         flag="connect",
         short="c",
         commands=(HOST,),

@@ -43,3 +43,8 @@ class ServiceStopped(GasparError):
 
 class HandlerError(GasparError, ValueError):
     """A handler specification cannot be used (bad ``mod:fn``, not importable, not callable)."""
+
+
+class ListenError(GasparError):
+    """A port or C{bind} address cannot be listened on (in use, not this machine's, not
+    permitted); the message is one line naming it, and the cause is chained."""

@@ -1,8 +1,10 @@
 """Command-line options of ``twistd gaspar`` and ``twistd gaspar-worker``, made from L{Config}.
 
 Each flag's default, check and help text are its L{gaspar_tw.config.Config} field's; a
-parsed command line gives its L{Config} as C{options.config}. Nothing here imports the
-dispatcher, the protocols or ZeroMQ: C{--help} stays quick.
+parsed command line gives its L{Config} as C{options.config}. A mistake is one line on
+stderr and exit status 1 (C{twistd gaspar: --port must be ...}), not twistd's whole help
+first. Nothing here imports the dispatcher, the protocols, ZeroMQ or the reactor: C{--help}
+stays quick, and endpoint strings are checked before twistd chooses a reactor.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from gaspar_tw.config import (
     HOST,
     PRODUCER,
     Config,
+    listen_endpoint,
     settings_for,
 )
 
@@ -33,11 +36,16 @@ def checkKeys(load, directory: str) -> None:
 
 def _coerce(f: Field) -> Callable[[str], Any]:
     """Text to the value of setting C{f}, or a usage error naming its flag."""
-    parse, check, flag = f.metadata["parse"], f.metadata["check"], f.metadata["flag"]
+    parse, check = f.metadata["parse"], f.metadata["check"]
+    return _checked(f.metadata["flag"], lambda value: check(parse(value)))
+
+
+def _checked(flag: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """C{convert}, its C{ValueError} made a usage error naming C{--flag}."""
 
     def coerce(value: str) -> Any:
         try:
-            return check(parse(value))
+            return convert(value)
         except ValueError as e:
             raise usage.UsageError(f"--{flag} {e}") from None
 
@@ -82,6 +90,22 @@ class HandlerOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["pythonpath"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse C{options}; a mistake exits with one line, C{twistd COMMAND: what is wrong}."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            message = str(e)
+            if message.endswith("not recognized"):
+                message += f" (twistd {self.command} --help lists the options)"
+            raise SystemExit(f"twistd {self.command}: {message}") from None
+
+    def parseArgs(self, *arguments: str) -> None:
+        if arguments:
+            raise usage.UsageError(
+                f"unexpected argument {arguments[0]!r}: every value follows its --option"
+            )
 
     def opt_pythonpath(self, directory: str) -> None:
         """A directory to add to the Python path to find the handler (repeatable)."""
@@ -139,6 +163,7 @@ class Options(HandlerOptions):
             None,
             "Twisted server endpoint to listen on instead of --port, e.g. "
             "tcp:10123:interface=127.0.0.1 or unix:/run/gaspar.sock.",
+            _checked("endpoint", listen_endpoint),
         ],
         *_parameters(PRODUCER),
     ]

@@ -26,7 +26,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gaspar_tw.config import POOL, Config
+from gaspar_tw.config import POOL, Config, crowding_warning
 from gaspar_tw.consumer import Consumer
 from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import ServiceStopped
@@ -174,17 +174,15 @@ class ProcessPool(service.Service):
         from gaspar_tw.workers.channels import ChannelHub  # txZMQ: once a reactor is chosen
 
         self._draining = None
+        self.hub = ChannelHub(self.local.messageReceived, self.reactor)
+        if self.config.bind is not None:
+            self._bindRemote()  # first: if it cannot, nothing else has started
         self.dispatcher.accepting = True
         self.dispatcher.start()
-        self.hub = ChannelHub(self.local.messageReceived, self.reactor)
+        crowded = crowding_warning(self.local.size)
+        if crowded:
+            log.warn("{warning}", warning=crowded)
         self.local.start(self.hub)
-        if self.config.bind is not None:
-            from gaspar_tw.workers.remote import RemoteWorkers
-
-            self.remote = RemoteWorkers(
-                self.reactor, self.dispatcher, self.config.bind, self.stats, self.config.curve_keys
-            )
-            self.remote.start(self.hub)
         log.info(
             "gaspar_tw {kind}: {n} workers running {spec}",
             kind=self.kind,
@@ -195,6 +193,23 @@ class ProcessPool(service.Service):
         waiters, self._readyWaiters = self._readyWaiters, []
         for d in waiters:
             self.whenReady().chainDeferred(d)
+
+    def _bindRemote(self) -> None:
+        """Let remote workers join on C{bind}; if it cannot be bound, this pool is not
+        running and the L{gaspar_tw.errors.ListenError} says why."""
+        from gaspar_tw.workers.remote import RemoteWorkers
+
+        remote = RemoteWorkers(
+            self.reactor, self.dispatcher, self.config.bind, self.stats, self.config.curve_keys
+        )
+        try:
+            remote.start(self.hub)
+        except Exception:
+            self.hub.close()
+            self.hub = None
+            self.running = False
+            raise
+        self.remote = remote
 
     def _startFrontEnds(self) -> None:
         """Start taking work from outside (a producer listens)."""

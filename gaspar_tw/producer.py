@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from gaspar_tw.addresses import ANOTHER_GASPAR, TCPAddress, cannot
 from gaspar_tw.config import DEFAULT_BACKLOG, FRONT_ENDS, POOL, Config
 from gaspar_tw.consumer import Consumer
+from gaspar_tw.errors import ListenError
 from gaspar_tw.handler import Handler
 from gaspar_tw.ops.limits import raise_file_limit
 from gaspar_tw.pool import ProcessPool, chained
@@ -119,12 +123,17 @@ class Producer(ProcessPool):
             )
 
     def _listenOn(self, endpoint, factory, listened) -> Deferred:
+        description = None
         if not IStreamServerEndpoint.providedBy(endpoint):
-            endpoint = serverFromString(self.reactor, endpoint_description(endpoint))
+            description = endpoint_description(endpoint)
+            endpoint = serverFromString(self.reactor, description)
         d = endpoint.listen(factory)
         failures = []
         d.addErrback(failures.append)
         if failures:  # synchronous failure (port in use, bad address): raise it to the caller
+            error = failures[0].value
+            if isinstance(error, CannotListenError | OSError):
+                raise ListenError(_cannotListen(error, description or str(endpoint))) from error
             failures[0].raiseException()
         return d.addCallback(logAcceptFailures, self.reactor).addCallback(listened)
 
@@ -224,6 +233,19 @@ class Producer(ProcessPool):
         if self.running:
             return self.stopService()
         return None
+
+
+def _cannotListen(error: CannotListenError | OSError, description: str) -> str:
+    """C{cannot listen on tcp:10123: address already in use (...)}, as twistd says it first."""
+    if not isinstance(error, CannotListenError):
+        return cannot("listen on", description, error)
+    if error.interface is None:  # a UNIX socket: its port is the path
+        path = os.fsdecode(error.port)
+        if error.socketError == "Cannot acquire lock":
+            return f"cannot listen on unix:{path}: its lock file is held ({ANOTHER_GASPAR})"
+        return cannot("listen on", f"unix:{path}", error.socketError)
+    address = TCPAddress(error.interface, error.port, ":" in error.interface)
+    return cannot("listen on", address, error.socketError, address)
 
 
 def _describe(address) -> str:

@@ -7,6 +7,8 @@ import gc
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
+from gaspar_tw.config import Config
+from gaspar_tw.errors import ListenError
 from gaspar_tw.options import Options
 
 __all__ = ["Options", "makeService"]
@@ -35,14 +37,18 @@ class GasparService(MultiService):
 
 
 def makeService(options: Options) -> IService:
-    """Build the producer (draining on SIGTERM, with its metrics port); a bad handler is a
-    one-line error and exit 1."""
+    """Build the producer (draining on SIGTERM, with its metrics port); a port that cannot
+    be listened on, or a bad handler, is a one-line error and exit 1."""
     from gaspar_tw.consumer import loadConsumer
     from gaspar_tw.ops.shutdown import DrainOnTerm
     from gaspar_tw.producer import Producer
 
-    consumer, pythonpath = loadConsumer(options, "twistd gaspar")
     config = options.config
+    try:
+        tryListening(config)
+    except ListenError as e:
+        raise SystemExit(f"twistd gaspar: {e}") from None
+    consumer, pythonpath = loadConsumer(options, "twistd gaspar")
     producer = Producer(consumer, config=config, pythonpath=pythonpath)
     top = GasparService()
     if config.log_format == "json":
@@ -56,3 +62,37 @@ def makeService(options: Options) -> IService:
 
         MetricsService(producer, config.metrics).setServiceParent(top)
     return top
+
+
+def tryListening(config: Config) -> None:
+    """Bind every TCP address the producer will listen on (its ports, C{--metrics},
+    C{--bind}) and let them go. Run by makeService, before twistd forks and while stderr is
+    the terminal's, so that a port in use is one line there; raises L{ListenError}."""
+    from gaspar_tw.addresses import (
+        ANOTHER_GASPAR,
+        Listener,
+        tcp_address,
+        try_listening,
+        try_unix_socket,
+        unix_path,
+        zmq_tcp_address,
+    )
+
+    listeners = []
+    for description, in_use in (
+        (config.endpoint, ANOTHER_GASPAR),
+        (config.framed_endpoint, ANOTHER_GASPAR),
+        (config.metrics, "is another program using it?"),
+    ):
+        if not isinstance(description, str):
+            continue
+        address = tcp_address(description)
+        if address is not None:
+            listeners.append(Listener("listen on", address, address, in_use))
+        unix = unix_path(description)
+        if unix is not None:
+            try_unix_socket(*unix, in_use)
+    address = zmq_tcp_address(config.bind) if config.bind else None
+    if address is not None:
+        listeners.append(Listener("bind", config.bind, address))
+    try_listening(listeners)

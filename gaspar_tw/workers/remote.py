@@ -21,7 +21,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gaspar_tw.addresses import cannot, zmq_tcp_address
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
+from gaspar_tw.errors import ListenError
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire import messages
 from gaspar_tw.wire.control import BYE, DONE, HEARTBEAT_MISSES, HEARTBEAT_SECONDS, KILL, PING, WHO
@@ -68,7 +70,11 @@ class RouterChannel(ReplyChannel):
             from gaspar_tw.zeromq.curve import server_options
 
             server_options(self.socket, self.curve_keys)
-        super().addEndpoints(endpoints)
+        try:
+            super().addEndpoints(endpoints)
+        except zmq.ZMQError:
+            self.socket.close()  # not the factory's yet: left open, it would hang its shutdown
+            raise
 
     @property
     def boundAddress(self) -> str:
@@ -123,7 +129,7 @@ class RemoteWorkers:
 
     def start(self, hub: ChannelHub) -> None:
         """Bind (on C{hub}'s ZeroMQ context); C{boundAddress} is then the address bound,
-        port included."""
+        port included. An address that cannot be bound is a L{ListenError}."""
         factory = hub.factory
         if self.curve_keys:
             from zmq.auth.thread import ThreadAuthenticator
@@ -138,7 +144,13 @@ class RemoteWorkers:
                 " network",
                 address=self.address,
             )
-        self.channel = RouterChannel(factory, self.address, self._onMessage, self.curve_keys)
+        try:
+            self.channel = RouterChannel(factory, self.address, self._onMessage, self.curve_keys)
+        except zmq.ZMQError as e:
+            self.stop()
+            error = OSError(e.errno, zmq.strerror(e.errno))  # e's text names the address too
+            address = zmq_tcp_address(self.address)
+            raise ListenError(cannot("bind", self.address, error, address)) from e
         self.boundAddress = self.channel.boundAddress
         failures = HandshakeFailures(
             lambda why: log.warn(
