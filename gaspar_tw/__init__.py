@@ -20,6 +20,8 @@ _EXPORTS = {
     "Overloaded": "gaspar_tw.errors",
     "RequestTimeout": "gaspar_tw.errors",
     "ServiceStopped": "gaspar_tw.errors",
+    "HandlerError": "gaspar_tw.errors",
+    "ListenError": "gaspar_tw.errors",
     "GasparClient": "gaspar_tw.client",
     "client": "gaspar_tw.client",
 }
@@ -32,6 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from gaspar_tw.config import Config
     from gaspar_tw.consumer import Consumer
     from gaspar_tw.errors import (
+        HandlerError,
+        ListenError,
         Overloaded,
         RemoteError,
         RequestTimeout,

@@ -107,6 +107,13 @@ class HandlerOptions(usage.Options):
                 f"unexpected argument {arguments[0]!r}: every value follows its --option"
             )
 
+    def opt_version(self) -> None:
+        """Print the versions of gaspar_tw, Twisted, pyzmq, libzmq and Python, and exit."""
+        from gaspar_tw.version import version_line
+
+        print(version_line(f"twistd {self.command}: gaspar_tw"))
+        raise SystemExit(0)
+
     def opt_pythonpath(self, directory: str) -> None:
         """A directory to add to the Python path to find the handler (repeatable)."""
         self["pythonpath"].append(directory)

@@ -300,7 +300,7 @@ ALLOWED: dict[str, set[str]] = {
         "errors",
     },
     # twistd's option parsing and service makers
-    "options": {"config", "zeromq", "errors"},
+    "options": {"config", "zeromq", "version", "errors"},
     "tap": {
         "producer",
         "metrics",

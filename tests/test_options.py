@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import child_env
+from conftest import TWISTD, child_env
 
+import gaspar_tw
 from gaspar_tw.options import HostOptions, Options
 
 WORKER = ("--connect", "tcp://127.0.0.1:5570")
@@ -244,3 +245,16 @@ def test_unreadable_curve_keys_are_one_line(tmp_path):
     message = refused(parse_host, *WORKER, "--curve-keys", str(tmp_path))
     assert message.startswith("twistd gaspar-worker: --curve-keys: ")
     assert "worker.key_secret" in message
+
+
+@pytest.mark.parametrize("command", ["gaspar", "gaspar-worker"])
+def test_version_names_gaspar_tw_and_what_it_runs_on(command):
+    from twisted import version as twisted_version
+
+    done = subprocess.run(
+        [*TWISTD, command, "--version"], capture_output=True, text=True, env=child_env(), timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith(f"twistd {command}: gaspar_tw {gaspar_tw.__version__} (Twisted "), line
+    assert twisted_version.short() in line and "pyzmq" in line and "Python" in line
