@@ -58,7 +58,12 @@ def load_handler(spec: str) -> Handler:
                 message += f"; did you mean {guess!r}?"
             raise HandlerError(message) from None
     if not callable(target):
-        raise HandlerError(f"handler {spec!r} is a {type(target).__name__}, not a callable")
+        kind = type(target).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise HandlerError(
+            f"handler {spec!r} is {article} {kind} ({target!r:.40}), not a function: name a"
+            " function that takes the request's bytes"
+        )
     return target
 
 

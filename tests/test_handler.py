@@ -22,7 +22,12 @@ def test_load_handler_imports_module_function():
         (":echo", "must look like"),
         ("no_such_mod_xyz:f", "cannot import module 'no_such_mod_xyz'"),
         ("gaspar_tw.examples:nothing", "has no attribute 'nothing'"),
-        ("gaspar_tw.wire.control:EXIT_HANDLER_ERROR", "not a callable"),
+        (
+            "gaspar_tw.wire.control:EXIT_HANDLER_ERROR",
+            r"^handler '\S+:EXIT_HANDLER_ERROR' is an int \(4\), not a function:",
+        ),
+        ("gaspar_tw.config:DEFAULT_PORT", r"is an int \(10123\), not a function"),
+        ("gaspar_tw.wire.control:PING", r"^handler 'gaspar_tw.wire.control:PING' is a bytes \(b"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(spec, words):
