@@ -160,8 +160,9 @@ class Options(HandlerOptions):
         [
             "port",
             "p",
-            DEFAULT_PORT,
-            f"TCP port to listen on (all interfaces, listen backlog {DEFAULT_BACKLOG}).",
+            None,
+            f"TCP port to listen on (all interfaces, listen backlog {DEFAULT_BACKLOG})"
+            f" [default: {DEFAULT_PORT}].",
             _port,
         ],
         [
@@ -198,7 +199,10 @@ class Options(HandlerOptions):
 
             checkKeys(server_keys, self["curve-keys"])
         if self["endpoint"] is None:
-            self["endpoint"] = f"tcp:{self['port']}:backlog={DEFAULT_BACKLOG}"
+            port = DEFAULT_PORT if self["port"] is None else self["port"]
+            self["endpoint"] = f"tcp:{port}:backlog={DEFAULT_BACKLOG}"
+        elif self["port"] is not None:
+            raise usage.UsageError("give --port or --endpoint, not both (--endpoint says the port)")
         super().postOptions()
 
     def extraSettings(self) -> dict[str, Any]:

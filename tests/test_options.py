@@ -258,3 +258,11 @@ def test_version_names_gaspar_tw_and_what_it_runs_on(command):
     line = done.stdout.strip()
     assert line.startswith(f"twistd {command}: gaspar_tw {gaspar_tw.__version__} (Twisted "), line
     assert twisted_version.short() in line and "pyzmq" in line and "Python" in line
+
+
+def test_port_and_endpoint_together_are_refused_and_port_alone_is_the_endpoint():
+    assert refused(parse, "--port", "10130", "--endpoint", "tcp:10131") == (
+        "twistd gaspar: give --port or --endpoint, not both (--endpoint says the port)"
+    )
+    assert parse("--port", "10130")["endpoint"] == "tcp:10130:backlog=1024"
+    assert parse()["endpoint"] == "tcp:10123:backlog=1024"

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TWISTD, assert_reaped, child_env, wait_until
+from conftest import READY, TWISTD, assert_reaped, child_env, wait_until
 from twisted.internet import reactor
 from twisted.internet.error import CannotListenError
 
@@ -276,27 +276,14 @@ def test_more_workers_than_four_a_cpu_starts_them_with_a_warning(tmp_path):
             env=child_env(),
             preexec_fn=lambda: os.sched_setaffinity(0, {one_cpu}),
         )
-    children: list[int] = []
     try:
-        wait_until(lambda: len(children_of(process.pid, children)) == workers, 20)
+        wait_until(lambda: len(READY.findall(log_path.read_bytes())) == workers, 30)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(20)
     text = log_path.read_text()
     warning = f"starting {workers} workers on 1 usable CPU (more than {WORKERS_PER_CPU} a CPU)"
     assert warning in text, text
-    assert len(children) == workers and process.returncode == 0
-    assert_reaped(children)
-
-
-def children_of(pid: int, found: list[int]) -> list[int]:
-    """The processes whose parent is C{pid}, in C{found} (and returned)."""
-    found[:] = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rpartition(")")[2].split()[1]) == pid:
-                    found.append(int(entry))
-        except OSError:
-            pass  # gone meanwhile
-    return found
+    pids = [int(pid) for _, pid in READY.findall(log_path.read_bytes())]
+    assert len(pids) == workers and process.returncode == 0, text
+    assert_reaped(pids)
