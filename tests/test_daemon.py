@@ -107,7 +107,8 @@ def test_handler_that_hangs_at_import_fails_at_start_in_one_line(tmp_path):
     started = time.monotonic()
     result = subprocess.run(
         [*TWISTD, "-n", "--pidfile=", "gaspar", "--handler", "hang_at_import:echo"]
-        + ["--pythonpath", str(TESTS), "--import-timeout", "1"],
+        + ["--pythonpath", str(TESTS), "--import-timeout", "1"]
+        + ["--endpoint", "tcp:0:interface=127.0.0.1"],
         capture_output=True,
         timeout=15,
         cwd=tmp_path,
