@@ -5,8 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
+import pytest
+import pytest_twisted
 from conftest import child_env
+from twisted.internet import reactor
+
+from gaspar_tw import HandlerError, ProcessPool
 
 SCRIPT = textwrap.dedent(
     """
@@ -47,3 +53,39 @@ def test_a_script_run_from_another_directory_has_its_handler_found_by_the_worker
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "b'HELLO'"
+
+
+ONLY_IN_THE_PRODUCER = """
+import sys
+
+if getattr(sys.modules["__main__"].__spec__, "name", "") == "gaspar_tw.worker.__main__":
+    import gaspar_tw_no_such_dependency  # what a worker's environment lacks
+
+
+def work(message):
+    return message
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handler_the_workers_cannot_load_fails_requests_at_once_saying_why(
+    tmp_path, monkeypatch
+):
+    # The producer imports it, its workers cannot: requests used to wait out --timeout and
+    # fail with "no worker was free".
+    (tmp_path / "producer_only.py").write_text(ONLY_IN_THE_PRODUCER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pool = ProcessPool("producer_only:work", 1, timeout=30)
+    pool.startService()
+    try:
+        started = time.monotonic()
+        with pytest.raises(HandlerError) as failed:
+            await pool.submit(b"hello").addTimeout(20, reactor)
+        assert time.monotonic() - started < 10
+        assert str(failed.value).startswith(
+            "worker processes cannot load handler 'producer_only:work': importing module"
+            " 'producer_only' for handler 'producer_only:work' failed: ModuleNotFoundError:"
+            " No module named 'gaspar_tw_no_such_dependency'"
+        ), failed.value
+    finally:
+        await pool.stopService()

@@ -135,6 +135,11 @@ class Dispatcher:
         return len(self._requests)
 
     @property
+    def workerCount(self) -> int:
+        """Workers ready for work, local and remote."""
+        return len(self._scheduler.links)
+
+    @property
     def queued(self) -> int:
         """Requests waiting for a worker with room."""
         return len(self._queue) + len(self._suspects)

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
+from gaspar_tw.errors import HandlerError
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire import messages
 from gaspar_tw.wire.control import EXIT_HANDLER_ERROR, STOP_GRACE_SECONDS
@@ -125,6 +126,8 @@ class WorkerProcess(ProcessProtocol):
         self.channel: WorkChannel | None = None
         self.ready = False
         self.killed = False
+        #: The last line it wrote on stderr (why it could not load the handler, say).
+        self.lastError = ""
         #: Fires once the process has exited (and the pool knows).
         self.ended: Deferred = Deferred()
         self._output = {1: OutputLines(), 2: OutputLines()}
@@ -141,6 +144,8 @@ class WorkerProcess(ProcessProtocol):
         emit = childLog.info if childFD == 1 else childLog.warn
         for line, continued in lines:
             text = line.decode("utf-8", "replace").rstrip()
+            if text and childFD == 2:
+                self.lastError = text
             if text:
                 emit(
                     "worker {slot} (pid {pid}): {line}{more}",
@@ -368,6 +373,7 @@ class LocalWorkers:
                 spec=self.handler_spec,
                 delay=delay,
             )
+            self._failIfNoWorkerCanServe(process)
         elif failures > 1:
             log.error(
                 "worker {slot} (pid {pid}) died {n} times in a row soon after start ({how});"
@@ -386,6 +392,16 @@ class LocalWorkers:
                 how=how,
             )
         self._respawns[process.slot] = self.reactor.callLater(delay, self._spawn, process.slot)
+
+    def _failIfNoWorkerCanServe(self, process: WorkerProcess) -> None:
+        """A worker could not load the handler and none is ready: fail what waits now, saying
+        why, rather than after --timeout (the others load it in the same environment)."""
+        if self.dispatcher is None or self.dispatcher.workerCount or not self.dispatcher.pending:
+            return
+        why = process.lastError.removeprefix("gaspar_tw worker: ") or "see the log"
+        self.dispatcher.failAll(
+            HandlerError(f"worker processes cannot load handler {self.handler_spec!r}: {why}")
+        )
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> Deferred:
         """Stop every worker: close its stdin, then SIGTERM after C{grace}, SIGKILL after 2x.
