@@ -14,15 +14,21 @@ async def request(host: str, port: int, message: bytes, timeout: float | None = 
     the request failed on the server. Raises C{OSError} on network errors and
     C{TimeoutError} when C{timeout} seconds pass without the whole reply.
     """
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port)
+    try:
+        return await asyncio.wait_for(_exchange(host, port, message), timeout)
+    except asyncio.TimeoutError:  # on Python 3.10 not yet the built-in TimeoutError
+        raise TimeoutError(f"no whole reply from {host}:{port} within {timeout}s") from None
+
+
+async def _exchange(host: str, port: int, message: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(LENGTH.pack(len(message)) + bytes(message))
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
         try:
-            writer.write(LENGTH.pack(len(message)) + bytes(message))
-            await writer.drain()
-            return await reader.read()
-        finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+            await writer.wait_closed()
+        except OSError:
+            pass

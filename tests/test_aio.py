@@ -27,6 +27,7 @@ def test_asyncio_client_timeout_is_bounded(tmp_path):
     async def main() -> None:
         async def silent(reader, writer):
             await reader.read()  # never answers
+            writer.close()  # else Python 3.12's Server.wait_closed waits for it forever
 
         server = await asyncio.start_server(silent, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
