@@ -66,7 +66,7 @@ def test_json_log_lines_are_flat_events(daemon_factory):
 
     # The handler's own error: its fields kept, the one named like a line's key renamed.
     (raised,) = [e for e in events if e.get("type") == "ValueError"]
-    assert raised["level"] == "error" and raised["field_message"] == "boom requested"
+    assert raised["level"] == "error" and raised["reason"] == "boom requested"
     assert raised["message"].startswith("handler raised ValueError: boom requested (request")
     assert "raise ValueError" in raised["traceback"] and raised["peer"].startswith("127.0.0.1:")
     assert any(e["message"] == "gaspar_tw producer stopped" for e in events)

@@ -210,9 +210,9 @@ class GasparFactory(Factory):
 def log_handler_error(error: RemoteError, transport) -> None:
     """Log a handler's exception with its traceback and the client it was for."""
     log.error(
-        "handler raised {type}: {message} (request from {peer})\n{traceback}",
+        "handler raised {type}: {reason} (request from {peer})\n{traceback}",
         type=error.type,
-        message=error.message,
+        reason=error.message,
         peer=_peer(transport),
         traceback=error.traceback,
     )
