@@ -14,12 +14,14 @@ import difflib
 import errno
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from gaspar_tw.errors import ListenError
+from gaspar_tw.zeromq.ipv6 import is_ipv6
 
 #: The endpoint types Twisted knows without plugins, to suggest one for a typo.
 ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "systemd")
@@ -196,7 +198,11 @@ def cannot(
     known, makes the hints more precise; C{in_use} is the hint when the address is in use."""
     code = getattr(error, "errno", None)
     reason = _lower(getattr(error, "strerror", None) or str(error))
-    if code == errno.EADDRINUSE:
+    reason = re.sub(r"\.? \(addr='[^']*'\)$", "", reason).rstrip(".")  # ZeroMQ's suffix
+    if code == errno.ENODEV and str(what).startswith("tcp://"):
+        host = str(what)[len("tcp://") :].rpartition(":")[0]
+        reason = f"no such host or interface {host} (give an address of this machine, or *)"
+    elif code == errno.EADDRINUSE:
         reason += f" ({in_use})"
     elif code == errno.EADDRNOTAVAIL and address is not None and address.host:
         reason += f" (is {address.host} an address of this machine?)"
@@ -253,10 +259,32 @@ def try_listening(listeners: Iterable[Listener]) -> None:
             sock.close()
 
 
+def try_zmq_bind(address: str) -> None:
+    """Bind a ZeroMQ socket on C{address} and let it go (for what L{try_listening} cannot
+    try with a plain socket: C{ipc://} paths, host and interface names); else
+    L{ListenError}, one line. Its context is ended before returning: a ZeroMQ context must
+    not live across the fork of a daemonising twistd."""
+    import zmq
+
+    context = zmq.Context(1)
+    try:
+        sock = context.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.ipv6 = is_ipv6(address)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as e:
+            raise ListenError(cannot("bind", address, e, zmq_tcp_address(address))) from e
+        finally:
+            sock.close()
+    finally:
+        context.term()
+
+
 def try_unix_socket(path: str, locked: bool, in_use: str = ANOTHER_GASPAR) -> None:
-    """Check that a UNIX socket can be made at C{path}: its directory exists and, if it
-    takes a lock file, no running process holds that (as Twisted checks); else
-    L{ListenError}."""
+    """Check that a UNIX socket can be made at C{path}: its directory exists, no running
+    process holds its lock file (C{lockfile=1}: Twisted then replaces a socket a dead one
+    left) and no socket is there already; else L{ListenError}."""
     from twisted.python.lockfile import FilesystemLock
 
     what = f"unix:{path}"
@@ -271,7 +299,23 @@ def try_unix_socket(path: str, locked: bool, in_use: str = ANOTHER_GASPAR) -> No
             raise ListenError(cannot("listen on", what, e)) from e
         if not held:
             raise ListenError(f"cannot listen on {what}: its lock file is held ({in_use})")
+        stale = not lock.clean  # its owner died: Twisted removes the socket it left
         lock.unlock()
+        if stale:
+            return
+    if not os.path.lexists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        raise ListenError(
+            f"cannot listen on {what}: {path} exists (left by an earlier run? remove it)"
+        ) from None
+    else:
+        raise ListenError(f"cannot listen on {what}: address already in use ({in_use})")
+    finally:
+        probe.close()
 
 
 def _in_use(held: list[tuple[Listener, socket.socket]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
@@ -48,6 +49,7 @@ def makeService(options: Options) -> IService:
         tryListening(config)
     except ListenError as e:
         raise SystemExit(f"twistd gaspar: {e}") from None
+    sys.excepthook = oneLineListenErrors(sys.excepthook, "twistd gaspar")
     consumer, pythonpath = loadConsumer(options, "twistd gaspar")
     producer = Producer(consumer, config=config, pythonpath=pythonpath)
     top = GasparService()
@@ -64,6 +66,19 @@ def makeService(options: Options) -> IService:
     return top
 
 
+def oneLineListenErrors(excepthook, command: str):
+    """C{excepthook} except that a L{ListenError} ending twistd (an address taken after the
+    check of L{tryListening}, say) is one line, C{COMMAND: cannot ...}, not a traceback."""
+
+    def hook(kind, error, traceback) -> None:
+        if isinstance(error, ListenError):
+            print(f"{command}: {error}", file=sys.stderr)
+        else:
+            excepthook(kind, error, traceback)
+
+    return hook
+
+
 def tryListening(config: Config) -> None:
     """Bind every TCP address the producer will listen on (its ports, C{--metrics},
     C{--bind}) and let them go. Run by makeService, before twistd forks and while stderr is
@@ -74,6 +89,7 @@ def tryListening(config: Config) -> None:
         tcp_address,
         try_listening,
         try_unix_socket,
+        try_zmq_bind,
         unix_path,
         zmq_tcp_address,
     )
@@ -93,6 +109,8 @@ def tryListening(config: Config) -> None:
         if unix is not None:
             try_unix_socket(*unix, in_use)
     address = zmq_tcp_address(config.bind) if config.bind else None
-    if address is not None:
+    if address is not None and not address.ipv6:
         listeners.append(Listener("bind", config.bind, address))
     try_listening(listeners)
+    if config.bind and (address is None or address.ipv6):
+        try_zmq_bind(config.bind)

@@ -248,7 +248,7 @@ ALLOWED: dict[str, set[str]] = {
     "consumer": {"handler", "errors"},
     "wire": {"errors"},
     "zeromq": {"wire", "errors"},
-    "addresses": {"errors"},
+    "addresses": {"zeromq", "errors"},
     "config": {"addresses"},
     "version": set(),
     # the worker process and the clients

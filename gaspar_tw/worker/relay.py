@@ -37,6 +37,7 @@ from gaspar_tw.wire.control import (
 from gaspar_tw.worker.crash import crashed
 from gaspar_tw.worker.loop import Worker
 from gaspar_tw.zeromq.curve import HANDSHAKE_FAILED, HandshakeFailures
+from gaspar_tw.zeromq.ipv6 import is_ipv6
 
 _WORK = "inproc://gaspar-work"
 _REPLIES = "inproc://gaspar-replies"
@@ -106,6 +107,7 @@ class Relay(threading.Thread):
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.copy_threshold = messages.ZERO_COPY_BYTES
+        dealer.ipv6 = is_ipv6(self.address)
         if self.curve_keys:
             from gaspar_tw.zeromq.curve import client_options
 

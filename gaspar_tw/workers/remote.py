@@ -30,6 +30,7 @@ from gaspar_tw.wire.control import BYE, DONE, HEARTBEAT_MISSES, HEARTBEAT_SECOND
 from gaspar_tw.workers.channels import ChannelHub, MonitorChannel, ReplyChannel
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
 from gaspar_tw.zeromq.curve import HANDSHAKE_FAILED, HandshakeFailures
+from gaspar_tw.zeromq.ipv6 import is_ipv6
 
 log = Logger()
 
@@ -66,6 +67,7 @@ class RouterChannel(ReplyChannel):
         self.socket.set(zmq.ROUTER_MANDATORY, 1)  # sending to a gone worker raises
         self.socket.set(zmq.LINGER, 0)
         self.socket.copy_threshold = messages.ZERO_COPY_BYTES
+        self.socket.ipv6 = any(is_ipv6(endpoint.address) for endpoint in endpoints)
         if self.curve_keys:
             from gaspar_tw.zeromq.curve import server_options
 
