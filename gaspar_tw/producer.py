@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +13,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gaspar_tw.addresses import ANOTHER_GASPAR, TCPAddress, cannot
 from gaspar_tw.config import DEFAULT_BACKLOG, FRONT_ENDS, POOL, Config
@@ -104,7 +106,24 @@ class Producer(ProcessPool):
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, and fail loudly now if the port is taken.
         super().privilegedStartService()
-        self._listen()
+        self._unlessItFails(self._listen)
+
+    def startService(self) -> None:
+        self._unlessItFails(super().startService)
+
+    def _unlessItFails(self, start: Callable[[], None]) -> None:
+        """Run C{start}; if it raises, stop listening where this start began to (a port left
+        open would take connections nobody answers) before the error goes on."""
+        try:
+            start()
+        except BaseException:
+            for d in (self._listening, self._framedListening):
+                if d is not None:
+                    d.addCallback(lambda port: port and port.stopListening())
+                    d.addErrback(lambda failure: None)
+            self._listening = self._framedListening = None
+            self.port = self.framedPort = None
+            raise
 
     def _startFrontEnds(self) -> None:
         self.factory.startIdleSweep()
@@ -204,7 +223,9 @@ class Producer(ProcessPool):
         """Run the reactor with this producer until SIGINT/SIGTERM (blocks).
 
         The process is taken to be the producer's own: its title is set and its soft limit
-        on open files raised to the hard one (L{gaspar_tw.ops.limits.raise_file_limit}).
+        on open files raised to the hard one (L{gaspar_tw.ops.limits.raise_file_limit}). If
+        it cannot start (a port in use: L{gaspar_tw.errors.ListenError}), that error is
+        raised once the reactor has stopped.
         """
         from twisted.logger import globalLogBeginner, textFileLogObserver
 
@@ -219,14 +240,18 @@ class Producer(ProcessPool):
         self.config = replace(self.config, proctitle=True)
         self.reactor.callWhenRunning(self._startOrStop)
         self.reactor.addSystemEventTrigger("before", "shutdown", self._stopIfRunning)
+        self._startFailure: Failure | None = None
         self.reactor.run()
+        if self._startFailure is not None:
+            self._startFailure.raiseException()
 
     def _startOrStop(self) -> None:
         try:
             self.privilegedStartService()
             self.startService()
         except Exception:
-            log.failure("gaspar_tw producer failed to start")
+            self._startFailure = Failure()
+            log.error("gaspar_tw producer failed to start: {error}", error=self._startFailure.value)
             self.reactor.stop()
 
     def _stopIfRunning(self):
