@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gaspar_tw.errors import HandlerError
+from gaspar_tw.orphans import die_with_parent
 
 Handler = Callable[[bytes], Any]
 
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="the handler, as MODULE:FUNCTION")
     parser.add_argument("--pythonpath", action="append", default=[])
     args = parser.parse_args(argv)
+    die_with_parent()  # a twistd stopped while it waits for this check takes it along
     for directory in reversed(args.pythonpath):
         sys.path.insert(0, directory)
     try:

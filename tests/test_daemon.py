@@ -175,3 +175,23 @@ def test_library_api_start_serves_and_stops_on_sigint(tmp_path):
 def test_pack_matches_the_wire_format():
     assert pack(b"abc") == b"\x00\x00\x00\x03abc"
     assert pack(b"") == b"\x00\x00\x00\x00"
+
+
+def test_sigterm_while_the_handler_import_is_checked_leaves_no_process(tmp_path):
+    # twistd imports the handler in a child first (--import-timeout); a twistd stopped then
+    # used to leave that child running, in its own process group, for ever.
+    twistd = subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", "gaspar", "--handler", "hang_at_import:echo"]
+        + ["--pythonpath", str(TESTS), "--endpoint", "tcp:0:interface=127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=child_env(),
+    )
+    pidfile = tmp_path / "hang-at-import.pid"
+    try:
+        assert wait_until(lambda: pidfile.exists() and pidfile.read_text(), 20)
+    finally:
+        twistd.terminate()
+        twistd.wait(15)
+    assert_reaped([int(pidfile.read_text())], 5)

@@ -12,31 +12,17 @@ worker's relay thread) fails, it exits at once with one line on stderr
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import sys
 
 from gaspar_tw.errors import HandlerError
 from gaspar_tw.handler import load_handler
+from gaspar_tw.orphans import die_with_parent
 from gaspar_tw.proctitle import set_title, worker_title
 from gaspar_tw.wire.control import EXIT_HANDLER_ERROR
 from gaspar_tw.worker.crash import crashed
 from gaspar_tw.worker.loop import Worker
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies; elsewhere, rely on stdin EOF."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.connect and not (args.work and args.reply):
         parser.error("either --work and --reply, or --connect, is required")
 
-    _die_with_parent()
+    die_with_parent()
     set_title(worker_title(args.slot, args.handler))
     # A SIGINT sent to our group all the same is ignored; the producer decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
