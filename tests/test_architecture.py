@@ -249,7 +249,8 @@ ALLOWED: dict[str, set[str]] = {
     "wire": {"errors"},
     "zeromq": {"wire", "errors"},
     "addresses": {"errors"},
-    "config": {"addresses"},
+    "cpus": set(),
+    "config": {"addresses", "cpus"},
     "version": set(),
     # the worker process and the clients
     "worker": {"zeromq", "wire", "handler", "proctitle", "errors"},
