@@ -341,8 +341,8 @@ class LocalWorkers:
                 d.callback(None)
 
     def kill(self, token: int) -> None:
-        """Kill a worker the dispatcher gave up on, its stack logged first; it is replaced at
-        once, no backoff.
+        """Kill a worker the dispatcher gave up on, its stack logged first; its replacement
+        starts at once, no backoff.
 
         The worker is sent L{STACK_SIGNAL} (it writes each thread's stack on stderr), then
         SIGKILL after L{STACK_DUMP_SECONDS}; what it wrote meanwhile is logged as one event.
@@ -351,9 +351,12 @@ class LocalWorkers:
         if process is None or process.killed:
             return
         process.killed = True
+        process.ready = False
         process.stack = []
         process.signal(STACK_SIGNAL)
         timer = self.reactor.callLater(STACK_DUMP_SECONDS, self._killStuck, process)
+        if not self.stopping:
+            self._spawn(process.slot)  # while this one writes its stack
 
         def ended(result):  # before the timer: it did not survive the signal
             if timer.active():
@@ -394,11 +397,10 @@ class LocalWorkers:
         self.stats.workerRestarted()
         if process.killed:
             log.info(
-                "worker {slot} (pid {pid}) killed; starting a new one",
+                "worker {slot} (pid {pid}) killed; its replacement started when it was given up on",
                 slot=process.slot,
                 pid=process.pid,
             )
-            self._spawn(process.slot)
             return
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
