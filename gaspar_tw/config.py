@@ -19,6 +19,7 @@ from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
 from gaspar_tw.addresses import check_endpoint, check_zmq_address
+from gaspar_tw.cpus import usable_cpus
 
 #: The gaspar port, as in gaspar.
 DEFAULT_PORT = 10123
@@ -45,11 +46,8 @@ TWISTD = "twistd"
 
 
 def default_worker_count() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """The CPUs this process may use: its CPU affinity, capped by its cgroup's CPU quota."""
+    return usable_cpus()
 
 
 def default_max_pending(workers: int) -> int:

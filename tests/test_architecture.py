@@ -250,7 +250,8 @@ ALLOWED: dict[str, set[str]] = {
     "wire": {"errors"},
     "zeromq": {"wire", "errors"},
     "addresses": {"zeromq", "errors"},
-    "config": {"addresses"},
+    "cpus": set(),
+    "config": {"addresses", "cpus"},
     "version": set(),
     # the worker process and the clients
     "worker": {"zeromq", "wire", "handler", "orphans", "proctitle", "errors"},

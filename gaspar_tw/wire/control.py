@@ -10,6 +10,8 @@ answered, it may exit). A worker's exit status tells its parent why it ended.
 
 from __future__ import annotations
 
+import signal
+
 from gaspar_tw.wire.messages import STOP
 
 #: A remote worker and its producer ping each other this often (seconds) ...
@@ -35,3 +37,12 @@ HURRIED_STOP_GRACE_SECONDS = 0.5
 EXIT_HANDLER_ERROR = 4
 #: Exit status of a remote worker the producer gave up on (its host starts another at once).
 EXIT_GIVEN_UP = 5
+
+#: The signal on which a worker writes the Python stack of each of its threads on stderr
+#: (faulthandler, so even a handler stuck in C code answers it): its parent sends it before
+#: killing a worker it gave up on (--timeout), to log where the worker was stuck.
+STACK_SIGNAL = signal.SIGUSR1
+#: Seconds from L{STACK_SIGNAL} to SIGKILL. The worker writes its stack from the signal
+#: handler at once; the wait is for the parent to read it from the pipe, and stays short
+#: because the worker's slot is out of service until its replacement starts.
+STACK_DUMP_SECONDS = 0.3

@@ -6,12 +6,14 @@ a worker host). On Linux, the kernel kills it when its parent dies (``PR_SET_PDE
 even mid-handler. It leads a process group of its own, which its parent kills once it has
 exited, so that processes its handler forked do not outlive it. If its loop (or a remote
 worker's relay thread) fails, it exits at once with one line on stderr
-(L{gaspar_tw.worker.crash}); its parent starts another.
+(L{gaspar_tw.worker.crash}); its parent starts another. On L{STACK_SIGNAL} it writes the stack
+of each of its threads on stderr (its parent sends it before killing a stuck worker).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
@@ -20,7 +22,7 @@ from gaspar_tw.errors import HandlerError
 from gaspar_tw.handler import load_handler
 from gaspar_tw.orphans import die_with_parent
 from gaspar_tw.proctitle import set_title, worker_title
-from gaspar_tw.wire.control import EXIT_HANDLER_ERROR
+from gaspar_tw.wire.control import EXIT_HANDLER_ERROR, STACK_SIGNAL
 from gaspar_tw.worker.crash import crashed
 from gaspar_tw.worker.loop import Worker
 
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("either --work and --reply, or --connect, is required")
 
     die_with_parent()
+    # On STACK_SIGNAL, write every thread's stack on stderr (the parent logs it), and go on.
+    faulthandler.register(STACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
     set_title(worker_title(args.slot, args.handler))
     # A SIGINT sent to our group all the same is ignored; the producer decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -27,7 +27,12 @@ from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.errors import HandlerError
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire import messages
-from gaspar_tw.wire.control import EXIT_HANDLER_ERROR, STOP_GRACE_SECONDS
+from gaspar_tw.wire.control import (
+    EXIT_HANDLER_ERROR,
+    STACK_DUMP_SECONDS,
+    STACK_SIGNAL,
+    STOP_GRACE_SECONDS,
+)
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
 
 if TYPE_CHECKING:  # imported when a pool starts: txZMQ imports the global reactor
@@ -130,6 +135,10 @@ class WorkerProcess(ProcessProtocol):
         self.lastError = ""
         #: Fires once the process has exited (and the pool knows).
         self.ended: Deferred = Deferred()
+        #: What the dispatcher knows of it, once it is ready.
+        self.link: WorkerLink | None = None
+        #: Its stderr lines while it writes its stack before being killed (L{LocalWorkers.kill}).
+        self.stack: list[str] | None = None
         self._output = {1: OutputLines(), 2: OutputLines()}
 
     def connectionMade(self) -> None:
@@ -144,6 +153,9 @@ class WorkerProcess(ProcessProtocol):
         emit = childLog.info if childFD == 1 else childLog.warn
         for line, continued in lines:
             text = line.decode("utf-8", "replace").rstrip()
+            if childFD == 2 and self.stack is not None:
+                self.stack.append(text)  # logged as one block (L{LocalWorkers.kill})
+                continue
             if text and childFD == 2:
                 self.lastError = text
             if text:
@@ -179,7 +191,7 @@ class WorkerProcess(ProcessProtocol):
                 left -= len(data)
                 self.childDataReceived(childFD, data)
 
-    def signal(self, name: str) -> None:
+    def signal(self, name: str | int) -> None:
         try:
             self.transport.signalProcess(name)
         except error.ProcessExitedAlready:
@@ -321,20 +333,56 @@ class LocalWorkers:
         process.channel = self.hub.connect_worker(token)
         log.info("worker {slot} ready (pid {pid})", slot=process.slot, pid=pid)
         self.stats.workerReady(token, process.slot, pid)
-        self.dispatcher.workerReady(
-            WorkerLink(token, pid, process.channel.send, partial(self.kill, token))
-        )
+        process.link = WorkerLink(token, pid, process.channel.send, partial(self.kill, token))
+        self.dispatcher.workerReady(process.link)
         if self.readyCount() >= self.size and self._readyWaiters:
             waiters, self._readyWaiters = self._readyWaiters, []
             for d in waiters:
                 d.callback(None)
 
     def kill(self, token: int) -> None:
-        """SIGKILL a worker the dispatcher gave up on; it is replaced at once, no backoff."""
+        """Kill a worker the dispatcher gave up on, its stack logged first; its replacement
+        starts at once, no backoff.
+
+        The worker is sent L{STACK_SIGNAL} (it writes each thread's stack on stderr), then
+        SIGKILL after L{STACK_DUMP_SECONDS}; what it wrote meanwhile is logged as one event.
+        """
         process = self.processes.get(token)
-        if process is not None:
-            process.killed = True
-            process.signal("KILL")
+        if process is None or process.killed:
+            return
+        process.killed = True
+        process.ready = False
+        process.stack = []
+        process.signal(STACK_SIGNAL)
+        timer = self.reactor.callLater(STACK_DUMP_SECONDS, self._killStuck, process)
+        if not self.stopping:
+            self._spawn(process.slot)  # while this one writes its stack
+
+        def ended(result):  # before the timer: it did not survive the signal
+            if timer.active():
+                timer.cancel()
+                self._logStack(process)
+            return result
+
+        process.ended.addCallback(ended)
+
+    def _killStuck(self, process: WorkerProcess) -> None:
+        process._readLastOutput()  # the rest of its stack, if the reactor has not read it yet
+        self._logStack(process)
+        process.signal("KILL")
+
+    def _logStack(self, process: WorkerProcess) -> None:
+        """Log the stack a worker given up on wrote (L{kill}), as one event."""
+        stack = "\n".join(process.stack or ()).strip("\n")
+        process.stack = None
+        running = None if process.link is None else process.link.watched
+        log.warn(
+            "worker {slot} (pid {pid}) given up on{where}: {stack}",
+            slot=process.slot,
+            pid=process.pid,
+            where="" if running is None else f" while on request {running}",
+            stack=f"its stack before SIGKILL:\n{stack}" if stack else "it wrote no stack",
+        )
 
     def _exited(self, process: WorkerProcess, reason: Failure) -> None:
         self.processes.pop(process.token, None)
@@ -349,11 +397,10 @@ class LocalWorkers:
         self.stats.workerRestarted()
         if process.killed:
             log.info(
-                "worker {slot} (pid {pid}) killed; starting a new one",
+                "worker {slot} (pid {pid}) killed; its replacement started when it was given up on",
                 slot=process.slot,
                 pid=process.pid,
             )
-            self._spawn(process.slot)
             return
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
