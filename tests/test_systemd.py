@@ -14,7 +14,12 @@ import pytest
 from conftest import LISTENING, READY, TESTS, TWISTD, assert_reaped, child_env
 
 from gaspar_tw.client import request
-from gaspar_tw.ops.systemd import notify, watchdog_interval
+from gaspar_tw.ops.systemd import (
+    notify,
+    notify_ready,
+    notify_reloading,
+    watchdog_interval,
+)
 from gaspar_tw.options import Options
 
 STARTED = re.compile(rb"worker (\d+) started \(pid (\d+)\)")
@@ -39,6 +44,21 @@ def test_notify_sends_one_datagram_to_a_path_or_an_abstract_address(tmp_path, ab
         assert receive(sock, 5) == "READY=1\nSTATUS=serving"
     assert not notify("READY=1", environ={})  # not under systemd: nothing to do
     assert not notify("READY=1", environ={"NOTIFY_SOCKET": str(tmp_path / "nobody")})
+
+
+def test_a_reload_is_reloading_with_the_monotonic_clock_then_ready(tmp_path):
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert notify_reloading(environ={"NOTIFY_SOCKET": address})
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert notify_ready("serving again", environ={"NOTIFY_SOCKET": address})
+        reloading, usec, status = receive(sock, 5).split("\n")
+        assert (reloading, status) == ("RELOADING=1", "STATUS=reloading")
+        assert usec.startswith("MONOTONIC_USEC=")
+        assert before <= int(usec.partition("=")[2]) <= after
+        assert receive(sock, 5) == "READY=1\nSTATUS=serving again"
 
 
 def test_the_watchdog_pings_at_half_its_period_only_for_its_own_process():

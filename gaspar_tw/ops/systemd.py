@@ -5,8 +5,9 @@ of newline-separated C{NAME=value} lines on that C{AF_UNIX} socket, whose addres
 with C{@} is in the abstract namespace. L{SystemdNotifier} is the service twistd runs: it says
 C{READY=1} once its C{whenReady} fires, pings C{WATCHDOG=1} at half of C{WATCHDOG_USEC} (when
 the watchdog is meant for this process) and says C{STOPPING=1} when the drain starts or the
-service stops. A graceful reload calls L{SystemdNotifier.reloading}, then
-L{SystemdNotifier.ready} once the new workers serve.
+service stops. A graceful reload calls L{notify_reloading} as it starts and L{notify_ready}
+once the new workers serve (or fails and keeps the old ones): systemd waits between the two
+before C{systemctl reload} returns.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from twisted.logger import Logger
 
 log = Logger()
 
-__all__ = ["SystemdNotifier", "notify", "notify_socket_address", "watchdog_interval"]
+__all__ = [
+    "SystemdNotifier",
+    "notify",
+    "notify_ready",
+    "notify_reloading",
+    "notify_socket_address",
+    "watchdog_interval",
+]
 
 
 def notify_socket_address(environ: Mapping[str, str] | None = None) -> str | bytes | None:
@@ -49,6 +57,19 @@ def notify(*lines: str, environ: Mapping[str, str] | None = None) -> bool:
         except OSError:
             return False
     return True
+
+
+def notify_reloading(environ: Mapping[str, str] | None = None) -> bool:
+    """C{RELOADING=1} (with C{MONOTONIC_USEC}, as C{Type=notify-reload} wants): a reload
+    started; say L{notify_ready} when it is over."""
+    return notify(
+        "RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", "STATUS=reloading", environ=environ
+    )
+
+
+def notify_ready(status: str = "serving", environ: Mapping[str, str] | None = None) -> bool:
+    """C{READY=1} and a one-line C{STATUS=}: serving (after start, or after a reload)."""
+    return notify("READY=1", f"STATUS={status}", environ=environ)
 
 
 def watchdog_interval(
@@ -123,12 +144,12 @@ class SystemdNotifier(service.Service):
     def ready(self) -> None:
         """C{READY=1}: serving (at start, and after a reload)."""
         if self.running and not self.stopping:
-            self._send("READY=1", f"STATUS={self.status()}")
+            self._sent(notify_ready(self.status(), self.environ))
 
     def reloading(self) -> None:
         """C{RELOADING=1}: a reload started; call L{ready} when it is done."""
         if self.running and not self.stopping:
-            self._send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", "STATUS=reloading")
+            self._sent(notify_reloading(self.environ))
 
     def draining(self) -> None:
         """C{STOPPING=1}: the drain before exit started (said once)."""
@@ -144,7 +165,10 @@ class SystemdNotifier(service.Service):
             watchdog.stop()
 
     def _send(self, *lines: str) -> None:
-        if not notify(*lines, environ=self.environ) and not self._warned:
+        self._sent(notify(*lines, environ=self.environ))
+
+    def _sent(self, delivered: bool) -> None:
+        if not delivered and not self._warned and self.enabled:
             self._warned = True
             log.warn(
                 "cannot notify systemd at NOTIFY_SOCKET={address}: its messages are lost"
