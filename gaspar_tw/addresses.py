@@ -111,6 +111,11 @@ def _tcp_address(endpoint: Any) -> TCPAddress | None:
 def _parse_problem(description: str, error: Exception) -> str:
     kind, _, rest = description.partition(":")
     text = str(error)
+    if kind == "systemd" and isinstance(error, IndexError | KeyError):
+        return (
+            "systemd passed no such socket: start it from a .socket unit, which sets"
+            " LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES"
+        )
     if text.startswith("Unknown endpoint type"):
         close = difflib.get_close_matches(kind.lower(), ENDPOINT_TYPES, n=1)
         if close:

@@ -1,4 +1,5 @@
-"""The operator's HTTP port: Prometheus text at C{/metrics}, a JSON summary at C{/status}.
+"""The operator's HTTP port: Prometheus text at C{/metrics}, a JSON summary at C{/status},
+health checks at C{/livez} and C{/readyz}.
 
 The Prometheus page is prometheus-client's own Twisted resource over a private
 C{CollectorRegistry}; its L{StatsCollector} reads the producer's L{Stats} only when scraped,
@@ -148,6 +149,57 @@ class StatusResource(Resource):
         return json.dumps(status(self.producer), indent=1).encode() + b"\n"
 
 
+class Readiness:
+    """Whether C{producer} should get traffic: C{None} when ready, else a one-line reason.
+
+    Ready means listening (if it has a port) with at least one worker, local or remote,
+    ready. Before the producer first became ready, the reason says how far it got.
+    """
+
+    def __init__(self, producer) -> None:
+        self.producer = producer
+        self.started = False
+        producer.whenReady().addCallbacks(self._ready, lambda _: None)
+
+    def _ready(self, _) -> None:
+        self.started = True
+
+    def problem(self) -> str | None:
+        producer = self.producer
+        framed = getattr(producer, "framedFactory", None)
+        if framed is not None and framed.draining:  # set by the drain, cleared by a start
+            return "draining"
+        if getattr(producer, "endpoint", None) is not None and producer.port is None:
+            return "not listening"
+        ready = sum(1 for info in producer.workerInfo() if info.ready_at is not None)
+        if ready:
+            return None
+        if not self.started:
+            return f"starting: 0 of {producer.workers} workers ready"
+        return "no worker ready"
+
+
+class HealthResource(Resource):
+    """A health check: 200 and C{ok} when C{problem()} is C{None}, else 503 and the problem
+    (text/plain, one line)."""
+
+    isLeaf = True
+
+    def __init__(self, problem, healthy: bytes = b"ok") -> None:
+        super().__init__()
+        self.problem = problem
+        self.healthy = healthy
+
+    def render_GET(self, request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        problem = self.problem()
+        if problem is None:
+            return self.healthy + b"\n"
+        request.setResponseCode(503)
+        return problem.encode() + b"\n"
+
+
 class MetricsSite(Site):
     """A Site that does not log every scrape."""
 
@@ -158,7 +210,8 @@ class MetricsSite(Site):
 
 
 def metricsSite(producer) -> Site:
-    """C{/metrics} (Prometheus text) and C{/status} (JSON) for C{producer}."""
+    """C{/metrics} (Prometheus text), C{/status} (JSON), C{/livez} (200 while the reactor
+    serves it) and C{/readyz} (L{Readiness}) for C{producer}."""
     from prometheus_client.twisted import MetricsResource  # imports the global reactor
 
     registry = CollectorRegistry(auto_describe=False)
@@ -166,6 +219,8 @@ def metricsSite(producer) -> Site:
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry))
     root.putChild(b"status", StatusResource(producer))
+    root.putChild(b"livez", HealthResource(lambda: None))
+    root.putChild(b"readyz", HealthResource(Readiness(producer).problem, b"ready"))
     return MetricsSite(root)
 
 
@@ -203,7 +258,8 @@ class MetricsService(service.Service):
     def _listened(self, port: IListeningPort) -> None:
         self.port = port
         log.info(
-            "gaspar_tw metrics on http://{address}/metrics (status: /status)",
+            "gaspar_tw metrics on http://{address}/metrics (status: /status; health: /livez,"
+            " /readyz)",
             address=address_text(port.getHost()),
         )
 

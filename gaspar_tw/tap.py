@@ -42,6 +42,7 @@ def makeService(options: Options) -> IService:
     be listened on, or a bad handler, is a one-line error and exit 1."""
     from gaspar_tw.consumer import loadConsumer
     from gaspar_tw.ops.shutdown import DrainOnTerm
+    from gaspar_tw.ops.systemd import SystemdNotifier
     from gaspar_tw.producer import Producer
 
     config = options.config
@@ -58,11 +59,14 @@ def makeService(options: Options) -> IService:
 
         top.logObserver = jsonLinesObserver(twistdLogFile(getattr(options, "parent", None) or {}))
     producer.setServiceParent(top)
-    DrainOnTerm(producer).setServiceParent(top)
+    notifier = SystemdNotifier(producer.whenReady, lambda: serving(producer))
+    notifier.setName(SystemdNotifier.NAME)
+    DrainOnTerm(producer, onDrain=notifier.draining).setServiceParent(top)
     if config.metrics:
         from gaspar_tw.metrics import MetricsService
 
         MetricsService(producer, config.metrics).setServiceParent(top)
+    notifier.setServiceParent(top)  # last: started once the others are
     return top
 
 
@@ -77,6 +81,16 @@ def oneLineListenErrors(excepthook, command: str):
             excepthook(kind, error, traceback)
 
     return hook
+
+
+def serving(producer) -> str:
+    """What systemd's status line says once the producer is ready."""
+    from gaspar_tw.proctitle import address_text
+
+    ready = sum(1 for info in producer.workerInfo() if info.ready_at is not None)
+    port = producer.port
+    where = f"on {address_text(port.getHost())} " if port is not None else ""
+    return f"serving {where}with {ready} workers ready"
 
 
 def tryListening(config: Config) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 
 from gaspar_tw.options import HostOptions as Options
 
@@ -10,11 +10,24 @@ __all__ = ["Options", "makeService"]
 
 
 def makeService(options: Options) -> IService:
-    """Build the worker host; a handler that cannot be imported is a one-line error."""
+    """Build the worker host (telling systemd it is ready once its workers are started); a
+    handler that cannot be imported is a one-line error."""
     from dataclasses import replace
+
+    from twisted.internet.defer import succeed
 
     from gaspar_tw.consumer import loadConsumer
     from gaspar_tw.host.service import WorkerHost
+    from gaspar_tw.ops.systemd import SystemdNotifier
 
     consumer, pythonpath = loadConsumer(options, "twistd gaspar-worker")
-    return WorkerHost(consumer.spec, config=replace(options.config, pythonpath=pythonpath))
+    config = replace(options.config, pythonpath=pythonpath)
+    host = WorkerHost(consumer.spec, config=config)
+    top = MultiService()
+    host.setServiceParent(top)
+    # A host's workers say they are ready to their producer, not here: it is ready once started.
+    status = f"{config.worker_count} workers started for the producer at {config.connect}"
+    notifier = SystemdNotifier(lambda: succeed(None), lambda: status)
+    notifier.setName(SystemdNotifier.NAME)
+    notifier.setServiceParent(top)
+    return top

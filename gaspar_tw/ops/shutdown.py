@@ -13,6 +13,7 @@ a supervisor that requests were cut off.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet.error import ReactorNotRunning
@@ -22,11 +23,15 @@ log = Logger()
 
 
 class DrainOnTerm(service.Service):
-    """Make SIGTERM mean "drain C{producer}, then exit 0" (see the module docstring)."""
+    """Make SIGTERM mean "drain C{producer}, then exit 0" (see the module docstring).
 
-    def __init__(self, producer, reactor=None) -> None:
+    C{onDrain}, if given, is called (in the reactor thread) as the drain starts.
+    """
+
+    def __init__(self, producer, reactor=None, onDrain: Callable[[], None] | None = None) -> None:
         self.producer = producer
         self.reactor = reactor
+        self.onDrain = onDrain
         self._reactorHandler = None
         self._terminating = False
         self._termBeforeRun = False
@@ -87,4 +92,6 @@ class DrainOnTerm(service.Service):
             except ReactorNotRunning:
                 pass
 
+        if self.onDrain is not None:
+            self.onDrain()
         self.producer.drain().addCallback(stop)
