@@ -124,6 +124,8 @@ def _parse_problem(description: str, error: Exception) -> str:
     if text.startswith("invalid literal for int()"):
         number = text.partition(": ")[2]
         return "a port number is missing" if number == "''" else f"{number} is not a whole number"
+    if "got multiple values for argument 'interface'" in text:
+        return r"an IPv6 interface's colons must be escaped: interface=\:\:1"
     if "unexpected keyword argument" in text:
         return f"unknown option {text.rpartition(' ')[2]}"
     if isinstance(error, ImportError):

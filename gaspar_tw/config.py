@@ -132,6 +132,12 @@ def paths(value: Any) -> tuple[str, ...]:
         raise ValueError(f"must be a list of directories, not {value!r}")
     if not all(isinstance(path, str) for path in value):
         raise ValueError(f"must be a list of directory names (str), not {value!r}")
+    for path in value:
+        if os.path.isfile(path):
+            where = os.path.dirname(os.path.abspath(path))
+            raise ValueError(f"must name directories, not the file {path!r}: give {where!r}")
+        if not os.path.isdir(path):
+            raise ValueError(f"must name directories that exist: no directory {path!r}")
     return tuple(os.path.abspath(path) for path in value)
 
 

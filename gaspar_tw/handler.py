@@ -35,7 +35,20 @@ def load_handler(spec: str) -> Handler:
     """
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
+        if "." in spec and not sep and spec.rpartition(".")[2].isidentifier():
+            module, _, name = spec.rpartition(".")
+            raise HandlerError(
+                f"handler {spec!r} must look like 'module:function': did you mean"
+                f" '{module}:{name}'?"
+            )
         raise HandlerError(f"handler {spec!r} must look like 'module:function', e.g. 'mymod:echo'")
+    if module_name.endswith(".py") or "/" in module_name:
+        directory, _, file = module_name.rpartition("/")
+        name = file.removesuffix(".py")
+        where = f" (with --pythonpath {directory})" if directory not in ("", ".") else ""
+        raise HandlerError(
+            f"handler {spec!r} names a file: give its module's name, '{name}:{attr_path}'{where}"
+        )
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -10,7 +10,7 @@ stays quick, and endpoint strings are checked before twistd chooses a reactor.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import Field
+from dataclasses import Field, fields
 from typing import Any
 
 from twisted.python import usage
@@ -79,6 +79,14 @@ def _doc(f: Field, command: str) -> str:
     return f.metadata["host_doc"] if command == HOST else f.metadata["doc"]
 
 
+def _asFlags(message: str) -> str:
+    """A L{Config} error (C{"pythonpath must ..."}) as said of the command line's flag."""
+    name, _, rest = message.partition(" ")
+    flags = {f.name: f.metadata["flag"] for f in fields(Config) if f.metadata["flag"]}
+    flags["pythonpath"] = "pythonpath"
+    return f"--{flags[name]} {rest}" if name in flags else message
+
+
 class HandlerOptions(usage.Options):
     """What every command that runs a handler takes: C{--handler} (required), C{--pythonpath},
     and the settings of C{command}; C{config} is the L{Config} they make."""
@@ -137,7 +145,7 @@ class HandlerOptions(usage.Options):
         try:
             return Config(**values)
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(_asFlags(str(e))) from None
 
     def extraSettings(self) -> dict[str, Any]:
         """Settings of flags that are not one setting each (for subclasses)."""

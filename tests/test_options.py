@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import TWISTD, child_env
@@ -266,3 +267,67 @@ def test_port_and_endpoint_together_are_refused_and_port_alone_is_the_endpoint()
     )
     assert parse("--port", "10130")["endpoint"] == "tcp:10130:backlog=1024"
     assert parse()["endpoint"] == "tcp:10123:backlog=1024"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--pythonpath", "/nonexistent-gaspar-dir"),
+            "--pythonpath must name directories that exist: no directory '/nonexistent-gaspar-dir'",
+        ),
+        (
+            ("--pythonpath", __file__),
+            f"--pythonpath must name directories, not the file {__file__!r}:"
+            f" give {str(Path(__file__).parent)!r}",
+        ),
+        (
+            ("--endpoint", "tcp6:10126:interface=::1"),
+            "--endpoint must be a Twisted server endpoint such as tcp:10123, not"
+            " 'tcp6:10126:interface=::1' (an IPv6 interface's colons must be escaped:"
+            r" interface=\:\:1)",
+        ),
+        (
+            ("--workers", "0", "--bind", "tcp://127.0.0.1:5570", "--curve-keys", "/nonexistent-k"),
+            "--curve-keys: no directory /nonexistent-k (make the keys with: gaspar-tw keygen DIR)",
+        ),
+    ],
+)
+def test_more_mistakes_are_one_line(args, message):
+    assert refused(parse, *args) == f"twistd gaspar: {message}"
+
+
+def test_curve_keys_in_a_directory_without_them_say_so(tmp_path):
+    assert refused(
+        parse, "--workers", "0", "--bind", "tcp://127.0.0.1:5570", "--curve-keys", str(tmp_path)
+    ) == (
+        f"twistd gaspar: --curve-keys: {tmp_path} holds no producer.key_secret"
+        " (gaspar-tw keygen DIR makes it)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "./mymod.py:work",
+            "handler './mymod.py:work' names a file: give its module's name, 'mymod:work'",
+        ),
+        (
+            "sub/mymod.py:work",
+            "handler 'sub/mymod.py:work' names a file: give its module's"
+            " name, 'mymod:work' (with --pythonpath sub)",
+        ),
+        (
+            "mymod.work",
+            "handler 'mymod.work' must look like 'module:function': did you mean 'mymod:work'?",
+        ),
+    ],
+)
+def test_a_handler_given_as_a_file_or_with_a_dot_says_what_to_write(spec, message):
+    from gaspar_tw.errors import HandlerError
+    from gaspar_tw.handler import load_handler
+
+    with pytest.raises(HandlerError) as failed:
+        load_handler(spec)
+    assert str(failed.value) == message

@@ -74,8 +74,12 @@ def keygen(directory: str, replace: bool = False) -> list[str]:
 
 
 def _load(directory: str, name: str, secret: bool) -> tuple[bytes, bytes | None]:
+    if not os.path.isdir(directory):
+        raise ValueError(f"no directory {directory} (make the keys with: gaspar-tw keygen DIR)")
     suffix = ".key_secret" if secret else ".key"
     path = os.path.join(directory, name + suffix)
+    if not os.path.isfile(path):
+        raise ValueError(f"{directory} holds no {name + suffix} (gaspar-tw keygen DIR makes it)")
     try:
         return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
