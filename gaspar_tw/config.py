@@ -287,15 +287,16 @@ class Config:
     # -- the workers (the process pool) ----------------------------------------------------
     workers: int | None = setting(
         None,
-        "Number of worker processes [default: the CPUs available]; 0 with --bind (remote"
-        " workers only).",
+        "Number of worker processes [default: the usable CPUs: affinity, capped by the cgroup"
+        " CPU quota]; 0 with --bind (remote workers only).",
         optional(whole(0, MAX_WORKERS)),
         flag="workers",
         short="w",
         parse=flag_number,
         commands=BOTH,
         scope=(POOL, WORKER_HOST),
-        host_doc="Number of worker processes [default: the CPUs available].",
+        host_doc="Number of worker processes [default: the usable CPUs: affinity, capped by the"
+        " cgroup CPU quota].",
     )
     max_pending: int | None = setting(
         None,
@@ -398,7 +399,7 @@ class Config:
 
     @property
     def worker_count(self) -> int:
-        """C{workers}, or the CPUs available."""
+        """C{workers}, or the usable CPUs."""
         return default_worker_count() if self.workers is None else self.workers
 
     @property

@@ -14,8 +14,10 @@ exits (L{gaspar_tw.worker.crash}) and its worker host starts another.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
+import sys
 import threading
 import time
 from itertools import count
@@ -211,7 +213,8 @@ class Relay(threading.Thread):
             if kind == WHO and hello is not None and not self.retiring.is_set():
                 _send(dealer, hello)  # (a retiring worker does not join again)
             elif kind == KILL:
-                _say("the producer gave up on this worker (--timeout); exiting")
+                _say("the producer gave up on this worker (--timeout); its stack, then exiting:")
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
                 os._exit(EXIT_GIVEN_UP)
             elif kind == DONE:
                 self.work.send(DONE)  # one frame: the worker loop's cue to stop
