@@ -10,6 +10,8 @@ answered, it may exit). A worker's exit status tells its parent why it ended.
 
 from __future__ import annotations
 
+import os
+
 from gaspar_tw.wire.messages import STOP
 
 #: A remote worker and its producer ping each other this often (seconds) ...
@@ -35,3 +37,16 @@ HURRIED_STOP_GRACE_SECONDS = 0.5
 EXIT_HANDLER_ERROR = 4
 #: Exit status of a remote worker the producer gave up on (its host starts another at once).
 EXIT_GIVEN_UP = 5
+
+#: The unit of --max-memory and --max-memory-hard.
+MEGABYTE = 1024 * 1024
+
+
+def resident_bytes(pid: int | str = "self") -> int:
+    """The resident memory (RSS) of process C{pid}, what --max-memory limits (Linux
+    C{/proc}); 0 if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
