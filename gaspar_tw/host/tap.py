@@ -10,11 +10,19 @@ __all__ = ["Options", "makeService"]
 
 
 def makeService(options: Options) -> IService:
-    """Build the worker host; a handler that cannot be imported is a one-line error."""
+    """Build the worker host (SIGHUP reloads its workers, SIGTTIN/SIGTTOU resize it); a
+    handler that cannot be imported is a one-line error."""
     from dataclasses import replace
+
+    from twisted.application.service import MultiService
 
     from gaspar_tw.consumer import loadConsumer
     from gaspar_tw.host.service import WorkerHost
+    from gaspar_tw.ops.signals import OperatorSignals
 
     consumer, pythonpath = loadConsumer(options, "twistd gaspar-worker")
-    return WorkerHost(consumer.spec, config=replace(options.config, pythonpath=pythonpath))
+    host = WorkerHost(consumer.spec, config=replace(options.config, pythonpath=pythonpath))
+    top = MultiService()
+    host.setServiceParent(top)
+    OperatorSignals(host).setServiceParent(top)
+    return top

@@ -27,6 +27,10 @@ BYE = b"B"
 #: Producer -> worker: "you have answered all you held: go".
 DONE = STOP
 
+#: A remote worker says this on stdout once its handler is loaded and it says hello: its
+#: worker host counts it as ready (the one it replaces, if any, may then be retired).
+CONNECTING = "connecting to"
+
 #: Seconds a worker is given to finish what it holds once its parent stops it (stdin closed),
 #: before SIGTERM (and SIGKILL at twice as long).
 STOP_GRACE_SECONDS = 5.0

@@ -163,6 +163,8 @@ class WorkerProcess(ProcessProtocol):
             text = line.decode("utf-8", "replace").rstrip()
             if text and childFD == 2:
                 self.lastError = text
+            if text and childFD == 1 and not self.ready:
+                self.pool.outputBeforeReady(self, text)
             if text:
                 emit(
                     "worker {slot} (pid {pid}): {line}{more}",
@@ -454,6 +456,9 @@ class LocalWorkers:
 
     def spawned(self, process: WorkerProcess) -> None:
         """Called after each worker process starts (for subclasses)."""
+
+    def outputBeforeReady(self, process: WorkerProcess, line: str) -> None:
+        """A line a worker wrote on stdout before it was ready (for subclasses)."""
 
     def hello(self, token: int, pid: int) -> None:
         """A worker imported its handler and bound its socket: give it work."""
