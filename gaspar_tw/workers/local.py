@@ -4,6 +4,8 @@ Each worker gets a unique token. It says hello on the reply socket once its hand
 imported; only then does the pool connect a PUSH socket to it and hand it to the dispatcher.
 Each worker leads a process group of its own: when it exits, the pool kills that group, so
 nothing a handler forked outlives it (or holds up its replacement by keeping its pipes open).
+Workers are also replaced on purpose, the new one ready before the old one is retired
+(reload, recycling, resize: L{gaspar_tw.workers.recycling}).
 """
 
 from __future__ import annotations
