@@ -321,6 +321,37 @@ class Config:
         " (--no-retry-on-crash: they fail instead).",
         boolean,
     )
+    max_requests: int = setting(
+        0,
+        "Recycle a worker after this many requests (its replacement starts first); 0 for never.",
+        whole(0),
+        flag="max-requests",
+        parse=flag_number,
+    )
+    max_requests_jitter: int = setting(
+        0,
+        "Add a random 0 to this many to each worker's --max-requests, so workers are not all"
+        " recycled at once.",
+        whole(0),
+        flag="max-requests-jitter",
+        parse=flag_number,
+    )
+    max_memory: int = setting(
+        0,
+        "Recycle a worker whose memory (RSS, in MB) is over this after a batch, gracefully"
+        " (its replacement starts first); 0 for no limit.",
+        whole(0),
+        flag="max-memory",
+        parse=flag_number,
+    )
+    max_memory_hard: int = setting(
+        0,
+        "Kill a local worker whose memory (RSS, in MB) is over this, checked every second"
+        " (its requests are retried as after a crash); 0 for no limit.",
+        whole(0),
+        flag="max-memory-hard",
+        parse=flag_number,
+    )
     pythonpath: tuple[str, ...] = setting(
         (),
         "A directory to add to the Python path to find the handler (repeatable).",
@@ -375,6 +406,11 @@ class Config:
             object.__setattr__(self, f.name, value)
         if self.workers == 0 and not self.bind:
             raise ValueError("workers must be at least 1 (0 only with bind: remote workers)")
+        if self.max_memory and self.max_memory_hard and self.max_memory_hard <= self.max_memory:
+            raise ValueError(
+                f"max_memory_hard must be above max_memory ({self.max_memory} MB),"
+                f" not {self.max_memory_hard}"
+            )
         if self.curve_keys and not (self.bind or self.connect):
             raise ValueError("curve_keys protects bind (or connect); give bind too")
 

@@ -27,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from gaspar_tw.proctitle import address_text
-from gaspar_tw.stats import LATENCY_BUCKETS, OUTCOMES
+from gaspar_tw.stats import LATENCY_BUCKETS, OUTCOMES, RECYCLE_REASONS, RELOAD_OUTCOMES
 from gaspar_tw.version import version
 
 log = Logger()
@@ -81,6 +81,25 @@ class StatsCollector(Collector):
             "Worker processes started again after one ended unexpectedly.",
             value=stats.worker_restarts,
         )
+        recycles = CounterMetricFamily(
+            PREFIX + "worker_recycles",
+            "Workers replaced on purpose (the replacement ready first), by reason.",
+            labels=["reason"],
+        )
+        for reason in RECYCLE_REASONS:
+            recycles.add_metric([reason], stats.recycles.get(reason, 0))
+        yield recycles
+        reloads = CounterMetricFamily(
+            PREFIX + "reloads", "Reloads (SIGHUP), by outcome.", labels=["outcome"]
+        )
+        for outcome in RELOAD_OUTCOMES:
+            reloads.add_metric([outcome], stats.reloads[outcome])
+        yield reloads
+        yield GaugeMetricFamily(
+            PREFIX + "workers_configured",
+            "Local worker processes configured (--workers, changed by SIGTTIN/SIGTTOU).",
+            value=self.pool.workers,
+        )
         workers = list(stats.workers.values())
         yield GaugeMetricFamily(
             PREFIX + "workers_alive", "Worker processes ready for work.", value=len(workers)
@@ -130,6 +149,8 @@ def status(producer) -> dict:
         "workers_alive": len(stats.workers),
         "workers_remote": sum(1 for worker in workers if worker["where"] != "local"),
         "worker_restarts": stats.worker_restarts,
+        "worker_recycles": dict(stats.recycles),
+        "reloads": dict(stats.reloads),
         "requests": stats.outcomes(),
         "workers": workers,
     }

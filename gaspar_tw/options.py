@@ -202,6 +202,11 @@ class Options(HandlerOptions):
             raise usage.UsageError("--workers 0 needs --bind (remote workers)")
         if self["curve-keys"] and not self["bind"]:
             raise usage.UsageError("--curve-keys protects --bind; give --bind too")
+        soft, hard = self["max-memory"], self["max-memory-hard"]
+        if soft and hard and hard <= soft:
+            raise usage.UsageError(
+                f"--max-memory-hard must be above --max-memory ({soft} MB), not {hard}"
+            )
         if self["curve-keys"]:
             from gaspar_tw.zeromq.curve import server_keys
 

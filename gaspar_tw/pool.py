@@ -21,7 +21,7 @@ from dataclasses import fields
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks
+from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,7 +50,8 @@ class ProcessPool(service.Service):
 
     C{handler} is a L{Consumer}, a module-level function or its ``"module:function"`` name.
     The other settings (C{timeout}, C{max_pending}, C{retry_on_crash}, C{window},
-    C{pythonpath}, C{drain_timeout}, C{bind}, C{curve_keys}) are L{Config}'s, given as
+    C{pythonpath}, C{drain_timeout}, C{bind}, C{curve_keys}, C{max_requests},
+    C{max_requests_jitter}, C{max_memory}, C{max_memory_hard}) are L{Config}'s, given as
     keywords or as C{config}, and readable as attributes (C{pool.timeout}). C{reactor}
     defaults to the global reactor, looked up when it is needed, never at import. Use it as a
     service (C{startService}/C{stopService}, e.g. under a C{MultiService} or twistd).
@@ -133,6 +134,28 @@ class ProcessPool(service.Service):
         """Every worker, local and remote, ready or starting."""
         return [info for source in self._sources() for info in source.workers()]
 
+    # -- reload, resize ----------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Replace every local worker by a new process that imports the handler anew, one at
+        a time, each new one ready before an old one is retired (it answers what it holds
+        first). If the new ones cannot load the handler, the old ones keep serving (logged,
+        and counted in C{stats.reloads}). C{False} if there is no local worker to replace."""
+        return self.local is not None and self.running and self.local.reload()
+
+    def whenReloaded(self) -> Deferred:
+        """Fires with C{"ok"} or C{"failed"} once the reload in progress has ended (with
+        C{None} at once if there is none)."""
+        return self.local.recycler.whenReloaded() if self.local is not None else succeed(None)
+
+    def addWorker(self) -> int:
+        """Start one local worker more; returns how many are configured now."""
+        return self.local.grow() if self.local is not None and self.running else self.workers
+
+    def removeWorker(self) -> int:
+        """Retire one local worker (never the last); returns how many are configured now."""
+        return self.local.shrink() if self.local is not None and self.running else self.workers
+
     def _sources(self) -> list[IWorkerSource]:
         return [source for source in (self.local, self.remote) if source is not None]
 
@@ -162,6 +185,10 @@ class ProcessPool(service.Service):
             self.dispatcher,
             [*config.pythonpath, *self.consumer.pythonpath],
             self.stats,
+            max_requests=config.max_requests,
+            max_requests_jitter=config.max_requests_jitter,
+            max_memory=config.max_memory,
+            max_memory_hard=config.max_memory_hard,
         )
 
     def privilegedStartService(self) -> None:

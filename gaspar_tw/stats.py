@@ -33,6 +33,10 @@ LATENCY_BUCKETS = (
 
 #: The outcomes a request ends with, as counted by L{Stats}.
 OUTCOMES = ("ok", "error", "timeout", "refused", "bad_input", "cancelled")
+#: Why a worker was recycled (replaced on purpose, not after a crash).
+RECYCLE_REASONS = ("max_requests", "max_memory", "hard_memory", "reload", "resize")
+#: How a reload (SIGHUP) ended: every worker replaced, or the new ones could not start.
+RELOAD_OUTCOMES = ("ok", "failed")
 
 
 def latency_bucket(seconds: float) -> int:
@@ -62,6 +66,9 @@ class Stats:
         self.bad_input = 0
         self.cancelled = 0
         self.worker_restarts = 0
+        #: Workers recycled, by reason (L{RECYCLE_REASONS}); reloads, by outcome.
+        self.recycles = dict.fromkeys(RECYCLE_REASONS, 0)
+        self.reloads = dict.fromkeys(RELOAD_OUTCOMES, 0)
         #: Ready workers by token.
         self.workers: dict[int, WorkerStats] = {}
         #: Answered requests per L{LATENCY_BUCKETS} bucket (not cumulative; the dispatcher
@@ -97,6 +104,13 @@ class Stats:
 
     def workerRestarted(self) -> None:
         self.worker_restarts += 1
+
+    def workerRecycled(self, reason: str) -> None:
+        """A worker was retired (or killed) to be replaced, for C{reason}."""
+        self.recycles[reason] = self.recycles.get(reason, 0) + 1
+
+    def reloadEnded(self, outcome: str) -> None:
+        self.reloads[outcome] += 1
 
     def served(self, token: int, count: int) -> None:
         """C{count} replies came back from the worker C{token} (called once per batch)."""

@@ -135,6 +135,14 @@ def test_ready_watchdog_and_stopping_arrive_in_order(tmp_path):
             assert set(messages[:-1]) <= {"WATCHDOG=1"}  # pinged from the start
             pings = [receive(sock) for _ in range(3)]  # every 0.25 s
             assert pings == ["WATCHDOG=1"] * 3
+            process.send_signal(signal.SIGHUP)  # a reload, between RELOADING=1 and READY=1
+            said: list[str] = []
+            while len(said) < 2:
+                message = receive(sock)
+                if message != "WATCHDOG=1":
+                    said.append(message)
+            assert said[0].startswith("RELOADING=1\nMONOTONIC_USEC="), said
+            assert said[1] == "READY=1\nSTATUS=serving (reload ok)", said
             process.send_signal(signal.SIGTERM)
             term = False
             rest = [receive(sock)]

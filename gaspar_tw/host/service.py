@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from gaspar_tw.config import WORKER_HOST, Config, crowding_warning
 from gaspar_tw.stats import Stats
+from gaspar_tw.wire.control import CONNECTING
 from gaspar_tw.workers.local import LocalWorkers, WorkerProcess
 
 log = Logger()
@@ -39,6 +40,16 @@ class HostPool(LocalWorkers):
 
     def spawned(self, process: WorkerProcess) -> None:
         log.info("worker {slot} started (pid {pid})", slot=process.slot, pid=process.pid)
+
+    def outputBeforeReady(self, process: WorkerProcess, line: str) -> None:
+        """A worker that is connecting has loaded its handler: it is ready."""
+        if CONNECTING not in line or self.stopping:
+            return
+        process.ready = True
+        if process.retiring:  # resized away before it was ready
+            process.closeStdin()
+        elif process.replaces is not None:
+            self.recycler.replacementReady(process)
 
 
 class WorkerHost(service.Service):
@@ -88,6 +99,29 @@ class WorkerHost(service.Service):
         if crowded:
             log.warn("{warning}", warning=crowded)
         self.pool.start(None)
+
+    @property
+    def workers(self) -> int:
+        """The number of worker processes configured now."""
+        return self.pool.size if self.pool is not None else self.config.worker_count
+
+    def reload(self) -> bool:
+        """Replace every worker by one that imports the handler anew, one at a time (each
+        old one stops gracefully once its replacement has loaded the handler)."""
+        return self.pool is not None and self.running and self.pool.reload()
+
+    def whenReloaded(self) -> Deferred:
+        """Fires with C{"ok"} or C{"failed"} once the reload in progress has ended (with
+        C{None} at once if there is none)."""
+        return self.pool.recycler.whenReloaded() if self.pool is not None else succeed(None)
+
+    def addWorker(self) -> int:
+        """Start one worker more; returns how many are configured now."""
+        return self.pool.grow() if self.pool is not None and self.running else self.workers
+
+    def removeWorker(self) -> int:
+        """Stop one worker gracefully (never the last); returns how many are configured."""
+        return self.pool.shrink() if self.pool is not None and self.running else self.workers
 
     def stopService(self) -> Deferred | None:
         wasRunning = self.running

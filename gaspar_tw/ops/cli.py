@@ -109,6 +109,7 @@ def format_status(status: dict) -> str:
         f" {status['worker_restarts']} restarts;"
         f" {status['pending']} pending, {status['queued']} queued",
         f"requests: {requests}",
+        *_recycling(status),
         "",
         f"{'where':<16}  {'slot':>4}  {'pid':>8}  {'served':>10}  {'up':>12}",
     ]
@@ -120,6 +121,17 @@ def format_status(status: dict) -> str:
             f"  {worker['served']:>10}  {up:>12}"
         )
     return "\n".join(lines)
+
+
+def _recycling(status: dict) -> list[str]:
+    """C{recycles: reload 2, max_requests 5; reloads: ok 1} (what happened, if anything)."""
+    recycles = {k: n for k, n in status.get("worker_recycles", {}).items() if n}
+    reloads = {k: n for k, n in status.get("reloads", {}).items() if n}
+    if not recycles and not reloads:
+        return []
+    parts = ", ".join(f"{k} {n}" for k, n in recycles.items()) or "none"
+    done = ", ".join(f"{k} {n}" for k, n in reloads.items()) or "none"
+    return [f"worker recycles: {parts}; reloads: {done}"]
 
 
 def _workers(status: dict) -> str:

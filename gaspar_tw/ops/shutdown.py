@@ -19,11 +19,14 @@ from twisted.application import service
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
+from gaspar_tw.ops.signals import OperatorSignals
+
 log = Logger()
 
 
 class DrainOnTerm(service.Service):
-    """Make SIGTERM mean "drain C{producer}, then exit 0" (see the module docstring).
+    """Make SIGTERM mean "drain C{producer}, then exit 0" (see the module docstring); and,
+    through L{OperatorSignals}, SIGHUP reload and SIGTTIN/SIGTTOU resize it.
 
     C{onDrain}, if given, is called (in the reactor thread) as the drain starts.
     """
@@ -32,6 +35,7 @@ class DrainOnTerm(service.Service):
         self.producer = producer
         self.reactor = reactor
         self.onDrain = onDrain
+        self.signals = OperatorSignals(producer, reactor)
         self._reactorHandler = None
         self._terminating = False
         self._termBeforeRun = False
@@ -42,6 +46,8 @@ class DrainOnTerm(service.Service):
             from twisted.internet import reactor
 
             self.reactor = reactor
+        self.signals.reactor = self.reactor
+        self.signals.startService()
         # A daemonising twistd returns to its caller before the reactor runs and installs its
         # handlers: a SIGTERM sent then (say, `kill $(cat twistd.pid)` at once) would kill the
         # process outright, leaving its pid file. Remember it, and drain once running.
@@ -55,6 +61,7 @@ class DrainOnTerm(service.Service):
 
     def stopService(self) -> None:
         super().stopService()
+        self.signals.stopService()
         handler = signal.getsignal(signal.SIGTERM)
         if self._reactorHandler is not None and handler == self._onTerm:
             signal.signal(signal.SIGTERM, self._reactorHandler)

@@ -10,6 +10,7 @@ answered, it may exit). A worker's exit status tells its parent why it ended.
 
 from __future__ import annotations
 
+import os
 import signal
 
 from gaspar_tw.wire.messages import STOP
@@ -26,6 +27,10 @@ KILL = b"K"
 BYE = b"B"
 #: Producer -> worker: "you have answered all you held: go".
 DONE = STOP
+
+#: A remote worker says this on stdout once its handler is loaded and it says hello: its
+#: worker host counts it as ready (the one it replaces, if any, may then be retired).
+CONNECTING = "connecting to"
 
 #: Seconds a worker is given to finish what it holds once its parent stops it (stdin closed),
 #: before SIGTERM (and SIGKILL at twice as long).
@@ -46,3 +51,16 @@ STACK_SIGNAL = signal.SIGUSR1
 #: handler at once; the wait is for the parent to read it from the pipe, and stays short
 #: because the worker's slot is out of service until its replacement starts.
 STACK_DUMP_SECONDS = 0.3
+
+#: The unit of --max-memory and --max-memory-hard.
+MEGABYTE = 1024 * 1024
+
+
+def resident_bytes(pid: int | str = "self") -> int:
+    """The resident memory (RSS) of process C{pid}, what --max-memory limits (Linux
+    C{/proc}); 0 if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -13,6 +13,7 @@ Control (same socket; one frame, work has two or more)::
 Replies and control (every worker -> producer, on the shared PULL socket)::
 
     [b"H" + token, pid]                                                   worker ready
+    [b"Q" + token, reason]           retire me (recycling: max_requests or max_memory, ASCII)
     [b"R" + token + busy + n + ids + statuses + sizes, body_1, ..., body_k]   replies
 
 Every integer is little-endian, whatever the byte order of the host that sends or reads it.
@@ -46,6 +47,7 @@ SKIPPED = 2
 
 HELLO = b"H"
 REPLIES = b"R"
+RETIRE = b"Q"
 
 CANCEL = b"C"
 STOP = b"D"
@@ -162,6 +164,11 @@ def decode_cancel(frame) -> array:
 
 def encode_hello(token: int, pid: int) -> list:
     return [HELLO + _TOKEN.pack(token), str(pid).encode()]
+
+
+def encode_retire(token: int, reason: str) -> list:
+    """A worker asks to be recycled: its replacement starts, then it is retired."""
+    return [RETIRE + _TOKEN.pack(token), reason.encode()]
 
 
 def encode_replies(

@@ -22,7 +22,7 @@ from gaspar_tw.errors import HandlerError
 from gaspar_tw.handler import load_handler
 from gaspar_tw.orphans import die_with_parent
 from gaspar_tw.proctitle import set_title, worker_title
-from gaspar_tw.wire.control import EXIT_HANDLER_ERROR, STACK_SIGNAL
+from gaspar_tw.wire.control import EXIT_HANDLER_ERROR, MEGABYTE, STACK_SIGNAL
 from gaspar_tw.worker.crash import crashed
 from gaspar_tw.worker.loop import Worker
 
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect", help="a remote producer's --bind address (instead)")
     parser.add_argument("--curve-keys", help="directory of CURVE keys for --connect")
     parser.add_argument("--pythonpath", action="append", default=[])
+    parser.add_argument("--max-requests", type=int, default=0, help="ask to be recycled after")
+    parser.add_argument("--max-memory", type=int, default=0, help="MB: ask to be recycled over")
     args = parser.parse_args(argv)
     if not args.connect and not (args.work and args.reply):
         parser.error("either --work and --reply, or --connect, is required")
@@ -64,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
 
             worker = RemoteWorker(handler, args.token, args.connect, args.curve_keys)
         else:
-            worker = Worker(handler, args.token, args.work, args.reply)
+            worker = Worker(
+                handler,
+                args.token,
+                args.work,
+                args.reply,
+                args.max_requests,
+                args.max_memory * MEGABYTE,
+            )
         worker.serve()
     except Exception as e:
         crashed("the worker loop", e)

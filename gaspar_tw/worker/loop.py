@@ -17,7 +17,7 @@ import zmq
 
 from gaspar_tw.handler import Handler
 from gaspar_tw.wire import messages
-from gaspar_tw.wire.control import STOP_GRACE_SECONDS
+from gaspar_tw.wire.control import STOP_GRACE_SECONDS, resident_bytes
 from gaspar_tw.zeromq.multipart import BLOCK, recv_frames, send_frames, waiting
 
 #: Replies computed for longer than this are sent without waiting for the rest of the batch.
@@ -29,6 +29,8 @@ LOOK_AFTER_SECONDS = 0.001
 #: A worker that asked to retire (L{Worker.retire}) stops after this long without the word to
 #: go: before its worker host's SIGTERM.
 RETIRE_SECONDS = STOP_GRACE_SECONDS - 0.5
+#: A worker with a memory limit reads its size after a batch at most this often.
+MEMORY_CHECK_SECONDS = 0.1
 
 
 def call_handler(handler: Handler, payload: bytes) -> tuple[int, bytes]:
@@ -69,9 +71,24 @@ class _Held:
 class Worker:
     """The loop of one worker process."""
 
-    def __init__(self, handler: Handler, token: int, work_address: str, reply_address: str):
+    def __init__(
+        self,
+        handler: Handler,
+        token: int,
+        work_address: str,
+        reply_address: str,
+        max_requests: int = 0,
+        max_memory: int = 0,
+    ):
         self.handler = handler
         self.token = token
+        #: Ask to be recycled after this many requests (0: never) ...
+        self.max_requests = max_requests
+        #: ... or once resident memory is over this many bytes after a batch (0: never).
+        self.max_memory = max_memory
+        self.requests = 0
+        self._memoryCheckedAt = 0.0
+        self._retireAsked = False
         self.context = zmq.Context(1)
         self.work, self.replies = self.openSockets(work_address, reply_address)
         self._held = _Held()
@@ -145,6 +162,7 @@ class Worker:
                 self.flush()
                 return True
             ids, payloads = messages.decode_work(frames)
+            self.requests += len(ids)
             for rid, payload in zip(ids, payloads, strict=False):
                 if now - looked >= LOOK_AFTER_SECONDS:
                     looked = now
@@ -169,10 +187,26 @@ class Worker:
                 held.add(rid, status, result, now - started)
                 if held.size >= messages.MESSAGE_BYTES or now - oldest > FLUSH_AFTER_SECONDS:
                     self.flush()
+            if (self.max_requests or self.max_memory) and not self._retireAsked:
+                self._checkLimits(now)
             frames = self._next()
         cancelled.clear()  # every request is answered: what is left came too late
         self.flush()
         return False
+
+    def _checkLimits(self, now: float) -> None:
+        """After a work message: past C{max_requests} or C{max_memory}, ask the producer to recycle
+        this worker (it keeps serving until its replacement is ready and it is retired)."""
+        reason = ""
+        if self.max_requests and self.requests >= self.max_requests:
+            reason = "max_requests"
+        elif self.max_memory and now - self._memoryCheckedAt >= MEMORY_CHECK_SECONDS:
+            self._memoryCheckedAt = now
+            if resident_bytes() > self.max_memory:
+                reason = "max_memory"
+        if reason:
+            self._retireAsked = True
+            self.replies.send_multipart(messages.encode_retire(self.token, reason))
 
     def _look(self) -> None:
         """Read the messages waiting: note cancels now, keep work (and a stop) for later."""

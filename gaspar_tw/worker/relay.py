@@ -28,6 +28,7 @@ from gaspar_tw.handler import Handler
 from gaspar_tw.wire import messages
 from gaspar_tw.wire.control import (
     BYE,
+    CONNECTING,
     DONE,
     EXIT_GIVEN_UP,
     HEARTBEAT_MISSES,
@@ -195,7 +196,7 @@ class Relay(threading.Thread):
                 return hello
             if frames[0].bytes[:1] == messages.HELLO:
                 hello = [frames[0].bytes, frames[1].bytes, b"1", socket.gethostname().encode()]
-                _say(f"pid {os.getpid()} connecting to {self.address}")
+                _say(f"pid {os.getpid()} {CONNECTING} {self.address}")
                 frames = hello
             if not _send(dealer, frames):
                 _say("the producer is not taking replies (high-water mark); dropped some")

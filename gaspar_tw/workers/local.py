@@ -4,11 +4,14 @@ Each worker gets a unique token. It says hello on the reply socket once its hand
 imported; only then does the pool connect a PUSH socket to it and hand it to the dispatcher.
 Each worker leads a process group of its own: when it exits, the pool kills that group, so
 nothing a handler forked outlives it (or holds up its replacement by keeping its pipes open).
+Workers are also replaced on purpose, the new one ready before the old one is retired
+(reload, recycling, resize: L{gaspar_tw.workers.recycling}).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,20 +22,25 @@ from typing import TYPE_CHECKING
 from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gaspar_tw.config import MAX_WORKERS
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.errors import HandlerError
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire import messages
 from gaspar_tw.wire.control import (
     EXIT_HANDLER_ERROR,
+    MEGABYTE,
     STACK_DUMP_SECONDS,
     STACK_SIGNAL,
     STOP_GRACE_SECONDS,
+    resident_bytes,
 )
+from gaspar_tw.workers.recycling import Recycler
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
 
 if TYPE_CHECKING:  # imported when a pool starts: txZMQ imports the global reactor
@@ -51,6 +59,8 @@ MAX_RESPAWN_DELAY = 10.0
 MAX_LOG_LINE = 64 * 1024
 #: At most this much of what a worker wrote just before it exited is read from each pipe.
 LAST_OUTPUT_BYTES = 1024 * 1024
+#: With --max-memory-hard, the workers' memory is read this often.
+HARD_MEMORY_SWEEP_SECONDS = 1.0
 
 
 class OutputLines:
@@ -131,6 +141,12 @@ class WorkerProcess(ProcessProtocol):
         self.channel: WorkChannel | None = None
         self.ready = False
         self.killed = False
+        #: Retired (no more work; it exits once it has answered what it holds): not replaced.
+        self.retiring = False
+        #: The worker this one is starting to replace, and the one starting to replace this.
+        self.replaces: WorkerProcess | None = None
+        self.replacedBy: WorkerProcess | None = None
+        self._stdinClosed = False
         #: The last line it wrote on stderr (why it could not load the handler, say).
         self.lastError = ""
         #: Fires once the process has exited (and the pool knows).
@@ -158,6 +174,8 @@ class WorkerProcess(ProcessProtocol):
                 continue
             if text and childFD == 2:
                 self.lastError = text
+            if text and childFD == 1 and not self.ready:
+                self.pool.outputBeforeReady(self, text)
             if text:
                 emit(
                     "worker {slot} (pid {pid}): {line}{more}",
@@ -191,6 +209,12 @@ class WorkerProcess(ProcessProtocol):
                 left -= len(data)
                 self.childDataReceived(childFD, data)
 
+    def closeStdin(self) -> None:
+        """Tell the worker to stop (it answers what it holds first)."""
+        if not self._stdinClosed:
+            self._stdinClosed = True
+            self.transport.closeStdin()
+
     def signal(self, name: str | int) -> None:
         try:
             self.transport.signalProcess(name)
@@ -203,7 +227,9 @@ class LocalWorkers:
     """Start C{size} workers running C{handler_spec}, and keep that many alive.
 
     With C{dispatcher} C{None} (a worker host's pool: its workers answer a remote producer),
-    give C{stats} and override L{socketArguments}.
+    give C{stats} and override L{socketArguments}. C{max_requests} (plus a random 0 to
+    C{max_requests_jitter}) and C{max_memory} (MB) have a worker ask to be recycled (see
+    L{gaspar_tw.workers.recycling}); one over C{max_memory_hard} (MB) is killed.
     """
 
     def __init__(
@@ -214,8 +240,17 @@ class LocalWorkers:
         dispatcher: Dispatcher | None,
         pythonpath: Sequence[str] = (),
         stats: Stats | None = None,
+        *,
+        max_requests: int = 0,
+        max_requests_jitter: int = 0,
+        max_memory: int = 0,
+        max_memory_hard: int = 0,
     ) -> None:
         self.reactor = reactor
+        self.max_requests = max_requests
+        self.max_requests_jitter = max_requests_jitter
+        self.max_memory = max_memory
+        self.max_memory_hard = max_memory_hard
         self.stats = dispatcher.stats if stats is None else stats
         self.handler_spec = handler_spec
         self.size = size
@@ -226,17 +261,23 @@ class LocalWorkers:
         self.stopping = False
         self.restarts = 0
         self._tokens = count(1)
-        self._failures = [0] * size
+        self._failures: dict[int, int] = {}
         self._respawns: dict[int, object] = {}
         self._readyWaiters: list[Deferred] = []
+        self.recycler = Recycler(self)
+        self._memorySweep: LoopingCall | None = None
 
     def start(self, hub: ChannelHub | None) -> None:
         """Start every worker (again, after L{stop})."""
         self.hub = hub
         self.stopping = False
-        self._failures = [0] * self.size
+        self._failures = {}
         for slot in range(self.size):
             self._spawn(slot)
+        if self.max_memory_hard:
+            self._memorySweep = LoopingCall(self._checkMemory)
+            self._memorySweep.clock = self.reactor
+            self._memorySweep.start(HARD_MEMORY_SWEEP_SECONDS, now=False)
 
     def whenReady(self) -> Deferred:
         """Fires once every slot has a ready worker."""
@@ -247,7 +288,7 @@ class LocalWorkers:
         return d
 
     def readyCount(self) -> int:
-        return sum(1 for process in self.processes.values() if process.ready)
+        return sum(1 for p in self.processes.values() if p.ready and not p.retiring)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes.values() if p.pid is not None]
@@ -274,11 +315,109 @@ class LocalWorkers:
             self.dispatcher.repliesMessage(token, frames)
         elif kind == messages.HELLO:
             self.hello(token, int(frames[1]))
+        elif kind == messages.RETIRE and token in self.processes:
+            self.recycler.recycle(token, frames[1].decode("ascii", "replace"))
 
-    def _spawn(self, slot: int) -> None:
-        self._respawns.pop(slot, None)
+    # -- reload, recycle, resize -------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Replace every worker, each by a new process that imports the handler anew (see
+        L{gaspar_tw.workers.recycling}); C{False} if there is none."""
+        return self.recycler.reload()
+
+    def startReplacement(self, old: WorkerProcess) -> WorkerProcess | None:
+        """Start a worker to replace C{old}, in its slot (C{None} if it cannot start)."""
+        process = self._spawn(old.slot, old)
+        if process is not None:
+            old.replacedBy = process
+        return process
+
+    def retireProcess(self, process: WorkerProcess) -> None:
+        """Give C{process} no more work; it exits once it has answered what it holds."""
+        process.retiring = True
+        if self.dispatcher is not None and process.ready:
+            self.dispatcher.retire(process.token)  # its link's drained closes its stdin
+        else:
+            process.closeStdin()
+
+    def _drained(self, token: int) -> None:
+        process = self.processes.get(token)
+        if process is not None:
+            process.closeStdin()
+
+    def grow(self) -> int:
+        """Start one worker more (up to L{MAX_WORKERS}); returns the new size."""
+        if self.size >= MAX_WORKERS or self.stopping:
+            return self.size
+        self.size += 1
+        used = {p.slot for p in self.processes.values() if not p.retiring} | set(self._respawns)
+        self._spawn(min(set(range(self.size)) - used))
+        return self.size
+
+    def shrink(self) -> int:
+        """Retire one worker (never the last); returns the new size."""
+        if self.size <= 1 or self.stopping:
+            return self.size
+        self.size -= 1
+        if self._respawns:  # a slot waiting to be started again: just don't
+            slot = max(self._respawns)
+            call = self._respawns.pop(slot)
+            if call.active():
+                call.cancel()
+            return self.size
+        busy = set()
+        if self.recycler.current is not None:
+            busy = {p for p in self.recycler.current[:2] if p is not None}
+        candidates = [p for p in self.processes.values() if not p.retiring and p not in busy]
+        if candidates:
+            process = max(candidates, key=lambda p: (p.ready, p.slot))
+            log.info(
+                "worker {slot} (pid {pid}) is being retired (resize: {n} workers)",
+                slot=process.slot,
+                pid=process.pid,
+                n=self.size,
+            )
+            self.stats.workerRecycled("resize")
+            self.retireProcess(process)
+        return self.size
+
+    def _checkMemory(self) -> None:
+        """Kill a worker over C{max_memory_hard}: its requests are retried as after a crash."""
+        limit = self.max_memory_hard * MEGABYTE
+        for process in list(self.processes.values()):
+            if process.pid is None or process.killed:
+                continue
+            size = resident_bytes(process.pid)
+            if size > limit:
+                log.warn(
+                    "worker {slot} (pid {pid}) uses {mb} MB, over --max-memory-hard {limit} MB;"
+                    " killing it",
+                    slot=process.slot,
+                    pid=process.pid,
+                    mb=size // MEGABYTE,
+                    limit=self.max_memory_hard,
+                )
+                self.stats.workerRecycled("hard_memory")
+                self.kill(process.token)
+
+    def workerArguments(self) -> list[str]:
+        """Each worker's recycling limits, as arguments (its own share of the jitter)."""
+        argv = []
+        if self.max_requests:
+            jitter = random.randint(0, self.max_requests_jitter)
+            argv += ["--max-requests", str(self.max_requests + jitter)]
+        if self.max_memory:
+            argv += ["--max-memory", str(self.max_memory)]
+        return argv
+
+    # -- starting and ending -----------------------------------------------------------------
+
+    def _spawn(self, slot: int, replaces: WorkerProcess | None = None) -> WorkerProcess | None:
+        if replaces is None:
+            self._respawns.pop(slot, None)
         token = next(self._tokens)
         process = WorkerProcess(self, slot, token)
+        process.replaces = replaces
         argv = [
             sys.executable,
             "-m",
@@ -290,6 +429,7 @@ class LocalWorkers:
             "--slot",
             str(slot),
             *self.socketArguments(token),
+            *self.workerArguments(),
         ]
         for directory in self.pythonpath:
             argv += ["--pythonpath", directory]
@@ -301,6 +441,9 @@ class LocalWorkers:
             )
         except Exception as e:  # e.g. OSError EMFILE: out of file descriptors
             del self.processes[token]
+            if replaces is not None:
+                log.error("cannot start a worker: {error}", error=f"{type(e).__name__}: {e}")
+                return None
             delay = self._failedToStart(slot)
             log.error(
                 "cannot start worker {slot}: {error}; retrying in {delay:.1f}s",
@@ -309,13 +452,14 @@ class LocalWorkers:
                 delay=delay,
             )
             self._respawns[slot] = self.reactor.callLater(delay, self._spawn, slot)
-            return
+            return None
         self.spawned(process)
+        return process
 
     def _failedToStart(self, slot: int) -> float:
         """Count a failure to start a worker in C{slot}; return the wait before the next try."""
-        self._failures[slot] += 1
-        return min(FIRST_RESPAWN_DELAY * 2 ** (self._failures[slot] - 1), MAX_RESPAWN_DELAY)
+        failures = self._failures[slot] = self._failures.get(slot, 0) + 1
+        return min(FIRST_RESPAWN_DELAY * 2 ** (failures - 1), MAX_RESPAWN_DELAY)
 
     def socketArguments(self, token: int) -> list[str]:
         """The worker's command-line arguments saying where its sockets are."""
@@ -323,6 +467,9 @@ class LocalWorkers:
 
     def spawned(self, process: WorkerProcess) -> None:
         """Called after each worker process starts (for subclasses)."""
+
+    def outputBeforeReady(self, process: WorkerProcess, line: str) -> None:
+        """A line a worker wrote on stdout before it was ready (for subclasses)."""
 
     def hello(self, token: int, pid: int) -> None:
         """A worker imported its handler and bound its socket: give it work."""
@@ -333,8 +480,18 @@ class LocalWorkers:
         process.channel = self.hub.connect_worker(token)
         log.info("worker {slot} ready (pid {pid})", slot=process.slot, pid=pid)
         self.stats.workerReady(token, process.slot, pid)
-        process.link = WorkerLink(token, pid, process.channel.send, partial(self.kill, token))
+        process.link = WorkerLink(
+            token,
+            pid,
+            process.channel.send,
+            partial(self.kill, token),
+            partial(self._drained, token),
+        )
         self.dispatcher.workerReady(process.link)
+        if process.retiring:  # resized away before it was ready
+            self.retireProcess(process)
+        elif process.replaces is not None:
+            self.recycler.replacementReady(process)
         if self.readyCount() >= self.size and self._readyWaiters:
             waiters, self._readyWaiters = self._readyWaiters, []
             for d in waiters:
@@ -355,7 +512,10 @@ class LocalWorkers:
         process.stack = []
         process.signal(STACK_SIGNAL)
         timer = self.reactor.callLater(STACK_DUMP_SECONDS, self._killStuck, process)
-        if not self.stopping:
+        replaced = process.retiring or (
+            process.replacedBy is not None and not process.replacedBy.ended.called
+        )
+        if not self.stopping and not replaced:
             self._spawn(process.slot)  # while this one writes its stack
 
         def ended(result):  # before the timer: it did not survive the signal
@@ -393,6 +553,27 @@ class LocalWorkers:
             self.hub.forget_worker(process.channel, process.token)
         if self.stopping:
             return
+        self.recycler.exited(process)
+        code = getattr(reason.value, "exitCode", None)
+        if process.replaces is not None and not process.ready:
+            self.recycler.replacementFailed(process, code)
+            old = process.replaces
+            if old.ended.called and not old.retiring:  # both gone: the slot needs a worker
+                self._respawns[old.slot] = self.reactor.callLater(
+                    self._failedToStart(old.slot), self._spawn, old.slot
+                )
+            return
+        if process.retiring:
+            log.info("worker {slot} (pid {pid}) retired", slot=process.slot, pid=process.pid)
+            return
+        replacement = process.replacedBy
+        if replacement is not None and not replacement.ended.called:
+            log.warn(
+                "worker {slot} (pid {pid}) ended unexpectedly; its replacement is starting",
+                slot=process.slot,
+                pid=process.pid,
+            )
+            return
         self.restarts += 1
         self.stats.workerRestarted()
         if process.killed:
@@ -402,7 +583,6 @@ class LocalWorkers:
                 pid=process.pid,
             )
             return
-        code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         lived = self.reactor.seconds() - process.started
         how = f"signal {sig}" if sig else f"exit status {code}"
@@ -457,13 +637,16 @@ class LocalWorkers:
         killed). L{start} starts them again.
         """
         self.stopping = True
+        self.recycler.stop()
+        if self._memorySweep is not None and self._memorySweep.running:
+            self._memorySweep.stop()
         for call in self._respawns.values():
             if call.active():
                 call.cancel()
         self._respawns.clear()
         processes = list(self.processes.values())
         for process in processes:
-            process.transport.closeStdin()
+            process.closeStdin()
         timers = [
             self.reactor.callLater(grace, self._signalAll, "TERM"),
             self.reactor.callLater(grace * 2, self._signalAll, "KILL"),
