@@ -141,7 +141,12 @@ class ProcessPool(service.Service):
         a time, each new one ready before an old one is retired (it answers what it holds
         first). If the new ones cannot load the handler, the old ones keep serving (logged,
         and counted in C{stats.reloads}). C{False} if there is no local worker to replace."""
-        return self.local is not None and self.running and self.local.reload()
+        return self.local is not None and self.running and not self.draining and self.local.reload()
+
+    @property
+    def draining(self) -> bool:
+        """Whether it is draining (L{drain}): stopping, it reloads and resizes no more."""
+        return self._draining is not None
 
     def whenReloaded(self) -> Deferred:
         """Fires with C{"ok"} or C{"failed"} once the reload in progress has ended (with
@@ -150,11 +155,15 @@ class ProcessPool(service.Service):
 
     def addWorker(self) -> int:
         """Start one local worker more; returns how many are configured now."""
-        return self.local.grow() if self.local is not None and self.running else self.workers
+        if self.local is None or not self.running or self.draining:
+            return self.workers
+        return self.local.grow()
 
     def removeWorker(self) -> int:
         """Retire one local worker (never the last); returns how many are configured now."""
-        return self.local.shrink() if self.local is not None and self.running else self.workers
+        if self.local is None or not self.running or self.draining:
+            return self.workers
+        return self.local.shrink()
 
     def _sources(self) -> list[IWorkerSource]:
         return [source for source in (self.local, self.remote) if source is not None]

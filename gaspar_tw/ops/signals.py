@@ -61,18 +61,18 @@ class OperatorSignals(service.Service):
     def handle(self, signum: int) -> None:
         """Act on C{signum} (on the reactor thread)."""
         name = signal.Signals(signum).name
+        if getattr(self.target, "draining", False) and signum != signal.SIGUSR2:
+            log.warn("received {name} while draining (stopping): ignored", name=name)
+            return
         if signum == signal.SIGHUP:
+            log.info(
+                "received SIGHUP: replacing every worker with one that imports the handler anew"
+            )
             if self.target.reload():
-                log.info(
-                    "received SIGHUP: replacing every worker with one that imports the handler"
-                    " anew (the producer's own options are not re-read)"
-                )
                 notify_reloading()  # systemd, if it asked (NOTIFY_SOCKET)
-                self.target.whenReloaded().addCallback(
-                    lambda outcome: notify_ready(f"serving (reload {outcome})")
-                )
+                self.target.whenReloaded().addCallback(self._reloaded)
             else:
-                log.warn("received SIGHUP: no local worker to reload")
+                log.warn("no local worker to reload")
         elif signum == signal.SIGTTIN:
             log.info("received SIGTTIN: {n} workers now", n=self.target.addWorker())
         elif signum == signal.SIGTTOU:
@@ -84,3 +84,8 @@ class OperatorSignals(service.Service):
                 log.warn("received SIGTTOU: keeping the last worker ({n})", n=after)
         else:
             log.warn("received {name}: it has no meaning here; ignored", name=name)
+
+    @staticmethod
+    def _reloaded(outcome: str | None) -> None:
+        if outcome in ("ok", "failed"):  # not "stopped": no READY=1 after STOPPING=1
+            notify_ready(f"serving (reload {outcome})")

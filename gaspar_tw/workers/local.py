@@ -141,6 +141,7 @@ class WorkerProcess(ProcessProtocol):
         self.channel: WorkChannel | None = None
         self.ready = False
         self.killed = False
+        self.killedWhy = "given up on"
         #: Retired (no more work; it exits once it has answered what it holds): not replaced.
         self.retiring = False
         #: The worker this one is starting to replace, and the one starting to replace this.
@@ -398,7 +399,7 @@ class LocalWorkers:
                     limit=self.max_memory_hard,
                 )
                 self.stats.workerRecycled("hard_memory")
-                self.kill(process.token)
+                self.kill(process.token, "killed over --max-memory-hard")
 
     def workerArguments(self) -> list[str]:
         """Each worker's recycling limits, as arguments (its own share of the jitter)."""
@@ -491,13 +492,16 @@ class LocalWorkers:
         if process.retiring:  # resized away before it was ready
             self.retireProcess(process)
         elif process.replaces is not None:
+            # Ready: no longer a replacement that may fail to start (and no chain of every
+            # worker it ever replaced kept alive).
+            process.replaces = None
             self.recycler.replacementReady(process)
         if self.readyCount() >= self.size and self._readyWaiters:
             waiters, self._readyWaiters = self._readyWaiters, []
             for d in waiters:
                 d.callback(None)
 
-    def kill(self, token: int) -> None:
+    def kill(self, token: int, why: str = "given up on") -> None:
         """Kill a worker the dispatcher gave up on, its stack logged first; its replacement
         starts at once, no backoff.
 
@@ -509,6 +513,7 @@ class LocalWorkers:
             return
         process.killed = True
         process.ready = False
+        process.killedWhy = why
         process.stack = []
         process.signal(STACK_SIGNAL)
         timer = self.reactor.callLater(STACK_DUMP_SECONDS, self._killStuck, process)
@@ -537,9 +542,10 @@ class LocalWorkers:
         process.stack = None
         running = None if process.link is None else process.link.watched
         log.warn(
-            "worker {slot} (pid {pid}) given up on{where}: {stack}",
+            "worker {slot} (pid {pid}) {why}{where}: {stack}",
             slot=process.slot,
             pid=process.pid,
+            why=process.killedWhy,
             where="" if running is None else f" while on request {running}",
             stack=f"its stack before SIGKILL:\n{stack}" if stack else "it wrote no stack",
         )

@@ -55,16 +55,21 @@ class Recycler:
 
     def reload(self) -> bool:
         """Replace every worker, one at a time; C{False} if there are none to replace."""
-        tokens = [p.token for p in self.workers.processes.values() if not p.retiring]
+        tokens = [
+            p.token
+            for p in self.workers.processes.values()
+            if p.ready and not p.retiring and not p.killed and p.replacedBy is None
+        ]
         if not tokens:
             return False
         if self._reloadLeft is None:
             self._reloaded = 0
         self._reloadLeft = set(tokens)
         log.info("reloading: replacing {n} workers, one at a time", n=len(tokens))
-        self.queue = deque(entry for entry in self.queue if entry[0] not in self._reloadLeft)
-        for token in tokens:
-            self.queue.append((token, "reload"))
+        queued = {token for token, _ in self.queue}  # a recycle asked for already keeps its
+        for token in tokens:  # reason, and is not lost if this reload fails
+            if token not in queued:
+                self.queue.append((token, "reload"))
         self._next()
         return True
 
@@ -88,10 +93,10 @@ class Recycler:
         if self.current is None or self.current[1] is not process:
             return
         old, _, reason = self.current
-        self.stats.workerRecycled(reason)
-        if old.ended.called:  # it died meanwhile: nothing left to retire
+        if old.ended.called or old.killed:  # it died or was killed meanwhile: not recycled
             self._finished(old)
             return
+        self.stats.workerRecycled(reason)
         log.info(
             "worker {slot} (pid {pid}) is being retired ({reason}); pid {new} replaces it",
             slot=old.slot,
@@ -159,7 +164,7 @@ class Recycler:
         workers = self.workers
         while self.current is None and self.queue and not workers.stopping:
             token, reason = self.queue.popleft()
-            if self._reloadLeft is not None and reason == "reload":
+            if self._reloadLeft is not None:
                 self._reloadLeft.discard(token)
             old = workers.processes.get(token)
             if old is None or old.retiring or not old.ready:
@@ -184,7 +189,8 @@ class Recycler:
         """Forget every recycle (the workers are stopping)."""
         self.queue.clear()
         self.current = None
-        self._reloadLeft = None
+        if self._reloadLeft is not None:
+            self._endReload("stopped")
         for call in self._retries:
             if call.active():
                 call.cancel()
