@@ -46,10 +46,7 @@ class HostPool(LocalWorkers):
         if CONNECTING not in line or self.stopping:
             return
         process.ready = True
-        if process.retiring:  # resized away before it was ready
-            process.closeStdin()
-        elif process.replaces is not None:
-            self.recycler.replacementReady(process)
+        self.becameReady(process)
 
 
 class WorkerHost(service.Service):

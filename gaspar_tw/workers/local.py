@@ -369,7 +369,9 @@ class LocalWorkers:
         busy = set()
         if self.recycler.current is not None:
             busy = {p for p in self.recycler.current[:2] if p is not None}
-        candidates = [p for p in self.processes.values() if not p.retiring and p not in busy]
+        candidates = [
+            p for p in self.processes.values() if not p.retiring and not p.killed and p not in busy
+        ]
         if candidates:
             process = max(candidates, key=lambda p: (p.ready, p.slot))
             log.info(
@@ -386,8 +388,8 @@ class LocalWorkers:
         """Kill a worker over C{max_memory_hard}: its requests are retried as after a crash."""
         limit = self.max_memory_hard * MEGABYTE
         for process in list(self.processes.values()):
-            if process.pid is None or process.killed:
-                continue
+            if process.pid is None or process.killed or not process.ready:
+                continue  # (a replacement still loading is not killed: its slot is served)
             size = resident_bytes(process.pid)
             if size > limit:
                 log.warn(
@@ -489,17 +491,29 @@ class LocalWorkers:
             partial(self._drained, token),
         )
         self.dispatcher.workerReady(process.link)
-        if process.retiring:  # resized away before it was ready
-            self.retireProcess(process)
-        elif process.replaces is not None:
-            # Ready: no longer a replacement that may fail to start (and no chain of every
-            # worker it ever replaced kept alive).
-            process.replaces = None
-            self.recycler.replacementReady(process)
+        self.becameReady(process)
         if self.readyCount() >= self.size and self._readyWaiters:
             waiters, self._readyWaiters = self._readyWaiters, []
             for d in waiters:
                 d.callback(None)
+
+    def becameReady(self, process: WorkerProcess) -> None:
+        """C{process} has loaded the handler: retire it if it was resized away meanwhile, or
+        let the worker it replaces go."""
+        if process.retiring:
+            self.retireProcess(process)
+        elif process.replaces is not None:
+            # No longer a replacement that may fail to start (and no chain of every worker
+            # it ever replaced kept alive).
+            process.replaces = None
+            self.recycler.replacementReady(process)
+
+    def _slotServed(self, slot: int) -> bool:
+        """Whether a worker that will go on serving C{slot} is running, starting or about
+        to be started again (not one being killed or retired)."""
+        return slot in self._respawns or any(
+            p.slot == slot and not p.killed and not p.retiring for p in self.processes.values()
+        )
 
     def kill(self, token: int, why: str = "given up on") -> None:
         """Kill a worker the dispatcher gave up on, its stack logged first; its replacement
@@ -517,10 +531,7 @@ class LocalWorkers:
         process.stack = []
         process.signal(STACK_SIGNAL)
         timer = self.reactor.callLater(STACK_DUMP_SECONDS, self._killStuck, process)
-        replaced = process.retiring or (
-            process.replacedBy is not None and not process.replacedBy.ended.called
-        )
-        if not self.stopping and not replaced:
+        if not self.stopping and not self._slotServed(process.slot):
             self._spawn(process.slot)  # while this one writes its stack
 
         def ended(result):  # before the timer: it did not survive the signal
@@ -563,17 +574,15 @@ class LocalWorkers:
         code = getattr(reason.value, "exitCode", None)
         if process.replaces is not None and not process.ready:
             self.recycler.replacementFailed(process, code)
-            old = process.replaces
-            if old.ended.called and not old.retiring:  # both gone: the slot needs a worker
-                self._respawns[old.slot] = self.reactor.callLater(
-                    self._failedToStart(old.slot), self._spawn, old.slot
+            if not self._slotServed(process.slot):  # the old one is gone, or being killed
+                self._respawns[process.slot] = self.reactor.callLater(
+                    self._failedToStart(process.slot), self._spawn, process.slot
                 )
             return
         if process.retiring:
             log.info("worker {slot} (pid {pid}) retired", slot=process.slot, pid=process.pid)
             return
-        replacement = process.replacedBy
-        if replacement is not None and not replacement.ended.called:
+        if not process.killed and self._slotServed(process.slot):
             log.warn(
                 "worker {slot} (pid {pid}) ended unexpectedly; its replacement is starting",
                 slot=process.slot,
@@ -588,6 +597,10 @@ class LocalWorkers:
                 slot=process.slot,
                 pid=process.pid,
             )
+            if not self._slotServed(process.slot):  # that replacement has failed since
+                self._respawns[process.slot] = self.reactor.callLater(
+                    self._failedToStart(process.slot), self._spawn, process.slot
+                )
             return
         sig = getattr(reason.value, "signal", None)
         lived = self.reactor.seconds() - process.started
@@ -631,10 +644,12 @@ class LocalWorkers:
         why, rather than after --timeout (the others load it in the same environment)."""
         if self.dispatcher is None or self.dispatcher.workerCount or not self.dispatcher.pending:
             return
+        self.dispatcher.failAll(HandlerError(f"worker processes {self.cannotLoad(process)}"))
+
+    def cannotLoad(self, process: WorkerProcess) -> str:
+        """C{cannot load handler 'm:f': <the worker's own line>}."""
         why = process.lastError.removeprefix("gaspar_tw worker: ") or "see the log"
-        self.dispatcher.failAll(
-            HandlerError(f"worker processes cannot load handler {self.handler_spec!r}: {why}")
-        )
+        return f"cannot load handler {self.handler_spec!r}: {why}"
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> Deferred:
         """Stop every worker: close its stdin, then SIGTERM after C{grace}, SIGKILL after 2x.

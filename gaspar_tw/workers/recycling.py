@@ -46,8 +46,11 @@ class Recycler:
 
     def recycle(self, token: int, reason: str) -> None:
         """Replace worker C{token} (once the recycles before it are done)."""
-        if any(queued == token for queued, _ in self.queue):
-            return
+        for index, (queued, queuedReason) in enumerate(self.queue):
+            if queued == token:  # a worker asks once: its own reason outlives a reload's
+                if queuedReason == "reload":
+                    self.queue[index] = (token, reason)
+                return
         if self.current is not None and self.current[0].token == token:
             return
         self.queue.append((token, reason))
@@ -117,8 +120,7 @@ class Recycler:
         if process is None:
             why = "a new worker process could not be started"
         elif code == EXIT_HANDLER_ERROR:
-            error = process.lastError.removeprefix("gaspar_tw worker: ") or "see the log"
-            why = f"new workers cannot load handler {self.workers.handler_spec!r}: {error}"
+            why = f"new workers {self.workers.cannotLoad(process)}"
         else:
             why = f"the new worker (pid {process.pid}) exited before it was ready"
         if reason == "reload":
