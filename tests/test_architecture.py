@@ -271,9 +271,11 @@ ALLOWED: dict[str, set[str]] = {
         "proctitle",
         "errors",
     },
+    "calls": {"dispatch", "wire", "errors"},
     "metrics": {"dispatch", "config", "stats", "proctitle", "version", "errors"},
     "ops": {"client", "config", "zeromq", "wire", "stats", "proctitle", "version", "errors"},
     "pool": {
+        "calls",
         "dispatch",
         "workers",
         "ops",

@@ -27,8 +27,20 @@ payloads is two frames. Small payloads travel packed in one frame (k = 1: copyin
 payloads together costs less than a frame each); a message holding a payload of
 L{PACK_LIMIT} bytes or more carries one frame per payload (k = n), sent without a copy.
 L{encode_work} cuts a batch into messages of about L{MESSAGE_BYTES}, so a worker can start
-on the first requests while the rest are on their way. Nothing here imports Twisted: the
-worker process uses this module too.
+on the first requests while the rest are on their way.
+
+Function calls (L{gaspar_tw.calls}) travel in I{mixed} messages, whose count has the
+L{MIXED_BIT} bit set; the plain layouts above are untouched, so bytes requests pay nothing for
+them. A mixed message carries one or more frames a request, and says how many::
+
+    work     [n|MIXED_BIT + ids + kinds + counts, frames of request 1, ..., frames of request n]
+    replies  [b"R" + token + busy + n|MIXED_BIT + ids + statuses + counts, frames..., ...]
+
+C{kinds} is one byte a request (L{KIND_BYTES}: one frame, the handler's payload;
+L{KIND_CALL}: a L{gaspar_tw.wire.calls.CallFrames}), C{counts} each request's or reply's
+number of frames (u32s). A reply whose status is a call's (L{CALL_RESULT}, L{CALL_RAISED})
+is a C{CallFrames}; any other is one frame, as in a plain message. Nothing here imports
+Twisted: the worker process uses this module too.
 """
 
 from __future__ import annotations
@@ -40,10 +52,18 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
+from gaspar_tw.wire.calls import CALL_RAISED, CALL_RESULT, CallFrames
+
 OK = 0
 ERROR = 1
 #: The reply status of a request the worker skipped because it was cancelled (empty payload).
 SKIPPED = 2
+
+#: Set in the count of a mixed message (one carrying calls): see the module docstring.
+MIXED_BIT = 0x80000000
+#: A mixed work message's kinds: a handler request (one frame), a call (its frames).
+KIND_BYTES = 0
+KIND_CALL = 1
 
 HELLO = b"H"
 REPLIES = b"R"
@@ -147,9 +167,69 @@ def encode_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]:
 
 
 def decode_work(frames: Sequence[Any]) -> tuple[array, Sequence[Any]]:
+    """C{(ids, payloads)} of a plain work message (see L{is_mixed_work})."""
     meta = frames[0]
     (n,) = _COUNT.unpack_from(meta)
     return unpack_ids(meta, 4, n), unpack_bodies(meta, 4 + 8 * n, n, frames[1:])
+
+
+def is_mixed_work(frames: Sequence[Any]) -> bool:
+    """True for a work message that carries calls (read it with L{decode_mixed_work})."""
+    return bool(frames[0][3] & 0x80)
+
+
+def _frames_of(payload: Any) -> list:
+    return payload.frames if type(payload) is CallFrames else [payload]
+
+
+def _mixed_work_message(ids: Sequence[int], payloads: Sequence[Any]) -> list:
+    kinds = bytes(KIND_CALL if type(p) is CallFrames else KIND_BYTES for p in payloads)
+    parts = [_frames_of(p) for p in payloads]
+    counts = _array_to_wire(array("I", map(len, parts)))
+    head = _COUNT.pack(len(ids) | MIXED_BIT) + _array_to_wire(array("Q", ids)) + kinds + counts
+    return [head, *(frame for frames in parts for frame in frames)]
+
+
+def encode_mixed_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]:
+    """L{encode_work} for a batch that may hold calls: the plain messages if it holds none."""
+    if not any(type(p) is CallFrames for p in payloads):
+        return encode_work(ids, payloads)
+    messages = []
+    start = 0
+    size = 0
+    for index, payload in enumerate(payloads):
+        size += len(payload)
+        if size >= MESSAGE_BYTES:
+            end = index + 1
+            messages.append(_mixed_work_message(ids[start:end], payloads[start:end]))
+            start, size = end, 0
+    if start < len(payloads):
+        messages.append(_mixed_work_message(ids[start:], payloads[start:]))
+    return messages
+
+
+def _split_frames(counts: Sequence[int], frames: Sequence[Any]) -> list[list]:
+    parts = []
+    start = 0
+    for count in counts:
+        parts.append(list(frames[start : start + count]))
+        start += count
+    return parts
+
+
+def decode_mixed_work(frames: Sequence[Any]) -> tuple[array, list]:
+    """C{(ids, payloads)} of a mixed work message: a call is a C{CallFrames}, a handler
+    request its one frame."""
+    meta = frames[0]
+    n = _COUNT.unpack_from(meta)[0] & ~MIXED_BIT
+    ids = unpack_ids(meta, 4, n)
+    kinds = meta[4 + 8 * n : 4 + 9 * n]
+    counts = _array_from_wire("I", memoryview(meta)[4 + 9 * n : 4 + 13 * n])
+    payloads = [
+        CallFrames(part) if kind == KIND_CALL else part[0]
+        for kind, part in zip(kinds, _split_frames(counts, frames[1:]), strict=True)
+    ]
+    return ids, payloads
 
 
 def encode_cancel(ids: Sequence[int]) -> list:
@@ -180,6 +260,21 @@ def encode_replies(
     return [head + _array_to_wire(array("Q", ids)) + statuses + sizes, *bodies]
 
 
+def encode_mixed_replies(
+    token: int, ids: Sequence[int], statuses: bytes, payloads: Sequence[Any], busy: float = 0.0
+) -> list:
+    """L{encode_replies} for replies that may hold calls' outcomes (C{CallFrames}): plain if
+    none does."""
+    if not any(type(p) is CallFrames for p in payloads):
+        return encode_replies(token, ids, statuses, payloads, busy)
+    micros = min(round(busy * 1e6), 0xFFFFFFFF)
+    parts = [_frames_of(p) for p in payloads]
+    counts = _array_to_wire(array("I", map(len, parts)))
+    head = _REPLIES_HEAD.pack(REPLIES, token, micros, len(ids) | MIXED_BIT)
+    head += _array_to_wire(array("Q", ids)) + statuses + counts
+    return [head, *(frame for frames in parts for frame in frames)]
+
+
 def busy_seconds(head: bytes) -> float:
     """The handler time a replies message reports (its first frame)."""
     return _BUSY.unpack_from(head, 9)[0] / 1e6
@@ -190,10 +285,25 @@ def decode_replies(frames: Sequence[Any]) -> tuple[array, bytes, Sequence[Any]]:
     head = frames[0]
     offset = _REPLIES_HEAD.size
     (n,) = _COUNT.unpack_from(head, offset - 4)
+    if n & MIXED_BIT:
+        return _decode_mixed_replies(head, n & ~MIXED_BIT, frames)
     ids = unpack_ids(head, offset, n)
     offset += 8 * n
     statuses = head[offset : offset + n]
     return ids, statuses, unpack_bodies(head, offset + n, n, frames[1:])
+
+
+def _decode_mixed_replies(head: bytes, n: int, frames: Sequence[Any]) -> tuple:
+    offset = _REPLIES_HEAD.size
+    ids = unpack_ids(head, offset, n)
+    offset += 8 * n
+    statuses = head[offset : offset + n]
+    counts = _array_from_wire("I", memoryview(head)[offset + n : offset + 5 * n])
+    payloads = [
+        CallFrames(part) if status in (CALL_RESULT, CALL_RAISED) else part[0]
+        for status, part in zip(statuses, _split_frames(counts, frames[1:]), strict=True)
+    ]
+    return ids, statuses, payloads
 
 
 def frame_kind(head: bytes) -> tuple[bytes, int]:

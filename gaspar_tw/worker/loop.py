@@ -17,6 +17,7 @@ import zmq
 
 from gaspar_tw.handler import Handler
 from gaspar_tw.wire import messages
+from gaspar_tw.wire.calls import CallFrames, run_call
 from gaspar_tw.wire.control import STOP_GRACE_SECONDS, resident_bytes
 from gaspar_tw.zeromq.multipart import BLOCK, recv_frames, send_frames, waiting
 
@@ -46,6 +47,13 @@ def call_handler(handler: Handler, payload: bytes) -> tuple[int, bytes]:
         raise TypeError(f"handler returned {type(result).__name__}, expected bytes or str")
     except Exception as e:
         return messages.ERROR, messages.encode_error(e, traceback.format_exc())
+
+
+def call_handler_or_run_call(handler: Handler, payload) -> tuple[int, object]:
+    """A mixed message's request: run the call it is, or the handler on it."""
+    if type(payload) is CallFrames:
+        return run_call(payload)
+    return call_handler(handler, payload)
 
 
 class _Held:
@@ -96,6 +104,8 @@ class Worker:
         self._cancelled: set[int] = set()  # ids to skip, read ahead of the batch
         self._running = False  # a handler call is in progress
         self._alarm = False  # the flush timer is armed
+        #: Plain replies until this worker is sent a call (no per-reply check before that).
+        self._encodeReplies = messages.encode_replies
         signal.signal(signal.SIGALRM, self._onAlarm)
 
     def openSockets(self, work_address: str, reply_address: str) -> tuple[zmq.Socket, zmq.Socket]:
@@ -161,7 +171,13 @@ class Worker:
             if len(frames) == 1:  # a stop cue behind the work: answered all, now stop
                 self.flush()
                 return True
-            ids, payloads = messages.decode_work(frames)
+            if messages.is_mixed_work(frames):  # calls: one check a message, not a request
+                ids, payloads = messages.decode_mixed_work(frames)
+                run = call_handler_or_run_call
+                self._encodeReplies = messages.encode_mixed_replies
+            else:
+                ids, payloads = messages.decode_work(frames)
+                run = call_handler
             self.requests += len(ids)
             for rid, payload in zip(ids, payloads, strict=False):
                 if now - looked >= LOOK_AFTER_SECONDS:
@@ -178,7 +194,7 @@ class Worker:
                     signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER_SECONDS)
                 started = clock()
                 self._running = True
-                status, result = call_handler(handler, payload)
+                status, result = run(handler, payload)
                 self._running = False
                 now = clock()
                 held = self._held  # the timer may have sent and replaced it meanwhile
@@ -233,7 +249,7 @@ class Worker:
         if held.ids:
             send_frames(
                 self.replies,
-                messages.encode_replies(
+                self._encodeReplies(
                     self.token, held.ids, bytes(held.statuses), held.results, held.busy
                 ),
                 copy=False,

@@ -1,0 +1,57 @@
+"""Function calls in worker processes: C{pool.call(fn, *args, **kwargs)} as a Deferred.
+
+A call rides the machinery of the handler's bytes requests: the same request table, queue,
+scheduler, per-worker PUSH sockets, worker loop and shared PULL socket. Only its payload
+differs, and the messages that carry one are told apart by a bit in their count, so bytes
+requests take exactly the path they took before calls existed.
+
+The data flow of a call::
+
+    caller (reactor thread)                              |  worker process (plain pyzmq)
+                                                         |
+    pool.call(fn, *args, **kwargs)                       |
+      check_callable(fn): lambda, nested, __main__ ──▶ ValueError, at once (never sent)
+      pack_call: pickle 5 of (fn, args, kwargs) ───────▶ PicklingError, at once (never sent)
+        large bytes and PickleBuffers (numpy) are        |
+        out-of-band buffers: views, not copies           |
+      Dispatcher.submit(CallFrames) ─▶ ReplyDeferred     |
+        │  request table (id, admission, timeout)        |
+        ▼                                                |
+      queue ─▶ scheduler: a batch for the least loaded   |
+        worker; encode_mixed_work once the pool has      |
+        seen a call (before: encode_work, no check)      |
+        │                                                |
+        ▼  [n|MIXED_BIT + ids + kinds + counts,          |
+        │   pickle, buffer, ..., bytes payload, ...]     |
+        └── that worker's PUSH (ipc://, frames ─────────▶ PULL ─▶ Worker.answer
+            sent with copy=False) ─────────────────────  |   is_mixed_work: one bit a message
+                                                         |   KIND_BYTES ─▶ call_handler
+                                                         |   KIND_CALL  ─▶ run_call:
+                                                         |     pickle.loads(buffers=frames):
+                                                         |     imports fn's module on first
+                                                         |     use, a large bytes argument IS
+                                                         |     the received frame (no copy)
+                                                         |     fn(*args, **kwargs)
+                                                         |     result ─▶ CALL_RESULT frames
+                                                         |     raised ─▶ CALL_RAISED frames:
+                                                         |       [JSON type/message/traceback,
+                                                         |        pickle of the exception]
+                                                         |     unpicklable result ─▶ RAISED
+                                                         |       (PicklingError): this call
+                                                         |       fails, the worker lives on
+        ┌── shared PULL ◀── encode_mixed_replies ◀─────  |   [b"R" ... n|MIXED_BIT + ids +
+        ▼                                                |    statuses + counts, frames...]
+      Dispatcher.repliesMessage ─ decode_replies         |
+        ─▶ Delivery.deliver: status >= CALL_RESULT       |
+           ─▶ unpack_outcome ─▶ d.callback(result)       |
+                           or d.errback(the original exception type, its __cause__ a
+                              RemoteTraceback of the worker's traceback text, also as
+                              exc.remote_traceback; RemoteError(type, message, traceback)
+                              when the exception does not unpickle here)
+
+Crashes, --timeout, max_pending, retry_on_crash and stopping apply to calls as to bytes
+requests (they are requests). Not yet: map(), deferToProcess, cancelling a running call (a
+queued call is dropped; a sent one is skipped if not started), max_call_bytes, and the rule
+that keeps calls off unprotected remote worker hosts.
+"""
+

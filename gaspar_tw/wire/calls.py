@@ -1,0 +1,189 @@
+"""Function calls as frames: pickle protocol 5, large buffers out of band (both ends use it).
+
+A call travels as C{[pickle of (fn, args, kwargs), buffer_1, ..., buffer_b]}, its outcome as
+C{[pickle of the result, buffers...]} (status L{CALL_RESULT}) or C{[error JSON, pickle of the
+exception or b""]} (status L{CALL_RAISED}). See L{gaspar_tw.calls} for the whole path. No
+Twisted, no pyzmq: the worker process uses this module too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from gaspar_tw.errors import RemoteError
+
+#: The reply status of a call that returned: its frames are the pickled result and buffers.
+CALL_RESULT = 3
+#: The reply status of a call that raised: C{[error JSON, pickled exception or b""]}.
+CALL_RAISED = 4
+
+#: A C{bytes} argument, keyword argument or result this large or larger travels as a frame of
+#: its own, not copied into the pickle (smaller ones cost less in the pickle).
+OUT_OF_BAND_BYTES = 64 * 1024
+
+PROTOCOL = 5
+
+
+class CallFrames:
+    """A call, or a call's outcome, as frames: a pickle, then its out-of-band buffers.
+
+    C{len()} is the bytes it carries, as a request payload's is (message cutting, counters).
+    """
+
+    __slots__ = ("frames", "nbytes")
+
+    def __init__(self, frames: list) -> None:
+        self.frames = frames
+        self.nbytes = sum(memoryview(frame).nbytes for frame in frames)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+
+class _OutOfBand:
+    """A large C{bytes} object, pickled as a reference to a buffer sent beside the pickle.
+
+    It unpickles as C{bytes(buffer)}: the very C{bytes} object a frame was received as (no
+    copy), or a copy if the buffer is some other kind.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _outOfBand(value: Any) -> Any:
+    if type(value) is bytes and len(value) >= OUT_OF_BAND_BYTES:
+        return _OutOfBand(value)
+    return value
+
+
+def _dumps(value: Any) -> list:
+    """C{[pickle, buffer...]}: PickleBuffers (numpy arrays, large top-level bytes) out of band."""
+    buffers: list = []
+    data = pickle.dumps(value, protocol=PROTOCOL, buffer_callback=buffers.append)
+    return [data, *(buffer.raw() for buffer in buffers)]
+
+
+def describe(fn: Any) -> str:
+    """A callable's dotted name, for messages."""
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def check_callable(fn: Any) -> None:
+    """Raise C{ValueError} unless a worker can import C{fn} by name (pickle sends functions
+    by reference: a lambda, a nested function or one of C{__main__} would not be found)."""
+    if isinstance(fn, functools.partial):
+        check_callable(fn.func)
+        return
+    if not callable(fn):
+        raise ValueError(f"cannot call {fn!r} in a worker: it is not callable")
+    qualname = getattr(fn, "__qualname__", "")
+    module = getattr(fn, "__module__", None)
+    if getattr(fn, "__name__", "") == "<lambda>":
+        why = "a lambda has no name a worker can import"
+    elif "<locals>" in qualname:
+        why = "a function defined inside another has no name a worker can import"
+    elif module == "__main__":
+        why = "a worker does not run your __main__ script, so cannot import what it defines"
+    else:
+        return
+    raise ValueError(
+        f"cannot call {describe(fn)} in a worker: {why}; define it at the top level of an "
+        f"importable module (e.g. mypackage/tasks.py) and pass that function"
+    )
+
+
+def pack_call(fn: Callable, args: tuple, kwargs: dict) -> CallFrames:
+    """The frames of the call C{fn(*args, **kwargs)}, pickled now (in the caller).
+
+    Raises C{ValueError} for a function a worker cannot import, and C{pickle.PicklingError}
+    (from pickle's own error) for what cannot be pickled.
+    """
+    check_callable(fn)
+    value = (
+        fn,
+        tuple(map(_outOfBand, args)),
+        {key: _outOfBand(item) for key, item in kwargs.items()},
+    )
+    try:
+        return CallFrames(_dumps(value))
+    except Exception as e:
+        raise pickle.PicklingError(
+            f"cannot send the call of {describe(fn)} to a worker: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _raised(exc: BaseException, traceback_text: str) -> tuple[int, CallFrames]:
+    info = json.dumps(
+        {"type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
+    ).encode()
+    try:
+        pickled = pickle.dumps(exc, protocol=PROTOCOL)
+    except Exception:
+        pickled = b""  # the caller gets a RemoteError from the JSON
+    return CALL_RAISED, CallFrames([info, pickled])
+
+
+def run_call(call: CallFrames) -> tuple[int, CallFrames]:
+    """In a worker: unpickle a call (importing its function's module on first use), run it,
+    and return C{(status, frames)} of its result or of the exception it raised. A result
+    that cannot be pickled fails this call only."""
+    try:
+        fn, args, kwargs = pickle.loads(call.frames[0], buffers=call.frames[1:])
+        result = fn(*args, **kwargs)
+    except Exception as e:
+        return _raised(e, traceback.format_exc())
+    try:
+        return CALL_RESULT, CallFrames(_dumps(_outOfBand(result)))
+    except Exception as e:
+        error = pickle.PicklingError(
+            f"cannot send the result of {describe(fn)} back: {type(e).__name__}: {e}"
+        )
+        return _raised(error, traceback.format_exc())
+
+
+class RemoteTraceback(Exception):
+    """The C{__cause__} of an exception raised in a worker: its traceback there, as text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def unpack_outcome(status: int, outcome: CallFrames) -> Any:
+    """In the caller: a call's result, or raise the exception it raised.
+
+    The exception is of its original type when it unpickles here, with the worker's traceback
+    as its C{__cause__} (a L{RemoteTraceback}) and as C{remote_traceback}; otherwise it is a
+    L{RemoteError} naming the type.
+    """
+    frames = outcome.frames
+    if status == CALL_RESULT:
+        return pickle.loads(frames[0], buffers=frames[1:])
+    info = json.loads(frames[0])
+    text = info["traceback"]
+    try:
+        exc = pickle.loads(frames[1]) if frames[1] else None
+    except Exception:
+        exc = None
+    if not isinstance(exc, BaseException):
+        raise RemoteError(info["type"], info["message"], text)
+    try:
+        exc.remote_traceback = text
+    except Exception:
+        pass  # an exception type that takes no attributes: its __cause__ still has the text
+    raise exc from RemoteTraceback(text)

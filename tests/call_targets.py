@@ -1,0 +1,58 @@
+"""Functions and types that tests/test_calls.py calls in worker processes (importable there)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Point:
+    x: int
+    y: float
+    label: str
+
+
+def echo(*args, **kwargs):
+    """What it was given, as C{(args, kwargs)}."""
+    return args, kwargs
+
+
+def identity(value):
+    return value
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def scale(point: Point, factor: int) -> Point:
+    return Point(point.x * factor, point.y * factor, point.label)
+
+
+class Refused(ValueError):
+    """An exception type the caller can catch by class."""
+
+
+def refuse(reason: str):
+    raise Refused(reason)
+
+
+class NeedsTwoArguments(Exception):
+    """Pickles with one argument and so cannot be unpickled: a RemoteError in the caller."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable():
+    raise NeedsTwoArguments(1, 2)
+
+
+def unpicklable_result():
+    return threading.Lock()
+
+
+def length(data: bytes) -> int:
+    return len(data)

@@ -1,0 +1,98 @@
+"""Calls on the wire: pickling with out-of-band buffers, mixed work and replies messages."""
+
+from __future__ import annotations
+
+import pickle
+
+import call_targets as targets
+import pytest
+
+from gaspar_tw.wire import messages as wire
+from gaspar_tw.wire.calls import (
+    CALL_RAISED,
+    CALL_RESULT,
+    OUT_OF_BAND_BYTES,
+    CallFrames,
+    pack_call,
+    run_call,
+    unpack_outcome,
+)
+
+
+class Methods:
+    @staticmethod
+    def static(x):
+        return x
+
+    @classmethod
+    def klass(cls, x):
+        return x
+
+
+def test_a_large_bytes_argument_is_a_frame_of_its_own_not_a_copy():
+    data = b"d" * OUT_OF_BAND_BYTES
+    call = pack_call(targets.echo, (b"small", data), {"kw": data})
+    pickled, *buffers = call.frames
+    assert len(buffers) == 2 and all(buffer.obj is data for buffer in buffers)
+    assert len(pickled) < 1000 and len(call) == len(pickled) + 2 * len(data)
+    # The worker's side: the frames as received (bytes) are the arguments themselves.
+    received = CallFrames([bytes(pickled), *(bytes(b) for b in buffers)])
+    status, outcome = run_call(received)
+    assert status == CALL_RESULT
+    args, kwargs = unpack_outcome(status, outcome)
+    assert args == (b"small", data) and kwargs == {"kw": data}
+    assert len(pack_call(targets.echo, (b"x" * (OUT_OF_BAND_BYTES - 1),), {}).frames) == 1
+
+
+def test_static_and_class_methods_can_be_called():
+    for fn in (Methods.static, Methods.klass):
+        status, outcome = run_call(pack_call(fn, (3,), {}))
+        assert unpack_outcome(status, outcome) == 3
+
+
+def test_an_unpicklable_result_is_a_pickling_error_of_that_call():
+    status, outcome = run_call(pack_call(targets.unpicklable_result, (), {}))
+    assert status == CALL_RAISED
+    with pytest.raises(pickle.PicklingError, match="result of call_targets.unpicklable_result"):
+        unpack_outcome(status, outcome)
+
+
+def test_a_mixed_work_message_carries_calls_beside_handler_requests():
+    call = pack_call(targets.echo, (b"c" * OUT_OF_BAND_BYTES,), {})
+    messages = wire.encode_mixed_work([5, 6, 7], [b"bytes", call, b""])
+    assert len(messages) == 1 and wire.is_mixed_work(messages[0])
+    frames = [bytes(frame) for frame in messages[0]]
+    ids, payloads = wire.decode_mixed_work(frames)
+    assert list(ids) == [5, 6, 7]
+    assert payloads[0] == b"bytes" and payloads[2] == b""
+    assert type(payloads[1]) is CallFrames and payloads[1].frames == [bytes(f) for f in call.frames]
+    # A batch without calls is the plain message, which is not mixed.
+    [plain] = wire.encode_mixed_work([1, 2], [b"a", b"b"])
+    assert plain == wire.encode_work([1, 2], [b"a", b"b"])[0] and not wire.is_mixed_work(plain)
+
+
+def test_a_mixed_work_batch_is_cut_into_messages_by_size():
+    call = pack_call(targets.echo, (b"c" * wire.MESSAGE_BYTES,), {})
+    messages = wire.encode_mixed_work([1, 2, 3], [call, b"x", call])
+    assert [list(wire.decode_mixed_work(m)[0]) for m in messages] == [[1], [2, 3]]
+
+
+def test_mixed_replies_carry_call_outcomes_beside_handler_replies():
+    status, outcome = run_call(pack_call(targets.identity, (b"r" * OUT_OF_BAND_BYTES,), {}))
+    raised_status, raised = run_call(pack_call(targets.refuse, ("no",), {}))
+    statuses = bytes([wire.OK, status, wire.ERROR, raised_status])
+    frames = wire.encode_mixed_replies(
+        9, [1, 2, 3, 4], statuses, [b"ok", outcome, b"{}", raised], 0.5
+    )
+    assert len(frames) == 1 + 1 + 2 + 1 + 2  # a frame per reply, buffers their own
+    frames = [bytes(frame) for frame in frames]
+    assert wire.frame_kind(frames[0]) == (wire.REPLIES, 9) and wire.busy_seconds(frames[0]) == 0.5
+    ids, got_statuses, payloads = wire.decode_replies(frames)
+    assert list(ids) == [1, 2, 3, 4] and got_statuses == statuses
+    assert payloads[0] == b"ok" and payloads[2] == b"{}"
+    assert unpack_outcome(status, payloads[1]) == b"r" * OUT_OF_BAND_BYTES
+    with pytest.raises(targets.Refused):
+        unpack_outcome(raised_status, payloads[3])
+    # Replies without a call's outcome are the plain message.
+    plain = wire.encode_mixed_replies(9, [1], bytes([wire.OK]), [b"ok"])
+    assert plain == wire.encode_replies(9, [1], bytes([wire.OK]), [b"ok"])
