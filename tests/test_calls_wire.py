@@ -45,6 +45,8 @@ def test_a_large_bytes_argument_is_a_frame_of_its_own_not_a_copy():
 
 
 def test_static_and_class_methods_can_be_called():
+    import twisted.persisted.styles  # noqa: F401  its reducer of methods is not used
+
     for fn in (Methods.static, Methods.klass):
         status, outcome = run_call(pack_call(fn, (3,), {}))
         assert unpack_outcome(status, outcome) == 3

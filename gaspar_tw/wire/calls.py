@@ -8,10 +8,13 @@ Twisted, no pyzmq: the worker process uses this module too.
 
 from __future__ import annotations
 
+import copyreg
 import functools
+import io
 import json
 import pickle
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -67,11 +70,25 @@ def _outOfBand(value: Any) -> Any:
     return value
 
 
+def _dispatch_table() -> dict:
+    """copyreg's reducers but one: C{twisted.persisted.styles} (loaded by parts of Twisted)
+    registers one for bound methods that pickles a classmethod as a method of C{type}; a
+    bound method's own C{__reduce__} (C{getattr(its self, its name)}) is right."""
+    return {
+        kind: reducer
+        for kind, reducer in copyreg.dispatch_table.items()
+        if kind is not types.MethodType
+    }
+
+
 def _dumps(value: Any) -> list:
     """C{[pickle, buffer...]}: PickleBuffers (numpy arrays, large top-level bytes) out of band."""
     buffers: list = []
-    data = pickle.dumps(value, protocol=PROTOCOL, buffer_callback=buffers.append)
-    return [data, *(buffer.raw() for buffer in buffers)]
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
+    pickler.dispatch_table = _dispatch_table()
+    pickler.dump(value)
+    return [out.getvalue(), *(buffer.raw() for buffer in buffers)]
 
 
 def describe(fn: Any) -> str:
