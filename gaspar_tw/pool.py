@@ -17,6 +17,7 @@ constructing a pool installs no reactor. L{gaspar_tw.Producer} is a pool with TC
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -26,6 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gaspar_tw.calls import submit_call
 from gaspar_tw.config import POOL, Config, crowding_warning
 from gaspar_tw.consumer import Consumer
 from gaspar_tw.dispatch import Dispatcher
@@ -115,6 +117,21 @@ class ProcessPool(service.Service):
         if self.dispatcher is None:
             self._build()
         return self.dispatcher.submit(payload)
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Deferred:
+        """Run C{fn(*args, **kwargs)} in a worker; the Deferred fires with what it returns.
+
+        C{fn} must be importable by name (module-level functions, builtins, static and class
+        methods, C{functools.partial} of those): a lambda, a nested function or one defined
+        in C{__main__} fails at once with C{ValueError}, and arguments that cannot be pickled
+        fail at once with C{pickle.PicklingError}; neither reaches a worker. If C{fn} raises,
+        the Deferred fails with that exception (its worker traceback as C{__cause__} and
+        C{remote_traceback}), or with L{gaspar_tw.RemoteError} if it cannot be unpickled
+        here. Otherwise as L{submit}: crashes, C{timeout}, C{max_pending}, stopping.
+        """
+        if self.dispatcher is None:
+            self._build()
+        return submit_call(self.dispatcher, fn, args, kwargs)
 
     def whenReady(self) -> Deferred:
         """Fires (with this pool) once every local worker is ready (and, for a producer, its

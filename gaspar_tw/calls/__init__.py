@@ -55,3 +55,31 @@ queued call is dropped; a sent one is skipped if not started), max_call_bytes, a
 that keeps calls off unprotected remote worker hosts.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, fail
+
+from gaspar_tw.wire.calls import pack_call
+
+if TYPE_CHECKING:
+    from gaspar_tw.dispatch import Dispatcher
+
+
+def submit_call(dispatcher: Dispatcher, fn: Callable, args: tuple, kwargs: dict) -> Deferred:
+    """Queue C{fn(*args, **kwargs)} on C{dispatcher}'s workers; fires with its result.
+
+    Fails at once (nothing sent) with C{ValueError} for a function a worker cannot import by
+    name and C{pickle.PicklingError} for arguments that cannot be pickled.
+    """
+    try:
+        call = pack_call(fn, args, kwargs)
+    except Exception:
+        return fail()
+    dispatcher.carryCalls()
+    return dispatcher.submit(call)
+
+
+__all__ = ["submit_call"]

@@ -158,6 +158,10 @@ class Dispatcher:
         d.rid = self.submitTo(payload, d)
         return d
 
+    def carryCalls(self) -> None:
+        """Calls (L{gaspar_tw.calls}) may be submitted from now on (see L{Scheduler.carryCalls})."""
+        self._scheduler.carryCalls()
+
     def submitTo(self, payload: bytes, receiver: IReplyReceiver) -> int:
         """Queue C{payload}; its outcome goes to C{receiver}, as for L{submit}.
 

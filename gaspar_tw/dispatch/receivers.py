@@ -12,6 +12,7 @@ from zope.interface import Interface, implementer
 from gaspar_tw.dispatch.requests import Request
 from gaspar_tw.errors import RemoteError
 from gaspar_tw.stats import Stats, latency_bucket
+from gaspar_tw.wire.calls import CALL_RESULT, unpack_outcome
 from gaspar_tw.wire.messages import OK, decode_error
 
 log = Logger()
@@ -114,10 +115,26 @@ class Delivery:
                 request.receiver.replyReceived(request.rid, payload)
             except Exception:
                 log.failure("delivering the reply to request {rid} failed", rid=request.rid)
+        elif status >= CALL_RESULT:
+            self._deliverCall(request, status, payload)
         else:
             self.stats.error += 1
             info = decode_error(payload)
             fail(request, RemoteError(info["type"], info["message"], info["traceback"]))
+
+    def _deliverCall(self, request: Request, status: int, outcome) -> None:
+        """A call's outcome: its unpickled result, or the exception it raised."""
+        try:
+            result = unpack_outcome(status, outcome)
+        except Exception as e:
+            self.stats.error += 1
+            fail(request, e)
+            return
+        self.stats.ok += 1
+        try:
+            request.receiver.replyReceived(request.rid, result)
+        except Exception:
+            log.failure("delivering the result of call {rid} failed", rid=request.rid)
 
     def afterReplies(self, call: Callable[[], None]) -> None:
         """Have C{call} run once the batch of replies being delivered now is all delivered."""

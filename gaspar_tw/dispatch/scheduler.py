@@ -14,7 +14,7 @@ from gaspar_tw.dispatch.requests import Request
 from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.errors import WorkerCrashed
 from gaspar_tw.stats import Stats
-from gaspar_tw.wire.messages import encode_cancel, encode_work
+from gaspar_tw.wire.messages import encode_cancel, encode_mixed_work, encode_work
 
 log = Logger()
 
@@ -70,6 +70,13 @@ class Scheduler:
         self.reserved: set[int] = set()
         self._sweep = sweep
         self._scheduleFlush = scheduleFlush
+        #: How a batch becomes messages: plain until the first call (L{carryCalls}), so a
+        #: pool of bytes requests only never looks at a payload's type.
+        self.encodeWork = encode_work
+
+    def carryCalls(self) -> None:
+        """Calls may be queued from now on: encode batches that may hold them."""
+        self.encodeWork = encode_mixed_work
 
     # -- window ----------------------------------------------------------------------------
 
@@ -122,7 +129,7 @@ class Scheduler:
                 batch = [queue.popleft() for _ in range(n)]
                 ids = [request.rid for request in batch]
                 try:
-                    link.send(encode_work(ids, [request.payload for request in batch]))
+                    link.send(self.encodeWork(ids, [request.payload for request in batch]))
                 except Exception:
                     queue.extendleft(reversed(batch))
                     self._sendFailed(link)
@@ -159,7 +166,7 @@ class Scheduler:
             link = idle.pop()
             request = self.suspects.popleft()
             try:
-                link.send(encode_work([request.rid], [request.payload]))
+                link.send(self.encodeWork([request.rid], [request.payload]))
             except Exception:
                 self.suspects.appendleft(request)
                 self._sendFailed(link)  # it held nothing: idle
