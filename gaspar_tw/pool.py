@@ -22,7 +22,7 @@ from dataclasses import fields
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -128,10 +128,31 @@ class ProcessPool(service.Service):
         the Deferred fails with that exception (its worker traceback as C{__cause__} and
         C{remote_traceback}), or with L{gaspar_tw.RemoteError} if it cannot be unpickled
         here. Otherwise as L{submit}: crashes, C{timeout}, C{max_pending}, stopping.
+
+        A pickle can run code: a pool whose remote workers' C{bind} is neither loopback nor
+        CURVE-protected refuses calls (C{ValueError}, at once).
         """
         if self.dispatcher is None:
             self._build()
+        refusal = self._callsRefused()
+        if refusal:
+            return fail(ValueError(refusal))
         return submit_call(self.dispatcher, fn, args, kwargs)
+
+    def _callsRefused(self) -> str:
+        """Why this pool may not send calls (a pickle runs code where it is read), or ""."""
+        bind = self.config.bind
+        if bind is None or self.config.curve_keys:
+            return ""
+        from gaspar_tw.workers.remote import is_loopback  # lazily: it loads txZMQ
+
+        if is_loopback(bind):
+            return ""
+        return (
+            f"calls are refused: remote workers may join on {bind}, which is neither loopback "
+            f"nor CURVE-protected, and a pickled call runs code wherever it is read; give the "
+            f"pool curve_keys, or bind to 127.0.0.1"
+        )
 
     def whenReady(self) -> Deferred:
         """Fires (with this pool) once every local worker is ready (and, for a producer, its

@@ -131,3 +131,11 @@ async def test_calls_and_bytes_requests_share_a_pool(pool):
     assert results[: len(calls)] == [(n, b"x" * n) for n in range(0, 200_000, 5_000)]
     assert results[len(calls) : -1] == [b"REQ%d" % n for n in range(40)]
     assert results[-1] == b"Y" * 100_000
+
+
+def test_a_pool_with_an_unprotected_non_loopback_bind_refuses_calls():
+    pool = ProcessPool("gaspar_tw.examples:upper", 1, bind="tcp://0.0.0.0:*")  # not started
+    failures = []
+    pool.call(targets.identity, 1).addErrback(failures.append)
+    assert failures and failures[0].check(ValueError)
+    assert "neither loopback nor CURVE-protected" in str(failures[0].value)
