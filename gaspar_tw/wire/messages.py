@@ -175,7 +175,7 @@ def decode_work(frames: Sequence[Any]) -> tuple[array, Sequence[Any]]:
 
 def is_mixed_work(frames: Sequence[Any]) -> bool:
     """True for a work message that carries calls (read it with L{decode_mixed_work})."""
-    return bool(frames[0][3] & 0x80)
+    return bool(_COUNT.unpack_from(frames[0])[0] & MIXED_BIT)
 
 
 def _frames_of(payload: Any) -> list:
