@@ -50,11 +50,11 @@ The data flow of a call::
                               when the exception does not unpickle here)
 
 Crashes, --timeout, max_pending, retry_on_crash and stopping apply to calls as to bytes
-requests (they are requests). Security, for now: a pool whose remote workers may join on a bind that is
-neither loopback nor CURVE-protected refuses calls at once (L{ProcessPool.call}); the rule
-to come sends them to its local workers only. Not yet: map(), deferToProcess, cancelling a
-running call (a queued call is dropped; a sent one is skipped if not started), and
-max_call_bytes.
+requests (they are requests). Security, for now: a pool whose remote workers may join on a
+bind that is neither loopback nor CURVE-protected refuses calls at once (ProcessPool.call);
+the rule to come sends them to its local workers only. Not yet: map(), deferToProcess,
+cancelling a running call (a queued call is dropped; a sent one is skipped if not started),
+and max_call_bytes.
 """
 
 from __future__ import annotations
