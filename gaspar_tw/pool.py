@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gaspar_tw.calls import submit_call
-from gaspar_tw.config import POOL, Config, crowding_warning
+from gaspar_tw.config import POOL, Config
 from gaspar_tw.consumer import Consumer
 from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import ServiceStopped
@@ -253,9 +253,6 @@ class ProcessPool(service.Service):
             self._bindRemote()  # first: if it cannot, nothing else has started
         self.dispatcher.accepting = True
         self.dispatcher.start()
-        crowded = crowding_warning(self.local.size)
-        if crowded:
-            log.warn("{warning}", warning=crowded)
         self.local.start(self.hub)
         log.info(
             "gaspar_tw {kind}: {n} workers running {spec}",

@@ -14,7 +14,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from gaspar_tw.config import WORKER_HOST, Config, crowding_warning
+from gaspar_tw.config import WORKER_HOST, Config
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire.control import CONNECTING
 from gaspar_tw.workers.local import LocalWorkers, WorkerProcess
@@ -92,9 +92,6 @@ class WorkerHost(service.Service):
             spec=self.handler_spec,
             address=self.config.connect,
         )
-        crowded = crowding_warning(self.pool.size)
-        if crowded:
-            log.warn("{warning}", warning=crowded)
         self.pool.start(None)
 
     @property

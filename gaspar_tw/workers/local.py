@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gaspar_tw.config import MAX_WORKERS
+from gaspar_tw.config import MAX_WORKERS, crowding_warning
 from gaspar_tw.dispatch import Dispatcher, WorkerLink
 from gaspar_tw.errors import HandlerError
 from gaspar_tw.stats import Stats
@@ -269,10 +269,13 @@ class LocalWorkers:
         self._memorySweep: LoopingCall | None = None
 
     def start(self, hub: ChannelHub | None) -> None:
-        """Start every worker (again, after L{stop})."""
+        """Start every worker (again, after L{stop}); warn if they crowd the CPUs."""
         self.hub = hub
         self.stopping = False
         self._failures = {}
+        crowded = crowding_warning(self.size)
+        if crowded:
+            log.warn("{warning}", warning=crowded)
         for slot in range(self.size):
             self._spawn(slot)
         if self.max_memory_hard:
