@@ -98,3 +98,29 @@ def test_mixed_replies_carry_call_outcomes_beside_handler_replies():
     # Replies without a call's outcome are the plain message.
     plain = wire.encode_mixed_replies(9, [1], bytes([wire.OK]), [b"ok"])
     assert plain == wire.encode_replies(9, [1], bytes([wire.OK]), [b"ok"])
+
+
+def test_memoryviews_travel_out_of_band_and_arrive_as_views_in_their_format():
+    data = bytearray(range(256)) * 4
+    arg = memoryview(data).cast("H", (2, 256))  # any format and shape, any size
+    call = pack_call(targets.identity, ([arg, memoryview(data)[::2]],), {})
+    assert len(call.frames) == 3
+    data[0] = 7  # the first frame is the caller's memory itself, not a copy
+    assert bytes(call.frames[1])[0] == 7
+    data[0] = 0
+    received = CallFrames([bytes(frame) for frame in call.frames])
+    status, outcome = run_call(received)
+    got, strided = unpack_outcome(status, CallFrames([bytes(f) for f in outcome.frames]))
+    assert type(got) is memoryview and (got.format, got.shape) == ("H", (2, 256))
+    assert got.tolist() == arg.tolist() and strided.tobytes() == bytes(data[::2])
+
+
+def test_a_large_bytearray_is_a_frame_of_its_own_and_a_small_one_is_not():
+    large, small = bytearray(OUT_OF_BAND_BYTES), bytearray(b"small")
+    call = pack_call(targets.echo, (large,), {"small": small})
+    assert len(call.frames) == 2
+    large[0] = 7  # the frame is the caller's memory, not a copy
+    assert bytes(call.frames[1])[0] == 7
+    status, outcome = run_call(CallFrames([bytes(frame) for frame in call.frames]))
+    got = unpack_outcome(status, CallFrames([bytes(f) for f in outcome.frames]))
+    assert got == ((large,), {"small": small}) and type(got[0][0]) is bytearray

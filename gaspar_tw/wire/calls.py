@@ -64,21 +64,51 @@ class _OutOfBand:
         return bytes, (pickle.PickleBuffer(self.data),)
 
 
+class _OutOfBandArray(_OutOfBand):
+    """A large C{bytearray}, pickled as a reference to a buffer sent beside the pickle (the
+    receiver's is a copy of the frame: a bytearray must be its own, writable memory)."""
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol):
+        return bytearray, (pickle.PickleBuffer(self.data),)
+
+
 def _outOfBand(value: Any) -> Any:
-    if type(value) is bytes and len(value) >= OUT_OF_BAND_BYTES:
+    """Wrap a large C{bytes} or C{bytearray} (an argument or a result: pickle's own code for
+    these types puts them in the pickle, copied) to travel as a frame of its own."""
+    kind = type(value)
+    if kind is bytes and len(value) >= OUT_OF_BAND_BYTES:
         return _OutOfBand(value)
+    if kind is bytearray and len(value) >= OUT_OF_BAND_BYTES:
+        return _OutOfBandArray(value)
     return value
 
 
+def view(buffer: Any, format: str, shape: tuple) -> memoryview:
+    """A C{memoryview} of a received buffer, in the format and shape it was sent with."""
+    return memoryview(buffer).cast("B").cast(format, shape)
+
+
+def _reduceView(value: memoryview) -> tuple:
+    """A memoryview (which pickle refuses) travels as an out-of-band buffer, read in place."""
+    if not value.contiguous:
+        value = memoryview(value.tobytes()).cast(value.format, value.shape)
+    return view, (pickle.PickleBuffer(value), value.format, value.shape)
+
+
 def _dispatch_table() -> dict:
-    """copyreg's reducers but one: C{twisted.persisted.styles} (loaded by parts of Twisted)
-    registers one for bound methods that pickles a classmethod as a method of C{type}; a
-    bound method's own C{__reduce__} (C{getattr(its self, its name)}) is right."""
-    return {
+    """copyreg's reducers but one, and ours for memoryviews. C{twisted.persisted.styles} (loaded by
+    parts of Twisted) registers a reducer for bound methods that pickles a classmethod as a
+    method of C{type}; a bound method's own C{__reduce__} (C{getattr(its self, its name)}) is
+    right."""
+    table = {
         kind: reducer
         for kind, reducer in copyreg.dispatch_table.items()
         if kind is not types.MethodType
     }
+    table[memoryview] = _reduceView
+    return table
 
 
 def _dumps(value: Any) -> list:
