@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,7 @@ def run_script(tmp_path, code: str) -> dict:
     script = tmp_path / "program.py"
     script.write_text(textwrap.dedent(code))
     env = child_env()
-    env["PYTHONPATH"] = f"{TESTS}:{env['PYTHONPATH']}"
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env["PYTHONPATH"]])
     result = subprocess.run(
         [sys.executable, str(script)],
         env=env,
