@@ -42,15 +42,19 @@ log = Logger()
 
 #: How often a drain checks whether every request is done.
 DRAIN_POLL_SECONDS = 0.05
+#: What the workers of a pool without a handler load (named, not imported: the pool imports
+#: nothing of the worker process): they run calls, and refuse bytes requests saying why.
+CALLS_ONLY_HANDLER = "gaspar_tw.worker.calls_only:no_handler"
 
 _SETTINGS = frozenset(f.name for f in fields(Config))
 
 
 class ProcessPool(service.Service):
     """Run C{handler} (C{bytes -> bytes}) in C{workers} processes: L{submit} a payload, get a
-    Deferred of its reply.
+    Deferred of its reply; or L{call} a function there.
 
-    C{handler} is a L{Consumer}, a module-level function or its ``"module:function"`` name.
+    C{handler} is a L{Consumer}, a module-level function or its ``"module:function"`` name;
+    without one (C{ProcessPool(workers=2)}) the pool only runs calls.
     The other settings (C{timeout}, C{max_pending}, C{retry_on_crash}, C{window},
     C{pythonpath}, C{drain_timeout}, C{bind}, C{curve_keys}, C{max_requests},
     C{max_requests_jitter}, C{max_memory}, C{max_memory_hard}) are L{Config}'s, given as
@@ -66,7 +70,7 @@ class ProcessPool(service.Service):
 
     def __init__(
         self,
-        handler: Consumer | str | Handler,
+        handler: Consumer | str | Handler | None = None,
         workers: int | None = None,
         *,
         reactor: Any = None,
@@ -76,6 +80,10 @@ class ProcessPool(service.Service):
         if workers is not None:
             settings["workers"] = workers
         self.config = Config.of(config, self.scope, **settings)
+        #: Whether it was given a handler (without one, it only runs calls).
+        self.hasHandler = handler is not None
+        if handler is None:
+            handler = CALLS_ONLY_HANDLER
         self.consumer = handler if isinstance(handler, Consumer) else Consumer(handler)
         self.reactor = reactor
         #: Counters of everything this pool does (read by gaspar_tw.metrics).
@@ -112,8 +120,16 @@ class ProcessPool(service.Service):
         L{gaspar_tw.RequestTimeout} past C{timeout}, L{gaspar_tw.Overloaded} when
         C{max_pending} requests wait, and L{gaspar_tw.ServiceStopped} once the pool stops.
         A request submitted before the pool starts waits for its workers. Cancelling it
-        drops the request, or has its worker skip it.
+        drops the request, or has its worker skip it. A pool without a handler fails it at
+        once with C{ValueError}.
         """
+        if not self.hasHandler:
+            return fail(
+                ValueError(
+                    "this pool has no handler to run a bytes request on: give ProcessPool a"
+                    " handler (ProcessPool('mymodule:work', workers=...)), or use call()"
+                )
+            )
         if self.dispatcher is None:
             self._build()
         return self.dispatcher.submit(payload)
@@ -258,7 +274,7 @@ class ProcessPool(service.Service):
             "gaspar_tw {kind}: {n} workers running {spec}",
             kind=self.kind,
             n=self.local.size,
-            spec=self.consumer.spec,
+            spec=self.consumer.spec if self.hasHandler else "calls only (no handler)",
         )
         self._startFrontEnds()
         waiters, self._readyWaiters = self._readyWaiters, []

@@ -56,3 +56,8 @@ def unpicklable_result():
 
 def length(data: bytes) -> int:
     return len(data)
+
+
+def with_pid(value):
+    """C{(the worker's pid, value)}: which process ran the call."""
+    return os.getpid(), value

@@ -303,6 +303,7 @@ ALLOWED: dict[str, set[str]] = {
         "proctitle",
         "errors",
     },
+    "default_pool": {"pool", "config"},
     # twistd's option parsing and service makers
     "options": {"config", "zeromq", "version", "errors"},
     "tap": {
@@ -332,7 +333,16 @@ ALLOWED: dict[str, set[str]] = {
         "errors",
     },
     # the public names, loaded lazily
-    ROOT: {"pool", "producer", "config", "client", "consumer", "errors", "version"},
+    ROOT: {
+        "pool",
+        "producer",
+        "default_pool",
+        "config",
+        "client",
+        "consumer",
+        "errors",
+        "version",
+    },
 }
 
 
