@@ -20,7 +20,7 @@ round, the order rotated each round, and reports medians and round-by-round rati
   with its default chunksize. A measurement repeats whole maps for its seconds. The peers'
   maps block the reactor while they run (their best case); gaspar_tw's reactor lag is probed
   every 1 ms throughout.
-- ``calls: 8 MiB argument``: ``echo(8 MiB of bytes)`` through ``pool.call``, 8 in flight,
+- ``calls: 8 MiB argument``: ``echo(8 MiB of bytes)`` through ``pool.call``, 4 in flight,
   beside ``ProcessPoolExecutor`` and ``submit()`` of the same bytes; then one call with a
   256 MiB argument (``len(data)``) in the ``pool.call`` and ProcessPoolExecutor rows: how much
   the parent grew while it went (its peak RSS, reset first, over its RSS before; and
@@ -89,11 +89,11 @@ def workloads() -> list[dict]:
             "name": "calls: 8 MiB argument",
             "handler": "echo",
             "size": 8 * MIB,
-            "concurrency": 8,
+            "concurrency": 4,
             "unit": "call",
             "reference": f"call w{w}",
             "reference_label": "call() w2",
-            "about": f"echo(8 MiB of bytes), 8 calls in flight, {w} workers per row",
+            "about": f"echo(8 MiB of bytes), 4 calls in flight, {w} workers per row",
             "rows": [("call", w), ("ppe", w), ("submit", w)],
             "nocopy": {
                 "bytes": NOCOPY_BYTES,
@@ -136,7 +136,8 @@ def best_ppe(samples: dict, key: str) -> tuple[float | None, str]:
             continue
         rate, row = max(theirs)
         ratios.append(sample["rps"] / rate)
-        winners[row.split()[0].removeprefix("ppe-map-")] += 1
+        size = row.split()[0].removeprefix("ppe-map-")
+        winners["len / (4 x workers)" if size == "auto" else f"{int(size):,}"] += 1
     said = ", ".join(f"{size} in {n} of {len(ratios)} rounds" for size, n in winners.most_common())
     return (statistics.median(ratios) if ratios else None), said or "none measured"
 

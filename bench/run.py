@@ -422,7 +422,8 @@ def render_targets(title: str, targets: list[tuple[str, float | None, float, str
     lines = [f"### {title}", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for name, value, goal, unit in targets:
         if value is None or value != value:
-            lines.append(f"| {name} | n/a | {goal:,} {unit} | - |")
+            wanted = "-" if name.startswith("(for scale)") else f"{goal:,} {unit}"
+            lines.append(f"| {name} | n/a | {wanted} | - |")
             continue
         if name.startswith("(for scale)"):
             lines.append(f"| {name} | {value:,.2f} {unit} | - | - |")
