@@ -243,7 +243,8 @@ def run_workload(
 ) -> dict:
     concurrency = work.get("concurrency", CONCURRENCY)
     print(
-        f"== {work['name']}: {rounds} rounds x {seconds}s per row, {concurrency} in flight",
+        f"== {work['name']}: {rounds} rounds x {seconds}s per row, "
+        + work.get("about", f"{concurrency} in flight"),
         file=sys.stderr,
     )
     # Rows that cannot run, or stopped running, have a note instead of samples.
@@ -443,8 +444,9 @@ def render_workload(result: dict) -> list[str]:
     lines = [f"### {result['name']}", ""]
     if "about" in result:
         lines += [result["about"] + ".", ""]
+    rate = "req/s" if unit == "req" else f"{unit}s/s"
     lines += [
-        f"| row | {unit}s/s | MiB/s | p50 ms{latency} | p99 ms{latency} "
+        f"| row | {rate} | MiB/s | p50 ms{latency} | p99 ms{latency} "
         f"| parent CPU µs/{unit} | lag p99 ms | errors | {reference} / row |",
         "|" + "---|" * 9,
     ]
@@ -481,8 +483,8 @@ def render(results: dict, meta: dict) -> str:
     lines = [
         f"Command: {meta['command']}",
         f"Machine: {meta['machine']}; {meta['rounds']} rounds x {meta['seconds']}s per row, "
-        f"{CONCURRENCY} requests in flight (cpu: 16); medians over rounds; ratios taken round"
-        " by round.",
+        f"{CONCURRENCY} requests in flight (cpu: 16; calls: as said under each); medians over"
+        " rounds; ratios taken round by round.",
         f"TCP load generator: {meta['loadgen']}.",
         "",
     ]
