@@ -452,11 +452,11 @@ def render_workload(result: dict) -> list[str]:
     ]
     for r in summarize(result):
         vs = f"{r['vs_reference']:.2f}x" if r["vs_reference"] else "-"
-        rate = f"{r['mib_s']:,.1f}" if result["size"] else "-"
+        mib = f"{r['mib_s']:,.1f}" if result["size"] else "-"
         cpu = f"{r['cpu_us']:.2f}" if unit == "item" else f"{r['cpu_us']:.0f}"
         lag = "-" if r["lag_p99_ms"] is None else f"{r['lag_p99_ms']:.2f}"
         lines.append(
-            f"| {r['name']} | {r['rps']:,.0f} | {rate} | {r['p50_ms']:.2f} "
+            f"| {r['name']} | {r['rps']:,.0f} | {mib} | {r['p50_ms']:.2f} "
             f"| {r['p99_ms']:.2f} | {cpu} | {lag} | {r['errors']} | {vs} |"
         )
     lines.append("")
