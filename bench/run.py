@@ -299,7 +299,7 @@ def run_workload(
         "name": work["name"],
         "size": work["size"],
         "concurrency": concurrency,
-        "samples": samples,
+        "samples": {key: measured for key, measured in samples.items() if measured},
         "notes": notes,
     }
     if nocopy:
