@@ -45,9 +45,12 @@ class Far:
         self.killed += 1
 
 
-def worker(token: int, local: bool) -> tuple[WorkerLink, Far]:
+def joined(dispatcher: Dispatcher, token: int, local: bool) -> tuple[WorkerLink, Far]:
+    """A worker, local or remote, ready for work, and its far end."""
     far = Far()
-    return WorkerLink(token, 1000 + token, far.send, kill=far.kill, local=local), far
+    link = WorkerLink(token, 1000 + token, far.send, kill=far.kill, local=local)
+    dispatcher.workerReady(link)
+    return link, far
 
 
 def kept_local(timeout: float | None = None) -> tuple[Clock, Dispatcher]:
@@ -83,10 +86,8 @@ def test_kept_local_calls_go_to_local_workers_only_and_bytes_requests_everywhere
     dispatcher = Dispatcher(clock, window=32)
     if keep_local:
         dispatcher.keepCallsLocal()
-    local, near = worker(1, local=True)
-    remote, far = worker(2, local=False)
-    dispatcher.workerReady(local)
-    dispatcher.workerReady(remote)
+    local, near = joined(dispatcher, 1, local=True)
+    remote, far = joined(dispatcher, 2, local=False)
     call_ids = calls(dispatcher, 8)
     request_ids = requests(dispatcher, 8)
     answer_all(clock, dispatcher, [local, remote])
@@ -102,10 +103,8 @@ def test_kept_local_calls_go_to_local_workers_only_and_bytes_requests_everywhere
 def test_calls_a_lost_local_worker_held_go_back_to_local_workers_only(given_up_by):
     clock, dispatcher = kept_local(timeout=1.0)
     dispatcher.start()
-    first, near = worker(1, local=True)
-    remote, far = worker(2, local=False)
-    dispatcher.workerReady(first)
-    dispatcher.workerReady(remote)
+    first, near = joined(dispatcher, 1, local=True)
+    remote, far = joined(dispatcher, 2, local=False)
     held = calls(dispatcher, 2)
     clock.advance(0)
     assert near.calls == held
@@ -122,8 +121,7 @@ def test_calls_a_lost_local_worker_held_go_back_to_local_workers_only(given_up_b
     requests(dispatcher, 4)
     clock.advance(0)
     assert far.calls == [] and far.requests  # bytes requests still go to the remote one
-    second, other = worker(3, local=True)
-    dispatcher.workerReady(second)
+    second, other = joined(dispatcher, 3, local=True)
     clock.advance(0)
     assert other.calls == retried
     assert far.calls == []
@@ -131,16 +129,13 @@ def test_calls_a_lost_local_worker_held_go_back_to_local_workers_only(given_up_b
 
 def test_a_retried_call_runs_alone_on_a_local_worker_and_holds_back_no_remote_one():
     clock, dispatcher = kept_local()
-    doomed, _ = worker(1, local=True)
-    remote, far = worker(2, local=False)
-    dispatcher.workerReady(doomed)
-    dispatcher.workerReady(remote)
+    doomed, _ = joined(dispatcher, 1, local=True)
+    remote, far = joined(dispatcher, 2, local=False)
     held = calls(dispatcher, 2)
     first_bytes = requests(dispatcher, 2)
     clock.advance(0)
     assert doomed.outstanding.keys() == set(held) and far.requests == first_bytes
-    survivor, near = worker(3, local=True)
-    dispatcher.workerReady(survivor)
+    survivor, near = joined(dispatcher, 3, local=True)
     requests(dispatcher, 2)
     clock.advance(0)
     assert len(near.requests) == 2  # both live workers are busy now
@@ -159,8 +154,7 @@ def test_a_retried_call_runs_alone_on_a_local_worker_and_holds_back_no_remote_on
 def test_a_kept_local_call_is_cancelled_expired_or_failed_where_it_waits():
     clock, dispatcher = kept_local(timeout=1.0)
     dispatcher.start()
-    remote, far = worker(2, local=False)
-    dispatcher.workerReady(remote)
+    remote, far = joined(dispatcher, 2, local=False)
     cancelled, *waiting = (dispatcher.submitCall(CallFrames([b"c"])) for _ in range(3))
     outcomes = []
     for d in (cancelled, *waiting):
@@ -169,8 +163,7 @@ def test_a_kept_local_call_is_cancelled_expired_or_failed_where_it_waits():
     assert outcomes.pop().check(CancelledError)
     assert dispatcher.queued == 2 and dispatcher.pending == 2
     tick(clock, 0.6)
-    retiring, gone = worker(3, local=True)
-    dispatcher.workerReady(retiring)
+    retiring, gone = joined(dispatcher, 3, local=True)
     dispatcher.retire(retiring.token)  # a retiring local worker takes no call either
     clock.advance(0)
     assert far.calls == [] and gone.calls == [] and dispatcher.queued == 2
@@ -181,8 +174,7 @@ def test_a_kept_local_call_is_cancelled_expired_or_failed_where_it_waits():
     stopped.addErrback(outcomes.append)
     dispatcher.failAll(ServiceStopped("stopped"))
     assert outcomes[-1].check(ServiceStopped) and dispatcher.queued == 0
-    ready, near = worker(1, local=True)
-    dispatcher.workerReady(ready)
+    ready, near = joined(dispatcher, 1, local=True)
     clock.advance(0)
     assert near.calls == [] and far.calls == []  # nothing was left behind in a queue
     dispatcher.stop()
