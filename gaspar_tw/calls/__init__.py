@@ -14,7 +14,7 @@ The data flow of a call::
       pack_call: pickle 5 of (fn, args, kwargs) ───────▶ PicklingError, at once (never sent)
         large bytes and PickleBuffers (numpy) are        |
         out-of-band buffers: views, not copies           |
-      Dispatcher.submit(CallFrames) ─▶ ReplyDeferred     |
+      Dispatcher.submitCall(CallFrames) ─▶ ReplyDeferred |
         │  request table (id, admission, timeout)        |
         ▼                                                |
       queue ─▶ scheduler: a batch for the least loaded   |
@@ -58,8 +58,8 @@ loopback or CURVE-protected. When remote workers may join on an exposed bind (ne
 pool keeps calls local from its first call (said once in the log): Dispatcher.submitCall
 puts each call in a queue of its own that only local WorkerLinks are served from, and a call
 requeued, or retried alone after a crash, stays local; bytes requests take their usual path
-to every worker, at no extra cost (nor does anything when the rule is off). With no local
-workers, a call fails at once (ValueError). Two guards behind that: the pool drops unread a
+to every worker and pay nothing for the rule, on or off. With no local workers, a call
+fails at once (ValueError). Two guards behind that: the pool drops unread a
 remote worker's replies that may carry call outcomes (pickles) over an exposed bind, and a
 worker host that reaches its producer over an exposed address answers any call it is sent
 with an error, unread (--refuse-calls), still serving the bytes requests beside it.
