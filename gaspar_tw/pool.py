@@ -37,6 +37,7 @@ from gaspar_tw.stats import Stats
 from gaspar_tw.wire.control import HURRIED_STOP_GRACE_SECONDS, STOP_GRACE_SECONDS
 from gaspar_tw.workers.local import LocalWorkers
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
+from gaspar_tw.zeromq.exposure import is_exposed
 
 log = Logger()
 
@@ -96,6 +97,9 @@ class ProcessPool(service.Service):
         self._readyWaiters: list[Deferred] = []
         self._draining: Deferred | None = None
         self._drainDeadline = 0.0
+        #: Whether calls go to local workers only (decided at the first call).
+        self._callsLocalOnly: bool | None = None
+        self._saidCallsLocal = False
         if reactor is not None or "twisted.internet.reactor" in sys.modules:
             self._build()  # a reactor is chosen already: looking it up later changes nothing
 
@@ -145,30 +149,50 @@ class ProcessPool(service.Service):
         C{remote_traceback}), or with L{gaspar_tw.RemoteError} if it cannot be unpickled
         here. Otherwise as L{submit}: crashes, C{timeout}, C{max_pending}, stopping.
 
-        A pickle can run code: a pool whose remote workers' C{bind} is neither loopback nor
-        CURVE-protected refuses calls (C{ValueError}, at once).
+        A pickle runs code where it is read: if remote workers may join on a C{bind} that is
+        neither loopback nor CURVE-protected, calls run on local workers only (said once in
+        the log; bytes requests still go to every worker), and fail at once with
+        C{ValueError} if the pool has no local workers.
         """
         if self.dispatcher is None:
             self._build()
-        refusal = self._callsRefused()
-        if refusal:
-            return fail(ValueError(refusal))
+        if self._callsLocalOnly is None:
+            self._callsLocalOnly = self._unprotectedBind()
+            if self._callsLocalOnly:
+                self.dispatcher.keepCallsLocal()
+        if self._callsLocalOnly:
+            refusal = self._localCallsOnly()
+            if refusal:
+                return fail(ValueError(refusal))
         return submit_call(self.dispatcher, fn, args, kwargs)
 
-    def _callsRefused(self) -> str:
-        """Why this pool may not send calls (a pickle runs code where it is read), or ""."""
+    def _unprotectedBind(self) -> bool:
+        """Whether remote workers may join on a C{bind} that is neither loopback nor
+        CURVE-protected (anyone who reaches it could read what is sent there)."""
         bind = self.config.bind
-        if bind is None or self.config.curve_keys:
-            return ""
-        from gaspar_tw.workers.remote import is_loopback  # lazily: it loads txZMQ
+        return bind is not None and is_exposed(bind, self.config.curve_keys)
 
-        if is_loopback(bind):
-            return ""
-        return (
-            f"calls are refused: remote workers may join on {bind}, which is neither loopback "
-            f"nor CURVE-protected, and a pickled call runs code wherever it is read; give the "
-            f"pool curve_keys, or bind to 127.0.0.1"
-        )
+    def _localCallsOnly(self) -> str:
+        """Calls go to local workers only: say so once; why a call cannot run, or ""."""
+        bind = self.config.bind
+        if not self.workers:
+            return (
+                f"this {self.kind} cannot run calls: it has no local workers (workers=0), and"
+                f" sends no calls to remote workers on {bind}, which is neither loopback nor"
+                f" CURVE-protected (a pickled call runs code wherever it is read); give it"
+                f" curve_keys (--curve-keys), bind to 127.0.0.1, or give it local workers"
+            )
+        if not self._saidCallsLocal:
+            self._saidCallsLocal = True
+            log.warn(
+                "calls run on this {kind}'s local workers only: remote workers join on {bind},"
+                " which is neither loopback nor CURVE-protected, and a pickled call runs code"
+                " wherever it is read (bytes requests still go to every worker); give it"
+                " curve_keys (--curve-keys), or bind to 127.0.0.1, to send calls there too",
+                kind=self.kind,
+                bind=bind,
+            )
+        return ""
 
     def whenReady(self) -> Deferred:
         """Fires (with this pool) once every local worker is ready (and, for a producer, its

@@ -280,6 +280,7 @@ ALLOWED: dict[str, set[str]] = {
         "workers",
         "ops",
         "config",
+        "zeromq",
         "consumer",
         "handler",
         "wire",

@@ -133,9 +133,11 @@ async def test_calls_and_bytes_requests_share_a_pool(pool):
     assert results[-1] == b"Y" * 100_000
 
 
-def test_a_pool_with_an_unprotected_non_loopback_bind_refuses_calls():
-    pool = ProcessPool("gaspar_tw.examples:upper", 1, bind="tcp://0.0.0.0:*")  # not started
+def test_a_pool_with_no_local_workers_and_an_exposed_bind_fails_calls_at_once():
+    pool = ProcessPool("gaspar_tw.examples:upper", 0, bind="tcp://0.0.0.0:*")  # not started
     failures = []
     pool.call(targets.identity, 1).addErrback(failures.append)
     assert failures and failures[0].check(ValueError)
-    assert "neither loopback nor CURVE-protected" in str(failures[0].value)
+    message = str(failures[0].value)
+    assert "no local workers" in message and "neither loopback nor CURVE-protected" in message
+    assert "\n" not in message

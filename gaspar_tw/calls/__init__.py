@@ -14,7 +14,7 @@ The data flow of a call::
       pack_call: pickle 5 of (fn, args, kwargs) ───────▶ PicklingError, at once (never sent)
         large bytes and PickleBuffers (numpy) are        |
         out-of-band buffers: views, not copies           |
-      Dispatcher.submit(CallFrames) ─▶ ReplyDeferred     |
+      Dispatcher.submitCall(CallFrames) ─▶ ReplyDeferred |
         │  request table (id, admission, timeout)        |
         ▼                                                |
       queue ─▶ scheduler: a batch for the least loaded   |
@@ -50,11 +50,22 @@ The data flow of a call::
                               when the exception does not unpickle here)
 
 Crashes, --timeout, max_pending, retry_on_crash and stopping apply to calls as to bytes
-requests (they are requests). Security, for now: a pool whose remote workers may join on a
-bind that is neither loopback nor CURVE-protected refuses calls at once (ProcessPool.call);
-the rule to come sends them to its local workers only. Not yet: map(), deferToProcess,
-cancelling a running call (a queued call is dropped; a sent one is skipped if not started),
-and max_call_bytes.
+requests (they are requests).
+
+Security: a pickle runs code wherever it is read, so a call only travels where no stranger
+can read or write it: the private ipc:// channel to local workers, and a --bind that is
+loopback or CURVE-protected. When remote workers may join on an exposed bind (neither), the
+pool keeps calls local from its first call (said once in the log): Dispatcher.submitCall
+puts each call in a queue of its own that only local WorkerLinks are served from, and a call
+requeued, or retried alone after a crash, stays local; bytes requests take their usual path
+to every worker and pay nothing for the rule, on or off. With no local workers, a call
+fails at once (ValueError). Two guards behind that: the pool drops unread a
+remote worker's replies that may carry call outcomes (pickles) over an exposed bind, and a
+worker host that reaches its producer over an exposed address answers any call it is sent
+with an error, unread (--refuse-calls), still serving the bytes requests beside it.
+
+Not yet: map(), deferToProcess, cancelling a running call (a queued call is dropped; a sent
+one is skipped if not started), and max_call_bytes.
 """
 
 from __future__ import annotations
@@ -80,8 +91,7 @@ def submit_call(dispatcher: Dispatcher, fn: Callable, args: tuple, kwargs: dict)
         call = pack_call(fn, args, kwargs)
     except Exception:
         return fail()
-    dispatcher.carryCalls()
-    return dispatcher.submit(call)
+    return dispatcher.submitCall(call)
 
 
 __all__ = ["submit_call"]

@@ -16,6 +16,7 @@ from gaspar_tw.dispatch.scheduler import Scheduler
 from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.dispatch.timeouts import Timeouts
 from gaspar_tw.stats import Stats
+from gaspar_tw.wire.calls import CallFrames
 from gaspar_tw.wire.messages import SKIPPED, busy_seconds, decode_replies
 
 
@@ -65,6 +66,7 @@ class Dispatcher:
         self._ids = self._table.ids
         self._requests = self._table.requests
         self._queue = self._scheduler.queue
+        self._localQueue = self._scheduler.localQueue
         self._suspects = self._scheduler.suspects
         self._links = self._scheduler.links
         self._flush_call = None
@@ -142,7 +144,7 @@ class Dispatcher:
     @property
     def queued(self) -> int:
         """Requests waiting for a worker with room."""
-        return len(self._queue) + len(self._suspects)
+        return sum(map(len, self._scheduler.queues))
 
     # -- callers ---------------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class Dispatcher:
         It fails with L{RemoteError} if the handler raised, L{WorkerCrashed} if the worker
         died with it, L{RequestTimeout} past C{timeout}, L{Overloaded} if C{max_pending}
         requests are already waiting, and L{ServiceStopped} once the producer stops.
-        Cancelling it drops a queued request.
+        Cancelling it drops a queued request. Calls are submitted with L{submitCall}.
         """
         d = ReplyDeferred(self._cancelDeferred)
         d.rid = self.submitTo(payload, d)
@@ -161,6 +163,21 @@ class Dispatcher:
     def carryCalls(self) -> None:
         """Calls (L{gaspar_tw.calls}) may be submitted from now on (see L{Scheduler.carryCalls})."""
         self._scheduler.carryCalls()
+
+    def submitCall(self, call: CallFrames) -> Deferred:
+        """Queue a call (L{gaspar_tw.calls}); as L{submit}, but its Deferred fires with the
+        call's result. While calls are kept local (L{keepCallsLocal}), only local workers
+        are sent it."""
+        self._scheduler.carryCalls()
+        d = self.submit(call)
+        if d.rid:
+            self._scheduler.queuedCall(d.rid)
+        return d
+
+    def keepCallsLocal(self) -> None:
+        """From now on, send calls to local workers only (L{WorkerLink.local}); bytes
+        requests still go to every worker (see L{Scheduler.keepCallsLocal})."""
+        self._scheduler.keepCallsLocal()
 
     def submitTo(self, payload: bytes, receiver: IReplyReceiver) -> int:
         """Queue C{payload}; its outcome goes to C{receiver}, as for L{submit}.
@@ -209,7 +226,7 @@ class Dispatcher:
 
     def workerReady(self, link: WorkerLink) -> None:
         self._links[link.token] = link
-        if self._queue or self._suspects:
+        if any(self._scheduler.queues):
             self._scheduleFlush()
 
     def retire(self, token: int) -> None:
@@ -253,7 +270,7 @@ class Dispatcher:
         self._delivery.replies(link.outstanding, ids, statuses, payloads)
         if link.retiring and not link.outstanding:
             link.drained()
-        if self._queue or self._suspects:
+        if self._queue or self._suspects or self._localQueue:
             self._flush()
 
     def afterReplies(self, call: Callable[[], None]) -> None:

@@ -18,7 +18,9 @@ class WorkerLink:
     order (a request cancelled before it started is answered L{messages.SKIPPED}), so its first
     id is the request the worker is running now. C{send} takes a list of messages (work, or
     a cancel). C{kill} asks the worker's owner to end the process (the dispatcher has
-    already given up on it).
+    already given up on it). C{local}: a worker process of this pool's own (over its private
+    C{ipc://} channel), not a remote one; only local workers are sent calls while the
+    dispatcher keeps calls local (L{Dispatcher.keepCallsLocal}).
     """
 
     token: int
@@ -27,6 +29,7 @@ class WorkerLink:
     kill: Callable[[], None] = _noop
     #: Called once a retiring worker (L{Dispatcher.retire}) has answered all it held.
     drained: Callable[[], None] = _noop
+    local: bool = False
     outstanding: dict = field(default_factory=dict)
     retiring: bool = False
     #: The request first at the last sweep, and the sweep count stamped when it became so.

@@ -1,5 +1,5 @@
-"""Which worker gets which queued request: window sizes, least-loaded fair shares, and
-requests retried after a crash, each run alone."""
+"""Which worker gets which queued request: window sizes, least-loaded fair shares, requests
+retried after a crash, each run alone, and calls kept on local workers when they must be."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from gaspar_tw.dispatch.requests import Request
 from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.errors import WorkerCrashed
 from gaspar_tw.stats import Stats
+from gaspar_tw.wire.calls import CallFrames
 from gaspar_tw.wire.messages import encode_cancel, encode_mixed_work, encode_work
 
 log = Logger()
@@ -39,6 +40,10 @@ class Scheduler:
     with L{WorkerCrashed}; while they wait, as many of the least-loaded workers are reserved
     for them (given no new work until idle).
 
+    While calls are kept local (L{keepCallsLocal}), calls wait in a queue of their own,
+    C{localQueue}, which only local workers are served from (before the shared C{queue}); a
+    retried call runs alone on a local worker. Bytes requests take the same path either way.
+
     C{requests} is the request table's dict; C{sweep} stamps requests as they join a queue;
     C{scheduleFlush} asks for a L{flush} on the next reactor turn.
     """
@@ -61,8 +66,14 @@ class Scheduler:
         #: the first report: until then requests are spread, the window is L{INITIAL_WINDOW}).
         self.handler_time: float | None = None
         self.queue: deque[Request] = deque()
+        #: Calls that may run on local workers only (L{keepCallsLocal}).
+        self.localQueue: deque[Request] = deque()
         #: Requests held by a worker that died: each is retried alone on an idle worker.
         self.suspects: deque[Request] = deque()
+        #: Every queue a request may wait in.
+        self.queues = (self.queue, self.localQueue, self.suspects)
+        #: Whether calls may run on local workers only (see L{keepCallsLocal}).
+        self.callsLocalOnly = False
         self.links: dict[int, WorkerLink] = {}
         #: Tokens of workers running one suspect alone.
         self.isolating: set[int] = set()
@@ -77,6 +88,24 @@ class Scheduler:
     def carryCalls(self) -> None:
         """Calls may be queued from now on: encode batches that may hold them."""
         self.encodeWork = encode_mixed_work
+
+    # -- calls kept local ------------------------------------------------------------------
+
+    def keepCallsLocal(self) -> None:
+        """From now on, send calls to local workers only (L{WorkerLink.local}): remote
+        workers join on an address that is neither loopback nor CURVE-protected, and a
+        pickled call runs code wherever it is read."""
+        self.callsLocalOnly = True
+
+    def queuedCall(self, rid: int) -> None:
+        """The call C{rid} was just queued (last, in C{queue}): move it to C{localQueue} if
+        calls are kept local."""
+        if self.callsLocalOnly and self.queue and self.queue[-1].rid == rid:
+            self.localQueue.append(self.queue.pop())
+
+    def mustRunLocally(self, request: Request) -> bool:
+        """Whether C{request} may go to local workers only (a call, while kept local)."""
+        return self.callsLocalOnly and type(request.payload) is CallFrames
 
     # -- window ----------------------------------------------------------------------------
 
@@ -101,10 +130,17 @@ class Scheduler:
     # -- sending ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Send queued requests to workers with room, least-loaded first, fair shares."""
+        """Send queued requests to workers with room, least-loaded first, fair shares
+        (calls kept local first, to local workers)."""
         if self.suspects or self.isolating or self.reserved:
             self._sendSuspects()
-        queue = self.queue
+        if self.localQueue:
+            self._fill(self.localQueue, localOnly=True)
+        if self.queue:
+            self._fill(self.queue)
+
+    def _fill(self, queue: deque[Request], localOnly: bool = False) -> None:
+        """Send what C{queue} holds to workers with room (local ones only if C{localOnly})."""
         window = self.windowSize()
         while queue:
             links = [
@@ -112,6 +148,8 @@ class Scheduler:
                 for link in self.links.values()
                 if len(link.outstanding) < window and not link.retiring
             ]
+            if localOnly:
+                links = [link for link in links if link.local]
             if self.isolating or self.reserved:
                 setAside = self.isolating | self.reserved
                 links = [link for link in links if link.token not in setAside]
@@ -145,11 +183,13 @@ class Scheduler:
         link.kill()
 
     def _sendSuspects(self) -> None:
-        """Give each retried request, alone, to a worker that holds nothing else.
+        """Give each retried request, alone, to a worker that holds nothing else (a local
+        one for a call kept local).
 
         While retried requests wait and no worker is idle, the least-loaded workers (one per
-        waiting request) are reserved: they get no new work, so each is idle once it has
-        answered what it holds, and a retried request waits that long at most under any load.
+        waiting request, local ones for calls kept local) are reserved: they get no new work,
+        so each is idle once it has answered what it holds, and a retried request waits that
+        long at most under any load.
         """
         links = self.links
         for token in list(self.isolating):
@@ -162,55 +202,110 @@ class Scheduler:
             if not link.outstanding and not link.retiring and link.token not in self.isolating
         ]
         idle.sort(key=lambda link: link.token in reserved)  # reserved ones are taken first
-        while self.suspects and idle:
-            link = idle.pop()
-            request = self.suspects.popleft()
+        suspects = self.suspects
+        waitingForLocal: list[Request] = []
+        while suspects and idle:
+            request = suspects.popleft()
+            link = self._idleFor(request, idle)
+            if link is None:
+                waitingForLocal.append(request)
+                continue
             try:
                 link.send(self.encodeWork([request.rid], [request.payload]))
             except Exception:
-                self.suspects.appendleft(request)
+                suspects.appendleft(request)
                 self._sendFailed(link)  # it held nothing: idle
                 continue
             link.outstanding[request.rid] = None
             self.isolating.add(link.token)
             reserved.discard(link.token)
+        suspects.extendleft(reversed(waitingForLocal))
         self._reserve()
 
+    def _idleFor(self, request: Request, idle: list[WorkerLink]) -> WorkerLink | None:
+        """Take from C{idle} the last worker C{request} may go to (a local one for a call
+        kept local); C{None} if there is none."""
+        if not self.mustRunLocally(request):
+            return idle.pop()
+        for index in range(len(idle) - 1, -1, -1):
+            if idle[index].local:
+                return idle.pop(index)
+        return None
+
     def _reserve(self) -> None:
-        """Hold back as many workers as retried requests wait: the least loaded ones."""
+        """Hold back as many workers as retried requests wait, the least loaded ones: for
+        retried calls kept local, local ones (none if no local worker is free)."""
+        links = self.links
         reserved = self.reserved
         for token in list(reserved):
-            if self.links[token].retiring:
+            if links[token].retiring:
                 reserved.discard(token)
-        excess = len(reserved) - len(self.suspects)
+        needed = len(self.suspects)
+        keptLocal = 0  # reserved local workers that must stay reserved
+        if self.callsLocalOnly:
+            localNeeded = sum(map(self.mustRunLocally, self.suspects))
+            if localNeeded:
+                self._reserveMore(localNeeded - self._localReserved(), localOnly=True)
+                keptLocal = min(localNeeded, self._localReserved())
+                needed -= localNeeded - keptLocal  # no remote worker is held back for them
+        excess = len(reserved) - needed
         if excess > 0:
-            held = sorted((self.links[token] for token in reserved), key=load)
-            reserved.difference_update(link.token for link in held[-excess:])
+            spareLocal = self._localReserved() - keptLocal
+            held = sorted((links[token] for token in reserved), key=load)
+            for link in reversed(held):  # the most loaded go first; enough local ones stay
+                if not excess:
+                    break
+                if link.local:
+                    if not spareLocal:
+                        continue
+                    spareLocal -= 1
+                reserved.discard(link.token)
+                excess -= 1
         elif excess < 0:
-            free = [
-                link
-                for link in self.links.values()
-                if not link.retiring
-                and link.token not in reserved
-                and link.token not in self.isolating
-            ]
-            free.sort(key=load)
-            reserved.update(link.token for link in free[:-excess])
+            self._reserveMore(-excess)
+
+    def _localReserved(self) -> int:
+        return sum(self.links[token].local for token in self.reserved)
+
+    def _reserveMore(self, n: int, localOnly: bool = False) -> None:
+        """Reserve the C{n} least-loaded workers not yet set aside (local ones if
+        C{localOnly})."""
+        if n <= 0:
+            return
+        free = [
+            link
+            for link in self.links.values()
+            if not link.retiring
+            and link.token not in self.reserved
+            and link.token not in self.isolating
+            and (link.local or not localOnly)
+        ]
+        free.sort(key=load)
+        self.reserved.update(link.token for link in free[:n])
 
     # -- queues ----------------------------------------------------------------------------
 
     def requeue(self, requests: list[Request]) -> None:
-        """Put requests back at the head of the queue, their queue wait starting afresh."""
+        """Put requests back at the head of their queue, their queue wait starting afresh."""
         if not requests:
             return
         for request in requests:
             request.queuedAt = self._sweep.count
+        if self.callsLocalOnly:
+            local = [request for request in requests if self.mustRunLocally(request)]
+            if local:
+                self.localQueue.extendleft(reversed(local))
+                requests = [request for request in requests if not self.mustRunLocally(request)]
         self.queue.extendleft(reversed(requests))
         self._scheduleFlush()
 
+    def waiting(self) -> list[Request]:
+        """Every request waiting in a queue."""
+        return [request for waiting in self.queues for request in waiting]
+
     def drop(self, rids: set[int]) -> None:
         """Take the requests with ids C{rids} off the queues, wherever they wait."""
-        for waiting in (self.queue, self.suspects):
+        for waiting in self.queues:
             kept = [request for request in waiting if request.rid not in rids]
             if len(kept) != len(waiting):
                 waiting.clear()
@@ -220,7 +315,7 @@ class Scheduler:
 
     def cancel(self, request: Request) -> None:
         """Drop a cancelled request if it waits; have its worker skip it if not started."""
-        for waiting in (self.queue, self.suspects):
+        for waiting in self.queues:
             try:
                 waiting.remove(request)
             except ValueError:
@@ -244,8 +339,8 @@ class Scheduler:
 
     def clear(self) -> None:
         """Forget every request (the table has been emptied)."""
-        self.queue.clear()
-        self.suspects.clear()
+        for waiting in self.queues:
+            waiting.clear()
         for link in self.links.values():
             link.outstanding.clear()
 

@@ -47,7 +47,7 @@ class Timeouts:
                 link.watched, link.watchedAt = running, sweep.count - 1
             elif sweep.expired(link.watchedAt):
                 self._abandon(link, running)
-        if scheduler.queue or scheduler.suspects:
+        if any(scheduler.queues):
             self._expireQueued()
 
     def _abandon(self, link: WorkerLink, running: int) -> None:
@@ -73,7 +73,7 @@ class Timeouts:
     def _expireQueued(self) -> None:
         scheduler = self._scheduler
         expired = self._sweep.expired
-        stale = [r for r in (*scheduler.queue, *scheduler.suspects) if expired(r.queuedAt)]
+        stale = [r for r in scheduler.waiting() if expired(r.queuedAt)]
         if not stale:
             return
         scheduler.drop({request.rid for request in stale})

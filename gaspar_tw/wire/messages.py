@@ -275,6 +275,13 @@ def encode_mixed_replies(
     return [head, *(frame for frames in parts for frame in frames)]
 
 
+def is_mixed_replies(head) -> bool:
+    """True for a replies message (its first frame) that may carry calls' outcomes."""
+    return len(head) >= _REPLIES_HEAD.size and bool(
+        _COUNT.unpack_from(head, _REPLIES_HEAD.size - 4)[0] & MIXED_BIT
+    )
+
+
 def busy_seconds(head: bytes) -> float:
     """The handler time a replies message reports (its first frame)."""
     return _BUSY.unpack_from(head, 9)[0] / 1e6

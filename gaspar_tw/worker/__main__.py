@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply", help="ZeroMQ address of the producer's PULL")
     parser.add_argument("--connect", help="a remote producer's --bind address (instead)")
     parser.add_argument("--curve-keys", help="directory of CURVE keys for --connect")
+    parser.add_argument(
+        "--refuse-calls", action="store_true", help="answer calls with an error, unread"
+    )
     parser.add_argument("--pythonpath", action="append", default=[])
     parser.add_argument("--max-requests", type=int, default=0, help="ask to be recycled after")
     parser.add_argument("--max-memory", type=int, default=0, help="MB: ask to be recycled over")
@@ -64,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.connect:
             from gaspar_tw.worker.relay import RemoteWorker  # its relay thread: remote only
 
-            worker = RemoteWorker(handler, args.token, args.connect, args.curve_keys)
+            worker = RemoteWorker(
+                handler, args.token, args.connect, args.curve_keys, args.refuse_calls
+            )
         else:
             worker = Worker(
                 handler,

@@ -106,6 +106,8 @@ class Worker:
         self._alarm = False  # the flush timer is armed
         #: Plain replies until this worker is sent a call (no per-reply check before that).
         self._encodeReplies = messages.encode_replies
+        #: How a mixed message's requests are run (a remote worker may refuse its calls).
+        self.runMixed = call_handler_or_run_call
         signal.signal(signal.SIGALRM, self._onAlarm)
 
     def openSockets(self, work_address: str, reply_address: str) -> tuple[zmq.Socket, zmq.Socket]:
@@ -173,7 +175,7 @@ class Worker:
                 return True
             if messages.is_mixed_work(frames):  # calls: one check a message, not a request
                 ids, payloads = messages.decode_mixed_work(frames)
-                run = call_handler_or_run_call
+                run = self.runMixed
                 self._encodeReplies = messages.encode_mixed_replies
             else:
                 ids, payloads = messages.decode_work(frames)

@@ -492,6 +492,7 @@ class LocalWorkers:
             process.channel.send,
             partial(self.kill, token),
             partial(self._drained, token),
+            local=True,
         )
         self.dispatcher.workerReady(process.link)
         self.becameReady(process)
