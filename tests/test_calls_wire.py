@@ -73,6 +73,19 @@ def test_a_mixed_work_message_carries_calls_beside_handler_requests():
     assert plain == wire.encode_work([1, 2], [b"a", b"b"])[0] and not wire.is_mixed_work(plain)
 
 
+def test_small_calls_travel_packed_in_one_frame_large_buffers_each_in_their_own():
+    small = [pack_call(targets.echo, (i,), {}) for i in range(50)]
+    large = pack_call(targets.echo, (b"L" * wire.PACK_LIMIT,), {})  # in the pickle
+    [message] = wire.encode_mixed_work(range(52), [*small, b"bytes", large])
+    assert len(message) == 1 + 1 + 1  # the head, 51 small frames in one, the large pickle
+    ids, payloads = wire.decode_mixed_work([bytes(frame) for frame in message])
+    assert list(ids) == list(range(52)) and payloads[50] == b"bytes"
+    assert [run_call(call)[1].frames for call in payloads[:50]] == [
+        run_call(call)[1].frames for call in small
+    ]
+    assert payloads[51].frames == large.frames
+
+
 def test_a_mixed_work_batch_is_cut_into_messages_by_size():
     call = pack_call(targets.echo, (b"c" * wire.MESSAGE_BYTES,), {})
     messages = wire.encode_mixed_work([1, 2, 3], [call, b"x", call])
@@ -86,7 +99,7 @@ def test_mixed_replies_carry_call_outcomes_beside_handler_replies():
     frames = wire.encode_mixed_replies(
         9, [1, 2, 3, 4], statuses, [b"ok", outcome, b"{}", raised], 0.5
     )
-    assert len(frames) == 1 + 1 + 2 + 1 + 2  # a frame per reply, buffers their own
+    assert len(frames) == 3  # the head, the small frames packed in one, the large buffer
     frames = [bytes(frame) for frame in frames]
     assert wire.frame_kind(frames[0]) == (wire.REPLIES, 9) and wire.busy_seconds(frames[0]) == 0.5
     ids, got_statuses, payloads = wire.decode_replies(frames)

@@ -42,7 +42,7 @@ class CallFrames:
 
     def __init__(self, frames: list) -> None:
         self.frames = frames
-        self.nbytes = sum(memoryview(frame).nbytes for frame in frames)
+        self.nbytes = sum(map(len, frames))  # each is bytes or a view of bytes (format "B")
 
     def __len__(self) -> int:
         return self.nbytes
@@ -74,6 +74,9 @@ class _OutOfBandArray(_OutOfBand):
         return bytearray, (pickle.PickleBuffer(self.data),)
 
 
+_LARGE_KINDS = (bytes, bytearray)
+
+
 def _outOfBand(value: Any) -> Any:
     """Wrap a large C{bytes} or C{bytearray} (an argument or a result: pickle's own code for
     these types puts them in the pickle, copied) to travel as a frame of its own."""
@@ -98,10 +101,10 @@ def _reduceView(value: memoryview) -> tuple:
 
 
 def _dispatch_table() -> dict:
-    """copyreg's reducers but one, and ours for memoryviews. C{twisted.persisted.styles} (loaded by
-    parts of Twisted) registers a reducer for bound methods that pickles a classmethod as a
-    method of C{type}; a bound method's own C{__reduce__} (C{getattr(its self, its name)}) is
-    right."""
+    """copyreg's reducers but one, and ours for memoryviews. C{twisted.persisted.styles}
+    (loaded by parts of Twisted) registers a reducer for bound methods that pickles a
+    classmethod as a method of C{type}; a bound method's own C{__reduce__} (C{getattr(its
+    self, its name)}) is right."""
     table = {
         kind: reducer
         for kind, reducer in copyreg.dispatch_table.items()
@@ -111,14 +114,36 @@ def _dispatch_table() -> dict:
     return table
 
 
+class _Pickler(pickle.Pickler):
+    """Protocol 5 with L{_dispatch_table} (made again when copyreg's changes: L{_pickler})."""
+
+    dispatch_table: dict = {}
+    copyregSize = -1
+
+
+def _pickler(out: io.BytesIO, buffers: list) -> _Pickler:
+    if _Pickler.copyregSize != len(copyreg.dispatch_table):
+        _Pickler.copyregSize = len(copyreg.dispatch_table)
+        _Pickler.dispatch_table = _dispatch_table()
+    return _Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
+
+
 def _dumps(value: Any) -> list:
     """C{[pickle, buffer...]}: PickleBuffers (numpy arrays, large top-level bytes) out of band."""
     buffers: list = []
     out = io.BytesIO()
-    pickler = pickle.Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
-    pickler.dispatch_table = _dispatch_table()
-    pickler.dump(value)
+    _pickler(out, buffers).dump(value)
+    if not buffers:
+        return [out.getvalue()]
     return [out.getvalue(), *(buffer.raw() for buffer in buffers)]
+
+
+def _anyLarge(values: Any) -> bool:
+    """Whether one of C{values} is a C{bytes} or C{bytearray} to send out of band."""
+    for value in values:
+        if type(value) in _LARGE_KINDS and len(value) >= OUT_OF_BAND_BYTES:
+            return True
+    return False
 
 
 def describe(fn: Any) -> str:
@@ -158,11 +183,11 @@ def pack_call(fn: Callable, args: tuple, kwargs: dict) -> CallFrames:
     (from pickle's own error) for what cannot be pickled.
     """
     check_callable(fn)
-    value = (
-        fn,
-        tuple(map(_outOfBand, args)),
-        {key: _outOfBand(item) for key, item in kwargs.items()},
-    )
+    if _anyLarge(args):
+        args = tuple(map(_outOfBand, args))
+    if kwargs and _anyLarge(kwargs.values()):
+        kwargs = {key: _outOfBand(item) for key, item in kwargs.items()}
+    value = (fn, args, kwargs)
     try:
         return CallFrames(_dumps(value))
     except Exception as e:

@@ -182,12 +182,61 @@ def _frames_of(payload: Any) -> list:
     return payload.frames if type(payload) is CallFrames else [payload]
 
 
+#: A frame's entry in a mixed message's sizes: it travels as a frame of its own.
+OWN_FRAME = 0xFFFFFFFF
+
+
+def _pack_frames(parts: list[list]) -> tuple[bytes, list]:
+    """C{(counts + sizes, frames)} of a mixed message's requests or replies: each request's
+    frames as C{parts}, those under L{PACK_LIMIT} packed together in the first frame, the
+    others (L{OWN_FRAME}) each a frame of its own, after it."""
+    sizes = array("I")
+    packed = []
+    own = []
+    for frames in parts:
+        for frame in frames:
+            size = len(frame)
+            if size < PACK_LIMIT:
+                sizes.append(size)
+                packed.append(frame)
+            else:
+                sizes.append(OWN_FRAME)
+                own.append(frame)
+    counts = _array_to_wire(array("I", map(len, parts)))
+    return counts + _array_to_wire(sizes), [b"".join(packed), *own]
+
+
+def _unpack_frames(meta, offset: int, n: int, frames: Sequence[Any]) -> list[list]:
+    """Each request's (or reply's) frames, from the counts and sizes at C{offset} of C{meta}
+    and a mixed message's frames after its first (see L{_pack_frames})."""
+    view = memoryview(meta)
+    counts = _array_from_wire("I", view[offset : offset + 4 * n])
+    offset += 4 * n
+    sizes = _array_from_wire("I", view[offset : offset + 4 * sum(counts)])
+    blob = frames[0]
+    own = iter(frames[1:])
+    parts = []
+    start = 0
+    index = 0
+    for count in counts:
+        part = []
+        for size in sizes[index : index + count]:
+            if size == OWN_FRAME:
+                part.append(next(own))
+            else:
+                end = start + size
+                part.append(blob[start:end])
+                start = end
+        index += count
+        parts.append(part)
+    return parts
+
+
 def _mixed_work_message(ids: Sequence[int], payloads: Sequence[Any]) -> list:
     kinds = bytes(KIND_CALL if type(p) is CallFrames else KIND_BYTES for p in payloads)
-    parts = [_frames_of(p) for p in payloads]
-    counts = _array_to_wire(array("I", map(len, parts)))
-    head = _COUNT.pack(len(ids) | MIXED_BIT) + _array_to_wire(array("Q", ids)) + kinds + counts
-    return [head, *(frame for frames in parts for frame in frames)]
+    layout, frames = _pack_frames([_frames_of(p) for p in payloads])
+    head = _COUNT.pack(len(ids) | MIXED_BIT) + _array_to_wire(array("Q", ids)) + kinds + layout
+    return [head, *frames]
 
 
 def encode_mixed_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]:
@@ -208,15 +257,6 @@ def encode_mixed_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]
     return messages
 
 
-def _split_frames(counts: Sequence[int], frames: Sequence[Any]) -> list[list]:
-    parts = []
-    start = 0
-    for count in counts:
-        parts.append(list(frames[start : start + count]))
-        start += count
-    return parts
-
-
 def decode_mixed_work(frames: Sequence[Any]) -> tuple[array, list]:
     """C{(ids, payloads)} of a mixed work message: a call is a C{CallFrames}, a handler
     request its one frame."""
@@ -224,10 +264,9 @@ def decode_mixed_work(frames: Sequence[Any]) -> tuple[array, list]:
     n = _COUNT.unpack_from(meta)[0] & ~MIXED_BIT
     ids = unpack_ids(meta, 4, n)
     kinds = meta[4 + 8 * n : 4 + 9 * n]
-    counts = _array_from_wire("I", memoryview(meta)[4 + 9 * n : 4 + 13 * n])
     payloads = [
         CallFrames(part) if kind == KIND_CALL else part[0]
-        for kind, part in zip(kinds, _split_frames(counts, frames[1:]), strict=True)
+        for kind, part in zip(kinds, _unpack_frames(meta, 4 + 9 * n, n, frames[1:]), strict=True)
     ]
     return ids, payloads
 
@@ -268,11 +307,9 @@ def encode_mixed_replies(
     if not any(type(p) is CallFrames for p in payloads):
         return encode_replies(token, ids, statuses, payloads, busy)
     micros = min(round(busy * 1e6), 0xFFFFFFFF)
-    parts = [_frames_of(p) for p in payloads]
-    counts = _array_to_wire(array("I", map(len, parts)))
+    layout, frames = _pack_frames([_frames_of(p) for p in payloads])
     head = _REPLIES_HEAD.pack(REPLIES, token, micros, len(ids) | MIXED_BIT)
-    head += _array_to_wire(array("Q", ids)) + statuses + counts
-    return [head, *(frame for frames in parts for frame in frames)]
+    return [head + _array_to_wire(array("Q", ids)) + statuses + layout, *frames]
 
 
 def is_mixed_replies(head) -> bool:
@@ -305,10 +342,10 @@ def _decode_mixed_replies(head: bytes, n: int, frames: Sequence[Any]) -> tuple:
     ids = unpack_ids(head, offset, n)
     offset += 8 * n
     statuses = head[offset : offset + n]
-    counts = _array_from_wire("I", memoryview(head)[offset + n : offset + 5 * n])
+    parts = _unpack_frames(head, offset + n, n, frames[1:])
     payloads = [
         CallFrames(part) if status in (CALL_RESULT, CALL_RAISED) else part[0]
-        for status, part in zip(statuses, _split_frames(counts, frames[1:]), strict=True)
+        for status, part in zip(statuses, parts, strict=True)
     ]
     return ids, statuses, payloads
 
