@@ -152,7 +152,7 @@ class Dispatcher:
         It fails with L{RemoteError} if the handler raised, L{WorkerCrashed} if the worker
         died with it, L{RequestTimeout} past C{timeout}, L{Overloaded} if C{max_pending}
         requests are already waiting, and L{ServiceStopped} once the producer stops.
-        Cancelling it drops a queued request.
+        Cancelling it drops a queued request (see L{cancel}).
         """
         d = ReplyDeferred(self._cancelDeferred)
         d.rid = self.submitTo(payload, d)
@@ -196,7 +196,9 @@ class Dispatcher:
         """Forget request C{rid}: drop it if queued, have its worker skip it if not started.
 
         Its receiver is not called; the request counts as cancelled. A reply that still
-        comes (it was running, or started before the worker heard) is ignored.
+        comes (it was running, or started before the worker heard) is ignored. A call
+        (L{gaspar_tw.calls}) that is running ends with its worker, which is killed and
+        replaced; the requests it held behind the call are sent again.
         """
         request = self._table.cancel(rid)
         if request is not None:

@@ -518,9 +518,10 @@ class LocalWorkers:
             p.slot == slot and not p.killed and not p.retiring for p in self.processes.values()
         )
 
-    def kill(self, token: int, why: str = "given up on") -> None:
-        """Kill a worker the dispatcher gave up on, its stack logged first; its replacement
-        starts at once, no backoff.
+    def kill(self, token: int, why: str = "given up on", *, stack: bool = True) -> None:
+        """Kill a worker the dispatcher gave up on, its stack logged first (C{stack=False}:
+        at once, no stack); its replacement starts at once, no backoff (none for a worker
+        being retired: it was not to be replaced).
 
         The worker is sent L{STACK_SIGNAL} (it writes each thread's stack on stderr), then
         SIGKILL after L{STACK_DUMP_SECONDS}; what it wrote meanwhile is logged as one event.
@@ -531,10 +532,16 @@ class LocalWorkers:
         process.killed = True
         process.ready = False
         process.killedWhy = why
+        replace = not (self.stopping or process.retiring or self._slotServed(process.slot))
+        if not stack:
+            process.signal("KILL")
+            if replace:
+                self._spawn(process.slot)
+            return
         process.stack = []
         process.signal(STACK_SIGNAL)
         timer = self.reactor.callLater(STACK_DUMP_SECONDS, self._killStuck, process)
-        if not self.stopping and not self._slotServed(process.slot):
+        if replace:
             self._spawn(process.slot)  # while this one writes its stack
 
         def ended(result):  # before the timer: it did not survive the signal
