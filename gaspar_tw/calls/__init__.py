@@ -52,9 +52,12 @@ The data flow of a call::
 Crashes, --timeout, max_pending, retry_on_crash and stopping apply to calls as to bytes
 requests (they are requests). Security, for now: a pool whose remote workers may join on a
 bind that is neither loopback nor CURVE-protected refuses calls at once (ProcessPool.call);
-the rule to come sends them to its local workers only. Not yet: map(), deferToProcess,
-cancelling a running call (a queued call is dropped; a sent one is skipped if not started),
-and max_call_bytes.
+the rule to come sends them to its local workers only. Cancelling a call's Deferred drops
+the call if queued, has its worker skip it if sent and not started, and kills its worker if
+running (it is replaced; what it held behind the call is sent again): so addTimeout is a
+per-call timeout. max_call_bytes fails a larger call in the caller, and a larger result in a
+local worker before it is sent (the parent checks again: a remote worker is not told the
+limit). Not yet: map(), deferToProcess.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, fail
 
-from gaspar_tw.wire.calls import pack_call
+from gaspar_tw.wire.calls import describe, pack_call, too_large
 
 if TYPE_CHECKING:
     from gaspar_tw.dispatch import Dispatcher
@@ -74,10 +77,13 @@ def submit_call(dispatcher: Dispatcher, fn: Callable, args: tuple, kwargs: dict)
     """Queue C{fn(*args, **kwargs)} on C{dispatcher}'s workers; fires with its result.
 
     Fails at once (nothing sent) with C{ValueError} for a function a worker cannot import by
-    name and C{pickle.PicklingError} for arguments that cannot be pickled.
+    name or a call over the dispatcher's C{max_call_bytes}, and C{pickle.PicklingError} for
+    arguments that cannot be pickled.
     """
     try:
         call = pack_call(fn, args, kwargs)
+        if call.nbytes > dispatcher.max_call_bytes:
+            raise too_large(f"the call of {describe(fn)}", call.nbytes, dispatcher.max_call_bytes)
     except Exception:
         return fail()
     dispatcher.carryCalls()

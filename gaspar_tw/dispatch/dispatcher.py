@@ -33,7 +33,8 @@ class Dispatcher:
     (then the request fails with L{RequestTimeout}, the worker is killed through
     L{WorkerLink.kill} and its other requests go back to the queue) and how long a request
     may wait in the queue for a worker; one periodic sweep enforces it (no timer per
-    request). Outcomes are counted in C{stats}.
+    request). Outcomes are counted in C{stats}. C{max_call_bytes} bounds calls and their
+    outcomes (L{gaspar_tw.calls}).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class Dispatcher:
         max_pending: int | None = None,
         retry_on_crash: bool = Config.retry_on_crash,
         timeout: float | None = Config.timeout,
+        max_call_bytes: int = Config.max_call_bytes,
         stats: Stats | None = None,
     ) -> None:
         self._reactor = reactor
@@ -51,7 +53,7 @@ class Dispatcher:
         self.timeout = timeout or None
         self._sweep = Sweep(self.timeout, self._checkTimeouts, reactor)
         self._table = RequestTable(reactor, self.stats, max_pending)
-        self._delivery = Delivery(self._table.requests, self.stats)
+        self._delivery = Delivery(self._table.requests, self.stats, max_call_bytes)
         self._scheduler = Scheduler(
             self._table.requests,
             self.stats,
@@ -101,6 +103,16 @@ class Dispatcher:
     @handler_time.setter
     def handler_time(self, seconds: float | None) -> None:
         self._scheduler.handler_time = seconds
+
+    @property
+    def max_call_bytes(self) -> int:
+        """The largest call (L{gaspar_tw.calls}) sent, and call outcome accepted, in bytes
+        pickled: a larger one fails its call."""
+        return self._delivery.max_call_bytes
+
+    @max_call_bytes.setter
+    def max_call_bytes(self, limit: int) -> None:
+        self._delivery.max_call_bytes = limit
 
     @property
     def max_pending(self) -> int | None:

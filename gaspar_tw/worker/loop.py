@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from functools import partial
 
 import zmq
 
@@ -49,10 +50,13 @@ def call_handler(handler: Handler, payload: bytes) -> tuple[int, bytes]:
         return messages.ERROR, messages.encode_error(e, traceback.format_exc())
 
 
-def call_handler_or_run_call(handler: Handler, payload) -> tuple[int, object]:
-    """A mixed message's request: run the call it is, or the handler on it."""
+def call_handler_or_run_call(
+    handler: Handler, payload, max_call_bytes: int = 0
+) -> tuple[int, object]:
+    """A mixed message's request: run the call it is (its result at most C{max_call_bytes},
+    0 for no limit), or the handler on it."""
     if type(payload) is CallFrames:
-        return run_call(payload)
+        return run_call(payload, max_call_bytes)
     return call_handler(handler, payload)
 
 
@@ -87,6 +91,7 @@ class Worker:
         reply_address: str,
         max_requests: int = 0,
         max_memory: int = 0,
+        max_call_bytes: int = 0,
     ):
         self.handler = handler
         self.token = token
@@ -94,6 +99,9 @@ class Worker:
         self.max_requests = max_requests
         #: ... or once resident memory is over this many bytes after a batch (0: never).
         self.max_memory = max_memory
+        #: Runs a mixed message's request: a call whose result is larger than
+        #: C{max_call_bytes} (pickled; 0: no limit) fails instead of being sent.
+        self._runMixed = partial(call_handler_or_run_call, max_call_bytes=max_call_bytes)
         self.requests = 0
         self._memoryCheckedAt = 0.0
         self._retireAsked = False
@@ -173,7 +181,7 @@ class Worker:
                 return True
             if messages.is_mixed_work(frames):  # calls: one check a message, not a request
                 ids, payloads = messages.decode_mixed_work(frames)
-                run = call_handler_or_run_call
+                run = self._runMixed
                 self._encodeReplies = messages.encode_mixed_replies
             else:
                 ids, payloads = messages.decode_work(frames)

@@ -230,7 +230,8 @@ class LocalWorkers:
     With C{dispatcher} C{None} (a worker host's pool: its workers answer a remote producer),
     give C{stats} and override L{socketArguments}. C{max_requests} (plus a random 0 to
     C{max_requests_jitter}) and C{max_memory} (MB) have a worker ask to be recycled (see
-    L{gaspar_tw.workers.recycling}); one over C{max_memory_hard} (MB) is killed.
+    L{gaspar_tw.workers.recycling}); one over C{max_memory_hard} (MB) is killed. A call whose
+    result is over C{max_call_bytes} (0: no limit) fails in its worker, never sent.
     """
 
     def __init__(
@@ -246,8 +247,10 @@ class LocalWorkers:
         max_requests_jitter: int = 0,
         max_memory: int = 0,
         max_memory_hard: int = 0,
+        max_call_bytes: int = 0,
     ) -> None:
         self.reactor = reactor
+        self.max_call_bytes = max_call_bytes
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
         self.max_memory = max_memory
@@ -407,8 +410,8 @@ class LocalWorkers:
                 self.kill(process.token, "killed over --max-memory-hard")
 
     def workerArguments(self) -> list[str]:
-        """Each worker's recycling limits, as arguments (its own share of the jitter)."""
-        argv = []
+        """Each worker's limits, as arguments (its own share of the recycling jitter)."""
+        argv = ["--max-call-bytes", str(self.max_call_bytes)] if self.max_call_bytes else []
         if self.max_requests:
             jitter = random.randint(0, self.max_requests_jitter)
             argv += ["--max-requests", str(self.max_requests + jitter)]
