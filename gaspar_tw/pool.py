@@ -58,10 +58,11 @@ class ProcessPool(service.Service):
     without one (C{ProcessPool(workers=2)}) the pool only runs calls.
     The other settings (C{timeout}, C{max_pending}, C{retry_on_crash}, C{window},
     C{pythonpath}, C{drain_timeout}, C{bind}, C{curve_keys}, C{max_requests},
-    C{max_requests_jitter}, C{max_memory}, C{max_memory_hard}) are L{Config}'s, given as
-    keywords or as C{config}, and readable as attributes (C{pool.timeout}). C{reactor}
-    defaults to the global reactor, looked up when it is needed, never at import. Use it as a
-    service (C{startService}/C{stopService}, e.g. under a C{MultiService} or twistd).
+    C{max_requests_jitter}, C{max_memory}, C{max_memory_hard}, C{max_call_bytes}) are
+    L{Config}'s, given as keywords or as C{config}, and readable as attributes
+    (C{pool.timeout}). C{reactor} defaults to the global reactor, looked up when it is needed,
+    never at import. Use it as a service (C{startService}/C{stopService}, e.g. under a
+    C{MultiService} or twistd).
     """
 
     #: The settings this service reads (L{Config.of} refuses the others).
@@ -144,10 +145,17 @@ class ProcessPool(service.Service):
         C{fn} must be importable by name (module-level functions, builtins, static and class
         methods, C{functools.partial} of those): a lambda, a nested function or one defined
         in C{__main__} fails at once with C{ValueError}, and arguments that cannot be pickled
-        fail at once with C{pickle.PicklingError}; neither reaches a worker. If C{fn} raises,
-        the Deferred fails with that exception (its worker traceback as C{__cause__} and
-        C{remote_traceback}), or with L{gaspar_tw.RemoteError} if it cannot be unpickled
-        here. Otherwise as L{submit}: crashes, C{timeout}, C{max_pending}, stopping.
+        fail at once with C{pickle.PicklingError}; a call over C{max_call_bytes} pickled fails
+        at once with C{ValueError}; none reaches a worker. If C{fn} raises, the Deferred fails
+        with that exception (its worker traceback as C{__cause__} and C{remote_traceback}), or
+        with L{gaspar_tw.RemoteError} if it cannot be unpickled here; a result over
+        C{max_call_bytes} fails the call with C{ValueError}. Otherwise as L{submit}: crashes,
+        C{timeout}, C{max_pending}, stopping.
+
+        Cancelling the Deferred (C{d.cancel()}, or C{d.addTimeout(t, reactor)} when C{t}
+        passes) fails it with C{CancelledError} (C{TimeoutError}): a call still queued never
+        runs, one sent to a busy worker is skipped there, and one its worker is running ends
+        with that worker, killed and replaced (what it held behind the call is sent again).
 
         A pickle runs code where it is read: if remote workers may join on a C{bind} that is
         neither loopback nor CURVE-protected, calls run on local workers only (said once in
@@ -263,6 +271,7 @@ class ProcessPool(service.Service):
             max_pending=config.pending_limit,
             retry_on_crash=config.retry_on_crash,
             timeout=config.timeout_or_none,
+            max_call_bytes=config.max_call_bytes,
             stats=self.stats,
         )
         self.local = LocalWorkers(
@@ -276,6 +285,7 @@ class ProcessPool(service.Service):
             max_requests_jitter=config.max_requests_jitter,
             max_memory=config.max_memory,
             max_memory_hard=config.max_memory_hard,
+            max_call_bytes=config.max_call_bytes,
         )
 
     def privilegedStartService(self) -> None:

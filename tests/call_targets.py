@@ -61,3 +61,29 @@ def length(data: bytes) -> int:
 def with_pid(value):
     """C{(the worker's pid, value)}: which process ran the call."""
     return os.getpid(), value
+
+
+# -- tests/test_calls_cancel.py ----------------------------------------------------------
+
+
+def create_file(path: str) -> None:
+    """Create C{path}: the side effect a call cancelled before it was sent must not have."""
+    open(path, "w").close()
+
+
+def note_pid_and_wait(path: str, gate: str, seconds: float) -> int:
+    """Write this worker's pid to C{path}, then wait up to C{seconds} for the file C{gate}
+    (a call that runs until released, or until cancelled); returns the pid."""
+    import time
+
+    with open(path + ".part", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".part", path)
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def bytes_of_size(n: int) -> bytes:
+    return b"r" * n

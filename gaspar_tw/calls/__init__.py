@@ -64,8 +64,13 @@ remote worker's replies that may carry call outcomes (pickles) over an exposed b
 worker host that reaches its producer over an exposed address answers any call it is sent
 with an error, unread (--refuse-calls), still serving the bytes requests beside it.
 
-Not yet: map(), deferToProcess, cancelling a running call (a queued call is dropped; a sent
-one is skipped if not started), and max_call_bytes.
+Cancelling a call's Deferred drops the call if queued, has its worker skip it if sent and
+not started, and kills its worker if running (it is replaced; what it held behind the call
+is sent again): so addTimeout is a per-call timeout. max_call_bytes fails a larger call in
+the caller, and a larger result in a local worker before it is sent (the parent checks
+again: a remote worker is not told the limit).
+
+Not yet: map().
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, fail
 
-from gaspar_tw.wire.calls import pack_call
+from gaspar_tw.wire.calls import describe, pack_call, too_large
 
 if TYPE_CHECKING:
     from gaspar_tw.dispatch import Dispatcher
@@ -85,10 +90,13 @@ def submit_call(dispatcher: Dispatcher, fn: Callable, args: tuple, kwargs: dict)
     """Queue C{fn(*args, **kwargs)} on C{dispatcher}'s workers; fires with its result.
 
     Fails at once (nothing sent) with C{ValueError} for a function a worker cannot import by
-    name and C{pickle.PicklingError} for arguments that cannot be pickled.
+    name or a call over the dispatcher's C{max_call_bytes}, and C{pickle.PicklingError} for
+    arguments that cannot be pickled.
     """
     try:
         call = pack_call(fn, args, kwargs)
+        if call.nbytes > dispatcher.max_call_bytes:
+            raise too_large(f"the call of {describe(fn)}", call.nbytes, dispatcher.max_call_bytes)
     except Exception:
         return fail()
     return dispatcher.submitCall(call)

@@ -34,7 +34,8 @@ class Dispatcher:
     (then the request fails with L{RequestTimeout}, the worker is killed through
     L{WorkerLink.kill} and its other requests go back to the queue) and how long a request
     may wait in the queue for a worker; one periodic sweep enforces it (no timer per
-    request). Outcomes are counted in C{stats}.
+    request). Outcomes are counted in C{stats}. C{max_call_bytes} bounds calls and their
+    outcomes (L{gaspar_tw.calls}).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class Dispatcher:
         max_pending: int | None = None,
         retry_on_crash: bool = Config.retry_on_crash,
         timeout: float | None = Config.timeout,
+        max_call_bytes: int = Config.max_call_bytes,
         stats: Stats | None = None,
     ) -> None:
         self._reactor = reactor
@@ -52,7 +54,7 @@ class Dispatcher:
         self.timeout = timeout or None
         self._sweep = Sweep(self.timeout, self._checkTimeouts, reactor)
         self._table = RequestTable(reactor, self.stats, max_pending)
-        self._delivery = Delivery(self._table.requests, self.stats)
+        self._delivery = Delivery(self._table.requests, self.stats, max_call_bytes)
         self._scheduler = Scheduler(
             self._table.requests,
             self.stats,
@@ -105,6 +107,16 @@ class Dispatcher:
         self._scheduler.handler_time = seconds
 
     @property
+    def max_call_bytes(self) -> int:
+        """The largest call (L{gaspar_tw.calls}) sent, and call outcome accepted, in bytes
+        pickled: a larger one fails its call."""
+        return self._delivery.max_call_bytes
+
+    @max_call_bytes.setter
+    def max_call_bytes(self, limit: int) -> None:
+        self._delivery.max_call_bytes = limit
+
+    @property
     def max_pending(self) -> int | None:
         """The most requests (and unsent replies, L{writing}) held at once."""
         return self._table.max_pending
@@ -154,7 +166,8 @@ class Dispatcher:
         It fails with L{RemoteError} if the handler raised, L{WorkerCrashed} if the worker
         died with it, L{RequestTimeout} past C{timeout}, L{Overloaded} if C{max_pending}
         requests are already waiting, and L{ServiceStopped} once the producer stops.
-        Cancelling it drops a queued request. Calls are submitted with L{submitCall}.
+        Cancelling it drops a queued request (see L{cancel}). Calls are submitted with
+        L{submitCall}.
         """
         d = ReplyDeferred(self._cancelDeferred)
         d.rid = self.submitTo(payload, d)
@@ -213,7 +226,9 @@ class Dispatcher:
         """Forget request C{rid}: drop it if queued, have its worker skip it if not started.
 
         Its receiver is not called; the request counts as cancelled. A reply that still
-        comes (it was running, or started before the worker heard) is ignored.
+        comes (it was running, or started before the worker heard) is ignored. A call
+        (L{gaspar_tw.calls}) that is running ends with its worker, which is killed and
+        replaced; the requests it held behind the call are sent again.
         """
         request = self._table.cancel(rid)
         if request is not None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
-def _noop() -> None:
+def _noop(*args, **kwargs) -> None:
     pass
 
 
@@ -17,16 +17,18 @@ class WorkerLink:
     C{outstanding} keeps request ids in the order they were sent; a worker answers in that
     order (a request cancelled before it started is answered L{messages.SKIPPED}), so its first
     id is the request the worker is running now. C{send} takes a list of messages (work, or
-    a cancel). C{kill} asks the worker's owner to end the process (the dispatcher has
-    already given up on it). C{local}: a worker process of this pool's own (over its private
-    C{ipc://} channel), not a remote one; only local workers are sent calls while the
-    dispatcher keeps calls local (L{Dispatcher.keepCallsLocal}).
+    a cancel). C{kill()} asks the worker's owner to end the process (the dispatcher has
+    already given up on it), having it write its stack first where it can (a stuck worker);
+    C{kill(stack=False)}, at once (the call it runs was cancelled). C{local}: a worker
+    process of this pool's own (over its private C{ipc://} channel), not a remote one; only
+    local workers are sent calls while the dispatcher keeps calls local
+    (L{Dispatcher.keepCallsLocal}).
     """
 
     token: int
     pid: int
     send: Callable[[list], None]
-    kill: Callable[[], None] = _noop
+    kill: Callable[..., None] = _noop
     #: Called once a retiring worker (L{Dispatcher.retire}) has answered all it held.
     drained: Callable[[], None] = _noop
     local: bool = False

@@ -314,7 +314,12 @@ class Scheduler:
             self._scheduleFlush()  # a worker held back for them may take other work
 
     def cancel(self, request: Request) -> None:
-        """Drop a cancelled request if it waits; have its worker skip it if not started."""
+        """Drop a cancelled request if it waits; have its worker skip it if not started.
+
+        A call (L{gaspar_tw.calls}) its worker is running ends with that worker: see
+        L{_cancelRunningCall}. A running handler's request is let be (a client that went
+        away costs no worker): its reply is dropped.
+        """
         for waiting in self.queues:
             try:
                 waiting.remove(request)
@@ -326,7 +331,7 @@ class Scheduler:
         rid = request.rid
         for link in self.links.values():
             if rid in link.outstanding:
-                if next(iter(link.outstanding)) != rid:  # the first is running: let it be
+                if next(iter(link.outstanding)) != rid:  # the first is the one running
                     try:
                         link.send([encode_cancel([rid])])
                     except Exception as e:  # it will run it; the reply is dropped
@@ -335,7 +340,25 @@ class Scheduler:
                             pid=link.pid,
                             e=e,
                         )
+                elif type(request.payload) is CallFrames:
+                    self._cancelRunningCall(link)
                 return
+
+    def _cancelRunningCall(self, link: WorkerLink) -> None:
+        """The call C{link}'s worker runs was cancelled (it has left the table): kill that
+        worker at once (its owner replaces it), and queue again, as they were, the requests
+        it held behind the call (not retried as a crash's are: they did not start)."""
+        self.forget(link)
+        behind = self.held(link)
+        log.info(
+            "killing worker pid {pid}: the call it was running was cancelled (its Deferred's"
+            " cancel(), or addTimeout); it is replaced, and the {n} requests it held behind"
+            " that call are sent again",
+            pid=link.pid,
+            n=len(behind),
+        )
+        link.kill(stack=False)
+        self.requeue(behind)
 
     def clear(self) -> None:
         """Forget every request (the table has been emptied)."""

@@ -176,6 +176,14 @@ def check_callable(fn: Any) -> None:
     )
 
 
+def too_large(what: str, nbytes: int, limit: int) -> ValueError:
+    """The error of a call, or a call's outcome, of C{nbytes} (pickled) over C{limit}."""
+    return ValueError(
+        f"{what} is {nbytes:,} bytes pickled, more than max_call_bytes ({limit:,}); pass large"
+        f" data another way (a file, shared memory) or raise max_call_bytes"
+    )
+
+
 def pack_call(fn: Callable, args: tuple, kwargs: dict) -> CallFrames:
     """The frames of the call C{fn(*args, **kwargs)}, pickled now (in the caller).
 
@@ -207,22 +215,27 @@ def _raised(exc: BaseException, traceback_text: str) -> tuple[int, CallFrames]:
     return CALL_RAISED, CallFrames([info, pickled])
 
 
-def run_call(call: CallFrames) -> tuple[int, CallFrames]:
+def run_call(call: CallFrames, max_bytes: int = 0) -> tuple[int, CallFrames]:
     """In a worker: unpickle a call (importing its function's module on first use), run it,
     and return C{(status, frames)} of its result or of the exception it raised. A result
-    that cannot be pickled fails this call only."""
+    that cannot be pickled, or is larger than C{max_bytes} pickled (0: no limit), fails this
+    call only (and is not sent)."""
     try:
         fn, args, kwargs = pickle.loads(call.frames[0], buffers=call.frames[1:])
         result = fn(*args, **kwargs)
     except Exception as e:
         return _raised(e, traceback.format_exc())
     try:
-        return CALL_RESULT, CallFrames(_dumps(_outOfBand(result)))
+        outcome = CallFrames(_dumps(_outOfBand(result)))
     except Exception as e:
         error = pickle.PicklingError(
             f"cannot send the result of {describe(fn)} back: {type(e).__name__}: {e}"
         )
         return _raised(error, traceback.format_exc())
+    if max_bytes and outcome.nbytes > max_bytes:
+        error = too_large(f"the result of {describe(fn)}", outcome.nbytes, max_bytes)
+        return _raised(error, "".join(traceback.format_exception_only(error)))
+    return CALL_RESULT, outcome
 
 
 class RemoteTraceback(Exception):

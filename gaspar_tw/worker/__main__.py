@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pythonpath", action="append", default=[])
     parser.add_argument("--max-requests", type=int, default=0, help="ask to be recycled after")
     parser.add_argument("--max-memory", type=int, default=0, help="MB: ask to be recycled over")
+    parser.add_argument("--max-call-bytes", type=int, default=0, help="fail larger results")
     args = parser.parse_args(argv)
     if not args.connect and not (args.work and args.reply):
         parser.error("either --work and --reply, or --connect, is required")
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.reply,
                 args.max_requests,
                 args.max_memory * MEGABYTE,
+                args.max_call_bytes,
             )
         worker.serve()
     except Exception as e:

@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from functools import partial
 
 import zmq
 
@@ -49,10 +50,13 @@ def call_handler(handler: Handler, payload: bytes) -> tuple[int, bytes]:
         return messages.ERROR, messages.encode_error(e, traceback.format_exc())
 
 
-def call_handler_or_run_call(handler: Handler, payload) -> tuple[int, object]:
-    """A mixed message's request: run the call it is, or the handler on it."""
+def call_handler_or_run_call(
+    handler: Handler, payload, max_call_bytes: int = 0
+) -> tuple[int, object]:
+    """A mixed message's request: run the call it is (its result at most C{max_call_bytes},
+    0 for no limit), or the handler on it."""
     if type(payload) is CallFrames:
-        return run_call(payload)
+        return run_call(payload, max_call_bytes)
     return call_handler(handler, payload)
 
 
@@ -87,6 +91,7 @@ class Worker:
         reply_address: str,
         max_requests: int = 0,
         max_memory: int = 0,
+        max_call_bytes: int = 0,
     ):
         self.handler = handler
         self.token = token
@@ -106,8 +111,10 @@ class Worker:
         self._alarm = False  # the flush timer is armed
         #: Plain replies until this worker is sent a call (no per-reply check before that).
         self._encodeReplies = messages.encode_replies
-        #: How a mixed message's requests are run (a remote worker may refuse its calls).
-        self.runMixed = call_handler_or_run_call
+        #: How a mixed message's requests are run: a call whose result is larger than
+        #: C{max_call_bytes} (pickled; 0: no limit) fails instead of being sent (a remote
+        #: worker may refuse calls instead: see L{gaspar_tw.worker.relay}).
+        self.runMixed = partial(call_handler_or_run_call, max_call_bytes=max_call_bytes)
         signal.signal(signal.SIGALRM, self._onAlarm)
 
     def openSockets(self, work_address: str, reply_address: str) -> tuple[zmq.Socket, zmq.Socket]:

@@ -243,7 +243,10 @@ class Relay(threading.Thread):
             if kind == WHO and hello is not None and not self.retiring.is_set():
                 _send(dealer, hello)  # (a retiring worker does not join again)
             elif kind == KILL:
-                _say("the producer gave up on this worker (--timeout); its stack, then exiting:")
+                _say(
+                    "the producer gave up on this worker (--timeout, or its call was cancelled);"
+                    " its stack, then exiting:"
+                )
                 faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
                 os._exit(EXIT_GIVEN_UP)
             elif kind == DONE:

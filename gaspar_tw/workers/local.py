@@ -230,7 +230,8 @@ class LocalWorkers:
     With C{dispatcher} C{None} (a worker host's pool: its workers answer a remote producer),
     give C{stats} and override L{socketArguments}. C{max_requests} (plus a random 0 to
     C{max_requests_jitter}) and C{max_memory} (MB) have a worker ask to be recycled (see
-    L{gaspar_tw.workers.recycling}); one over C{max_memory_hard} (MB) is killed.
+    L{gaspar_tw.workers.recycling}); one over C{max_memory_hard} (MB) is killed. A call whose
+    result is over C{max_call_bytes} (0: no limit) fails in its worker, never sent.
     """
 
     def __init__(
@@ -246,8 +247,10 @@ class LocalWorkers:
         max_requests_jitter: int = 0,
         max_memory: int = 0,
         max_memory_hard: int = 0,
+        max_call_bytes: int = 0,
     ) -> None:
         self.reactor = reactor
+        self.max_call_bytes = max_call_bytes
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
         self.max_memory = max_memory
@@ -407,8 +410,8 @@ class LocalWorkers:
                 self.kill(process.token, "killed over --max-memory-hard")
 
     def workerArguments(self) -> list[str]:
-        """Each worker's recycling limits, as arguments (its own share of the jitter)."""
-        argv = []
+        """Each worker's limits, as arguments (its own share of the recycling jitter)."""
+        argv = ["--max-call-bytes", str(self.max_call_bytes)] if self.max_call_bytes else []
         if self.max_requests:
             jitter = random.randint(0, self.max_requests_jitter)
             argv += ["--max-requests", str(self.max_requests + jitter)]
@@ -519,9 +522,10 @@ class LocalWorkers:
             p.slot == slot and not p.killed and not p.retiring for p in self.processes.values()
         )
 
-    def kill(self, token: int, why: str = "given up on") -> None:
-        """Kill a worker the dispatcher gave up on, its stack logged first; its replacement
-        starts at once, no backoff.
+    def kill(self, token: int, why: str = "given up on", *, stack: bool = True) -> None:
+        """Kill a worker the dispatcher gave up on, its stack logged first (C{stack=False}:
+        at once, no stack); its replacement starts at once, no backoff (none for a worker
+        being retired: it was not to be replaced).
 
         The worker is sent L{STACK_SIGNAL} (it writes each thread's stack on stderr), then
         SIGKILL after L{STACK_DUMP_SECONDS}; what it wrote meanwhile is logged as one event.
@@ -532,10 +536,16 @@ class LocalWorkers:
         process.killed = True
         process.ready = False
         process.killedWhy = why
+        replace = not (self.stopping or process.retiring or self._slotServed(process.slot))
+        if not stack:
+            process.signal("KILL")
+            if replace:
+                self._spawn(process.slot)
+            return
         process.stack = []
         process.signal(STACK_SIGNAL)
         timer = self.reactor.callLater(STACK_DUMP_SECONDS, self._killStuck, process)
-        if not self.stopping and not self._slotServed(process.slot):
+        if replace:
             self._spawn(process.slot)  # while this one writes its stack
 
         def ended(result):  # before the timer: it did not survive the signal

@@ -319,8 +319,10 @@ class RemoteWorkers:
             self.dispatcher.workerLost(remote.token)
         return remote
 
-    def _kill(self, identity: bytes) -> None:
-        """The dispatcher gave up on this worker (--timeout): tell it to exit, forget it."""
+    def _kill(self, identity: bytes, *, stack: bool = True) -> None:
+        """The dispatcher gave up on this worker (--timeout, or the call it ran was cancelled):
+        tell it to exit (its host starts another; C{stack} changes nothing: a remote worker
+        writes its stack to its host's log either way), forget it."""
         if self._forget(identity) is not None:
             self._sendControl(identity, KILL)
 
