@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import pickle
+import threading
 import traceback
 import types
 from collections.abc import Callable
@@ -42,7 +43,8 @@ class CallFrames:
 
     def __init__(self, frames: list) -> None:
         self.frames = frames
-        self.nbytes = sum(map(len, frames))  # each is bytes or a view of bytes (format "B")
+        # Each is bytes or a view of bytes (format "B"); most calls are one frame.
+        self.nbytes = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
 
     def __len__(self) -> int:
         return self.nbytes
@@ -114,28 +116,53 @@ def _dispatch_table() -> dict:
     return table
 
 
-class _Pickler(pickle.Pickler):
-    """Protocol 5 with L{_dispatch_table} (made again when copyreg's changes: L{_pickler})."""
+class _Dumper:
+    """A protocol-5 pickler with L{_dispatch_table}, kept for reuse by one thread (making one
+    for each call costs about as much as pickling a small call)."""
 
-    dispatch_table: dict = {}
-    copyregSize = -1
+    def __init__(self) -> None:
+        self.out = io.BytesIO()
+        self.buffers: list = []
+        self.pickler: pickle.Pickler | None = None
+        self.copyregSize = -1
+        self.busy = False
+
+    def dumps(self, value: Any) -> list:
+        """C{[pickle, buffer...]} of C{value}: PickleBuffers out of band."""
+        if self.busy:  # re-entered (a reducer that sends a call): a pickler of its own
+            return _Dumper().dumps(value)
+        if self.copyregSize != len(copyreg.dispatch_table):
+            self.copyregSize = len(copyreg.dispatch_table)
+            self.pickler = pickle.Pickler(
+                self.out, protocol=PROTOCOL, buffer_callback=self.buffers.append
+            )
+            self.pickler.dispatch_table = _dispatch_table()
+        out, buffers, pickler = self.out, self.buffers, self.pickler
+        self.busy = True
+        try:
+            pickler.dump(value)
+            pickled = out.getvalue()
+            if not buffers:
+                return [pickled]
+            return [pickled, *(buffer.raw() for buffer in buffers)]
+        finally:
+            self.busy = False
+            out.seek(0)
+            out.truncate()
+            pickler.clear_memo()
+            buffers.clear()
 
 
-def _pickler(out: io.BytesIO, buffers: list) -> _Pickler:
-    if _Pickler.copyregSize != len(copyreg.dispatch_table):
-        _Pickler.copyregSize = len(copyreg.dispatch_table)
-        _Pickler.dispatch_table = _dispatch_table()
-    return _Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
+_perThread = threading.local()
 
 
 def _dumps(value: Any) -> list:
     """C{[pickle, buffer...]}: PickleBuffers (numpy arrays, large top-level bytes) out of band."""
-    buffers: list = []
-    out = io.BytesIO()
-    _pickler(out, buffers).dump(value)
-    if not buffers:
-        return [out.getvalue()]
-    return [out.getvalue(), *(buffer.raw() for buffer in buffers)]
+    try:
+        dumper = _perThread.dumper
+    except AttributeError:
+        dumper = _perThread.dumper = _Dumper()
+    return dumper.dumps(value)
 
 
 def _anyLarge(values: Any) -> bool:
