@@ -17,7 +17,7 @@ constructing a pool installs no reactor. L{gaspar_tw.Producer} is a pool with TC
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
 
@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gaspar_tw.calls import submit_call
+from gaspar_tw.calls.mapping import submit_map
 from gaspar_tw.config import POOL, Config
 from gaspar_tw.consumer import Consumer
 from gaspar_tw.dispatch import Dispatcher
@@ -138,6 +139,28 @@ class ProcessPool(service.Service):
         if refusal:
             return fail(ValueError(refusal))
         return submit_call(self.dispatcher, fn, args, kwargs)
+
+    def map(
+        self, fn: Callable[[Any], Any], iterable: Iterable[Any], *, chunksize: int | None = None
+    ) -> Deferred:
+        """Run C{fn(item)} in the workers for each item of C{iterable}; the Deferred fires
+        with the list of results, in input order.
+
+        Items travel in chunks, one call each: C{chunksize} items, or (C{None}) chunks sized
+        from measured times, so that many fast calls travel as few messages. The iterable is
+        read as chunks are sent, a few per worker ahead of the results. If an item raises,
+        the Deferred fails with that exception (as L{call}), its index in C{map_index} and in
+        a note, and the rest of the map is cancelled; cancelling the Deferred cancels every
+        chunk. What L{call} refuses at once, C{map} does too, as well as a C{chunksize} that
+        is not a positive int (C{ValueError}) and an item that cannot be pickled
+        (C{pickle.PicklingError}, with C{map_index}).
+        """
+        if self.dispatcher is None:
+            self._build()
+        refusal = self._callsRefused()
+        if refusal:
+            return fail(ValueError(refusal))
+        return submit_map(self.dispatcher, fn, iterable, chunksize, self.workers)
 
     def _callsRefused(self) -> str:
         """Why this pool may not send calls (a pickle runs code where it is read), or ""."""

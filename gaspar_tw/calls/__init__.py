@@ -52,7 +52,8 @@ The data flow of a call::
 Crashes, --timeout, max_pending, retry_on_crash and stopping apply to calls as to bytes
 requests (they are requests). Security, for now: a pool whose remote workers may join on a
 bind that is neither loopback nor CURVE-protected refuses calls at once (ProcessPool.call);
-the rule to come sends them to its local workers only. Not yet: map(), deferToProcess,
+the rule to come sends them to its local workers only. C{pool.map} (L{gaspar_tw.calls.mapping})
+is calls of L{gaspar_tw.wire.calls.run_chunk}, a chunk of items each. Not yet: deferToProcess,
 cancelling a running call (a queued call is dropped; a sent one is skipped if not started),
 and max_call_bytes.
 """
