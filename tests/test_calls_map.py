@@ -16,7 +16,13 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 
 from gaspar_tw import ProcessPool, RemoteError
-from gaspar_tw.calls.mapping import CHUNKS_PER_WORKER
+from gaspar_tw.calls.mapping import (
+    CHUNK_GROWTH,
+    CHUNK_SECONDS,
+    CHUNKS_PER_WORKER,
+    MAX_CHUNK_ITEMS,
+    ChunkSizes,
+)
 
 WAIT = 30
 
@@ -153,3 +159,22 @@ def test_a_bad_chunksize_is_one_line(chunksize):
     message = str(failures[0].value)
     assert "\n" not in message
     assert "chunksize must be a positive whole number" in message and repr(chunksize) in message
+
+
+def test_automatic_chunks_start_at_one_item_and_grow_from_measured_times():
+    sizes = ChunkSizes(None)
+    assert sizes.next() == 1 and not sizes.known
+    sizes.timed(1, 2e-6)  # the first item took 2 µs: a chunk may grow, by CHUNK_GROWTH at most
+    assert sizes.known and sizes.next() == min(CHUNK_GROWTH, int(CHUNK_SECONDS / 2e-6))
+    for _ in range(5):  # fast items: chunks as large as allowed
+        count = sizes.next()
+        sizes.timed(count, count * 1e-8)
+    assert sizes.next() == MAX_CHUNK_ITEMS
+    for _ in range(5):  # items that became slow: chunks of CHUNK_SECONDS
+        count = sizes.next()
+        sizes.timed(count, count * CHUNK_SECONDS / 10)
+    assert 5 <= sizes.next() <= 20  # about 10
+    slow = ChunkSizes(None)
+    slow.timed(1, 0.5)
+    assert slow.next() == 1
+    assert ChunkSizes(7).next() == 7 and ChunkSizes(7).known

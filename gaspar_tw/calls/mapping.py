@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 #: at hand): the iterable is read only this far ahead of the results.
 CHUNKS_PER_WORKER = 3
 #: Automatic chunks are sized to take about this much worker time each.
-CHUNK_SECONDS = 0.001
+CHUNK_SECONDS = 0.002
 #: An automatic chunk holds at most this many items: its results are unpickled in one
 #: reactor turn.
 MAX_CHUNK_ITEMS = 16384
 #: An automatic chunk is at most this many times the largest chunk timed so far, so a few
 #: fast first items cannot make one long chunk of slow ones.
-CHUNK_GROWTH = 64
+CHUNK_GROWTH = 256
 #: Iterables whose chunks are slices (a range's is three numbers) rather than lists of
 #: items read one by one.
 SLICED = (list, tuple, range)
@@ -38,21 +38,24 @@ class ChunkSizes:
 
     def __init__(self, chunksize: int | None) -> None:
         self.fixed = chunksize
-        #: Seconds per item, a moving average over the chunks timed (None until the first).
-        self.item_time: float | None = None
+        #: Worker seconds and items of the chunks timed, older chunks weighing less: their
+        #: ratio is the time an item takes, the larger chunks' counting most.
+        self._seconds = 0.0
+        self._items = 0.0
         self.largest_timed = 0
 
     @property
     def known(self) -> bool:
         """Whether chunks are sized yet (they are at once with a fixed C{chunksize})."""
-        return self.fixed is not None or self.item_time is not None
+        return self.fixed is not None or self.largest_timed > 0
 
     def next(self) -> int:
         if self.fixed is not None:
             return self.fixed
-        if self.item_time is None:
+        if not self.largest_timed:
             return 1
-        wanted = int(CHUNK_SECONDS / self.item_time) if self.item_time else MAX_CHUNK_ITEMS
+        seconds = self._seconds / self._items  # an item's
+        wanted = int(CHUNK_SECONDS / seconds) if seconds > 0 else MAX_CHUNK_ITEMS
         return max(1, min(wanted, MAX_CHUNK_ITEMS, self.largest_timed * CHUNK_GROWTH))
 
     def timed(self, count: int, seconds: float) -> None:
@@ -60,10 +63,8 @@ class ChunkSizes:
         if not count:
             return
         self.largest_timed = max(self.largest_timed, count)
-        if self.item_time is None:
-            self.item_time = seconds / count
-        else:
-            self.item_time += (seconds / count - self.item_time) * 0.5
+        self._seconds = self._seconds / 2 + seconds
+        self._items = self._items / 2 + count
 
 
 def check_chunksize(chunksize: Any) -> None:
@@ -102,6 +103,7 @@ class Mapping:
         self._sequence: Sequence | None = iterable if type(iterable) in SLICED else None
         self._iterator: Iterator | None = None if self._sequence is not None else iter(iterable)
         self._exhausted = False
+        self._tail: int | None = None  # the size of a sequence's last chunks, once known
         self._sizes = ChunkSizes(chunksize)
         self._workers = workers
         self._read = 0  # items taken from the iterable
@@ -149,14 +151,18 @@ class Mapping:
             self.deferred.callback(results)
 
     def _take(self, count: int, workers: int) -> Sequence:
-        """The next C{count} items (fewer at the end: a sequence's last items are shared
-        among the workers)."""
+        """The next C{count} items, or fewer: automatic chunks share the last items of a
+        sequence evenly among the workers."""
         sequence = self._sequence
         if sequence is None:
             return list(islice(self._iterator, count))
         start = self._read
         if self._sizes.fixed is None:
-            count = min(count, -(-(len(sequence) - start) // workers))
+            left = len(sequence) - start
+            if self._tail is None and left < count * workers:
+                self._tail = max(1, -(-left // workers))
+            if self._tail is not None:
+                count = min(count, self._tail)
         return sequence[start : start + count]
 
     def _chunkDone(self, outcome: tuple, start: int) -> None:
