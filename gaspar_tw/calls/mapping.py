@@ -162,7 +162,7 @@ class Mapping:
             if self._tail is None and left < count * workers:
                 self._tail = max(1, -(-left // workers))
             if self._tail is not None:
-                count = min(count, self._tail)
+                count = self._tail
         return sequence[start : start + count]
 
     def _chunkDone(self, outcome: tuple, start: int) -> None:
