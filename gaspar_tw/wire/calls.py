@@ -16,7 +16,7 @@ import pickle
 import time
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gaspar_tw.errors import RemoteError
@@ -171,7 +171,7 @@ def run_call(call: CallFrames) -> tuple[int, CallFrames]:
         return _raised(error, traceback.format_exc())
 
 
-def run_chunk(fn: Callable, items: list) -> tuple[list, float, tuple | None]:
+def run_chunk(fn: Callable, items: Iterable) -> tuple[list, float, tuple | None]:
     """In a worker: one chunk of a map, C{fn} applied to each item in turn.
 
     Returns C{(results, seconds, None)}, C{seconds} the time the items took; or, at the
