@@ -26,7 +26,7 @@ CHUNK_SECONDS = 0.002
 MAX_CHUNK_ITEMS = 16384
 #: An automatic chunk is at most this many times the largest chunk timed so far, so a few
 #: fast first items cannot make one long chunk of slow ones.
-CHUNK_GROWTH = 256
+CHUNK_GROWTH = 1024
 #: Iterables whose chunks are slices (a range's is three numbers) rather than lists of
 #: items read one by one.
 SLICED = (list, tuple, range)
