@@ -17,7 +17,7 @@ constructing a pool installs no reactor. L{gaspar_tw.Producer} is a pool with TC
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
 
@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gaspar_tw.calls import submit_call
+from gaspar_tw.calls.mapping import submit_map
 from gaspar_tw.config import POOL, Config
 from gaspar_tw.consumer import Consumer
 from gaspar_tw.dispatch import Dispatcher
@@ -162,6 +163,14 @@ class ProcessPool(service.Service):
         the log; bytes requests still go to every worker), and fail at once with
         C{ValueError} if the pool has no local workers.
         """
+        refusal = self._prepareCalls()
+        if refusal:
+            return fail(ValueError(refusal))
+        return submit_call(self.dispatcher, fn, args, kwargs)
+
+    def _prepareCalls(self) -> str:
+        """Build the pool if need be, and apply the security rule of calls (kept local on
+        an exposed bind); why calls cannot run here, or ""."""
         if self.dispatcher is None:
             self._build()
         if self._callsLocalOnly is None:
@@ -169,10 +178,28 @@ class ProcessPool(service.Service):
             if self._callsLocalOnly:
                 self.dispatcher.keepCallsLocal()
         if self._callsLocalOnly:
-            refusal = self._localCallsOnly()
-            if refusal:
-                return fail(ValueError(refusal))
-        return submit_call(self.dispatcher, fn, args, kwargs)
+            return self._localCallsOnly()
+        return ""
+
+    def map(
+        self, fn: Callable[[Any], Any], iterable: Iterable[Any], *, chunksize: int | None = None
+    ) -> Deferred:
+        """Run C{fn(item)} in the workers for each item of C{iterable}; the Deferred fires
+        with the list of results, in input order.
+
+        Items travel in chunks, one call each: C{chunksize} items, or (C{None}) chunks sized
+        from measured times, so that many fast calls travel as few messages. The iterable is
+        read as chunks are sent, a few per worker ahead of the results. If an item raises,
+        the Deferred fails with that exception (as L{call}), its index in C{map_index} and in
+        a note, and the rest of the map is cancelled; cancelling the Deferred cancels every
+        chunk. What L{call} refuses at once, C{map} does too, as well as a C{chunksize} that
+        is not a positive int (C{ValueError}) and an item that cannot be pickled
+        (C{pickle.PicklingError}, with C{map_index}).
+        """
+        refusal = self._prepareCalls()
+        if refusal:
+            return fail(ValueError(refusal))
+        return submit_map(self.dispatcher, fn, iterable, chunksize, self.workers)
 
     def _unprotectedBind(self) -> bool:
         """Whether remote workers may join on a C{bind} that is neither loopback nor

@@ -87,3 +87,38 @@ def note_pid_and_wait(path: str, gate: str, seconds: float) -> int:
 
 def bytes_of_size(n: int) -> bytes:
     return b"r" * n
+
+
+# -- tests/test_calls_map.py -------------------------------------------------------------
+
+
+def item_and_pid(item):
+    """C{(item, the pid of the worker that ran it)}."""
+    return item, os.getpid()
+
+
+def refuse_at(bad, item):
+    """C{item}, or L{Refused} for item C{bad}."""
+    if item == bad:
+        raise Refused(f"item {item} is bad")
+    return item
+
+
+def raise_unpicklable_at(bad, item):
+    """C{item}, or an exception that does not unpickle in the caller for item C{bad}."""
+    if item == bad:
+        raise NeedsTwoArguments(item, "bad")
+    return item
+
+
+def mark_or_refuse(directory: str, bad: int, item: int) -> int:
+    """Leave a file named C{item} in C{directory}; raise L{Refused} for item C{bad}, and take
+    a while (50 ms) on the others, so the items sent after it still wait when it fails."""
+    import time
+
+    with open(os.path.join(directory, str(item)), "w"):
+        pass
+    if item == bad:
+        raise Refused(f"item {item} is bad")
+    time.sleep(0.05)
+    return item

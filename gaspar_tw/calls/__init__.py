@@ -70,7 +70,8 @@ is sent again): so addTimeout is a per-call timeout. max_call_bytes fails a larg
 the caller, and a larger result in a local worker before it is sent (the parent checks
 again: a remote worker is not told the limit).
 
-Not yet: map().
+C{pool.map} (L{gaspar_tw.calls.mapping}) is calls of L{gaspar_tw.wire.calls.run_chunk}, a
+chunk of items each, a few per worker in flight.
 """
 
 from __future__ import annotations

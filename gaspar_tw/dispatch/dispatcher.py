@@ -222,17 +222,18 @@ class Dispatcher:
         for request in requests:
             fail(request, reason)
 
-    def cancel(self, rid: int) -> None:
+    def cancel(self, rid: int, killRunning: bool = True) -> None:
         """Forget request C{rid}: drop it if queued, have its worker skip it if not started.
 
         Its receiver is not called; the request counts as cancelled. A reply that still
         comes (it was running, or started before the worker heard) is ignored. A call
         (L{gaspar_tw.calls}) that is running ends with its worker, which is killed and
-        replaced; the requests it held behind the call are sent again.
+        replaced (unless C{killRunning} is false); the requests it held behind the call are
+        sent again.
         """
         request = self._table.cancel(rid)
         if request is not None:
-            self._scheduler.cancel(request)
+            self._scheduler.cancel(request, killRunning)
 
     def _cancelDeferred(self, deferred: ReplyDeferred) -> None:
         self.cancel(deferred.rid)

@@ -313,12 +313,12 @@ class Scheduler:
         if self.reserved:
             self._scheduleFlush()  # a worker held back for them may take other work
 
-    def cancel(self, request: Request) -> None:
+    def cancel(self, request: Request, killRunning: bool = True) -> None:
         """Drop a cancelled request if it waits; have its worker skip it if not started.
 
-        A call (L{gaspar_tw.calls}) its worker is running ends with that worker: see
-        L{_cancelRunningCall}. A running handler's request is let be (a client that went
-        away costs no worker): its reply is dropped.
+        A call (L{gaspar_tw.calls}) its worker is running ends with that worker, unless
+        C{killRunning} is false: see L{_cancelRunningCall}. A running handler's request is
+        let be (a client that went away costs no worker): its reply is dropped.
         """
         for waiting in self.queues:
             try:
@@ -340,7 +340,7 @@ class Scheduler:
                             pid=link.pid,
                             e=e,
                         )
-                elif type(request.payload) is CallFrames:
+                elif killRunning and type(request.payload) is CallFrames:
                     self._cancelRunningCall(link)
                 return
 

@@ -14,9 +14,10 @@ import io
 import json
 import pickle
 import threading
+import time
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gaspar_tw.errors import RemoteError
@@ -265,6 +266,24 @@ def run_call(call: CallFrames, max_bytes: int = 0) -> tuple[int, CallFrames]:
     return CALL_RESULT, outcome
 
 
+def run_chunk(fn: Callable, items: Iterable) -> tuple[list, float, tuple | None]:
+    """In a worker: one chunk of a map, C{fn} applied to each item in turn.
+
+    Returns C{(results, seconds, None)}, C{seconds} the time the items took; or, at the
+    first item that raises, C{([], seconds, (its index in C{items}, error JSON, pickled
+    exception))}: returned rather than raised, so the caller knows the item even when the
+    exception does not unpickle there (see L{raised_error}).
+    """
+    results: list = []
+    started = time.perf_counter()
+    try:
+        results.extend(map(fn, items))  # at an error, holds the results before it
+    except Exception as e:
+        _, frames = _raised(e, traceback.format_exc())
+        return [], time.perf_counter() - started, (len(results), *frames.frames)
+    return results, time.perf_counter() - started, None
+
+
 class RemoteTraceback(Exception):
     """The C{__cause__} of an exception raised in a worker: its traceback there, as text."""
 
@@ -286,16 +305,24 @@ def unpack_outcome(status: int, outcome: CallFrames) -> Any:
     frames = outcome.frames
     if status == CALL_RESULT:
         return pickle.loads(frames[0], buffers=frames[1:])
-    info = json.loads(frames[0])
+    raise raised_error(frames[0], frames[1])
+
+
+def raised_error(info_json: bytes, pickled: bytes) -> BaseException:
+    """The exception a worker reported as C{[error JSON, pickled exception or b""]}: of its
+    original type with the traceback text as C{__cause__} and C{remote_traceback}, or a
+    L{RemoteError} (see L{unpack_outcome})."""
+    info = json.loads(info_json)
     text = info["traceback"]
     try:
-        exc = pickle.loads(frames[1]) if frames[1] else None
+        exc = pickle.loads(pickled) if pickled else None
     except Exception:
         exc = None
     if not isinstance(exc, BaseException):
-        raise RemoteError(info["type"], info["message"], text)
+        return RemoteError(info["type"], info["message"], text)
     try:
         exc.remote_traceback = text
     except Exception:
         pass  # an exception type that takes no attributes: its __cause__ still has the text
-    raise exc from RemoteTraceback(text)
+    exc.__cause__ = RemoteTraceback(text)
+    return exc
