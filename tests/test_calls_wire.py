@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 
 import call_targets as targets
@@ -32,16 +33,16 @@ class Methods:
 def test_a_large_bytes_argument_is_a_frame_of_its_own_not_a_copy():
     data = b"d" * OUT_OF_BAND_BYTES
     call = pack_call(targets.echo, (b"small", data), {"kw": data})
-    pickled, *buffers = call.frames
+    reference, pickled, *buffers = call.frames
     assert len(buffers) == 2 and all(buffer.obj is data for buffer in buffers)
-    assert len(pickled) < 1000 and len(call) == len(pickled) + 2 * len(data)
+    assert len(pickled) < 1000 and len(call) == len(reference) + len(pickled) + 2 * len(data)
     # The worker's side: the frames as received (bytes) are the arguments themselves.
-    received = CallFrames([bytes(pickled), *(bytes(b) for b in buffers)])
+    received = CallFrames([reference, bytes(pickled), *(bytes(b) for b in buffers)])
     status, outcome = run_call(received)
     assert status == CALL_RESULT
     args, kwargs = unpack_outcome(status, outcome)
     assert args == (b"small", data) and kwargs == {"kw": data}
-    assert len(pack_call(targets.echo, (b"x" * (OUT_OF_BAND_BYTES - 1),), {}).frames) == 1
+    assert len(pack_call(targets.echo, (b"x" * (OUT_OF_BAND_BYTES - 1),), {}).frames) == 2
 
 
 def test_static_and_class_methods_can_be_called():
@@ -117,9 +118,9 @@ def test_memoryviews_travel_out_of_band_and_arrive_as_views_in_their_format():
     data = bytearray(range(256)) * 4
     arg = memoryview(data).cast("H", (2, 256))  # any format and shape, any size
     call = pack_call(targets.identity, ([arg, memoryview(data)[::2]],), {})
-    assert len(call.frames) == 3
-    data[0] = 7  # the first frame is the caller's memory itself, not a copy
-    assert bytes(call.frames[1])[0] == 7
+    assert len(call.frames) == 4  # the function, the pickle, a buffer each
+    data[0] = 7  # the first buffer is the caller's memory itself, not a copy
+    assert bytes(call.frames[2])[0] == 7
     data[0] = 0
     received = CallFrames([bytes(frame) for frame in call.frames])
     status, outcome = run_call(received)
@@ -131,9 +132,18 @@ def test_memoryviews_travel_out_of_band_and_arrive_as_views_in_their_format():
 def test_a_large_bytearray_is_a_frame_of_its_own_and_a_small_one_is_not():
     large, small = bytearray(OUT_OF_BAND_BYTES), bytearray(b"small")
     call = pack_call(targets.echo, (large,), {"small": small})
-    assert len(call.frames) == 2
+    assert len(call.frames) == 3  # the function, the pickle, the large buffer
     large[0] = 7  # the frame is the caller's memory, not a copy
-    assert bytes(call.frames[1])[0] == 7
+    assert bytes(call.frames[2])[0] == 7
     status, outcome = run_call(CallFrames([bytes(frame) for frame in call.frames]))
     got = unpack_outcome(status, CallFrames([bytes(f) for f in outcome.frames]))
     assert got == ((large,), {"small": small}) and type(got[0][0]) is bytearray
+
+
+def test_a_function_is_pickled_once_and_a_partial_each_time():
+    first = pack_call(targets.echo, (1,), {})
+    again = pack_call(targets.echo, (2,), {})
+    assert again.frames[0] is first.frames[0]  # kept: pickled once
+    partial = functools.partial(targets.echo, 1)
+    assert pack_call(partial, (), {}).frames[0] is not pack_call(partial, (), {}).frames[0]
+    assert unpack_outcome(*run_call(again)) == ((2,), {})

@@ -212,24 +212,66 @@ def too_large(what: str, nbytes: int, limit: int) -> ValueError:
     )
 
 
+#: Kinds of callables whose pickled reference is kept (they live as long as their module):
+#: the caller pickles, and the worker imports, each such function once.
+_REFERENCED = (types.FunctionType, types.BuiltinFunctionType)
+#: At most this many references are kept at each end (then they are all dropped).
+MAX_FUNCTIONS = 1024
+
+_references: dict[Callable, bytes] = {}
+_functions: dict[bytes, Callable] = {}
+
+
+def _reference(fn: Callable) -> bytes:
+    """C{fn} pickled (by reference), checked and kept for the next call if it is a plain
+    function or builtin."""
+    reference = _references.get(fn) if type(fn) in _REFERENCED else None
+    if reference is None:
+        check_callable(fn)
+        try:
+            reference = _dumps(fn)[0]
+        except Exception as e:
+            raise _unpicklable(fn, e) from e
+        if type(fn) in _REFERENCED:
+            if len(_references) >= MAX_FUNCTIONS:
+                _references.clear()
+            _references[fn] = reference
+    return reference
+
+
+def _function(reference: bytes) -> Callable:
+    """In a worker: the callable a reference names, imported on first use, then kept."""
+    fn = _functions.get(reference)
+    if fn is None:
+        fn = pickle.loads(reference)
+        if len(_functions) >= MAX_FUNCTIONS:
+            _functions.clear()
+        _functions[bytes(reference)] = fn
+    return fn
+
+
 def pack_call(fn: Callable, args: tuple, kwargs: dict) -> CallFrames:
-    """The frames of the call C{fn(*args, **kwargs)}, pickled now (in the caller).
+    """The frames of the call C{fn(*args, **kwargs)}, pickled now (in the caller):
+    C{[reference to fn, pickle of (args, kwargs), out-of-band buffers...]}.
 
     Raises C{ValueError} for a function a worker cannot import, and C{pickle.PicklingError}
     (from pickle's own error) for what cannot be pickled.
     """
-    check_callable(fn)
     if _anyLarge(args):
         args = tuple(map(_outOfBand, args))
     if kwargs and _anyLarge(kwargs.values()):
         kwargs = {key: _outOfBand(item) for key, item in kwargs.items()}
-    value = (fn, args, kwargs)
+    reference = _reference(fn)
     try:
-        return CallFrames(_dumps(value))
+        return CallFrames([reference, *_dumps((args, kwargs))])
     except Exception as e:
-        raise pickle.PicklingError(
-            f"cannot send the call of {describe(fn)} to a worker: {type(e).__name__}: {e}"
-        ) from e
+        raise _unpicklable(fn, e) from e
+
+
+def _unpicklable(fn: Callable, error: Exception) -> pickle.PicklingError:
+    return pickle.PicklingError(
+        f"cannot send the call of {describe(fn)} to a worker: {type(error).__name__}: {error}"
+    )
 
 
 def _raised(exc: BaseException, traceback_text: str) -> tuple[int, CallFrames]:
@@ -249,7 +291,9 @@ def run_call(call: CallFrames, max_bytes: int = 0) -> tuple[int, CallFrames]:
     that cannot be pickled, or is larger than C{max_bytes} pickled (0: no limit), fails this
     call only (and is not sent)."""
     try:
-        fn, args, kwargs = pickle.loads(call.frames[0], buffers=call.frames[1:])
+        frames = call.frames
+        fn = _function(frames[0])
+        args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
         result = fn(*args, **kwargs)
     except Exception as e:
         return _raised(e, traceback.format_exc())
@@ -304,6 +348,8 @@ def unpack_outcome(status: int, outcome: CallFrames) -> Any:
     """
     frames = outcome.frames
     if status == CALL_RESULT:
+        if len(frames) == 1:
+            return pickle.loads(frames[0])
         return pickle.loads(frames[0], buffers=frames[1:])
     raise raised_error(frames[0], frames[1])
 
