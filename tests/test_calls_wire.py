@@ -147,3 +147,8 @@ def test_a_function_is_pickled_once_and_a_partial_each_time():
     partial = functools.partial(targets.echo, 1)
     assert pack_call(partial, (), {}).frames[0] is not pack_call(partial, (), {}).frames[0]
     assert unpack_outcome(*run_call(again)) == ((2,), {})
+    # A bound method's pickle holds its object as it is now: pickled at each call.
+    seen = {"k": 1}
+    assert unpack_outcome(*run_call(pack_call(seen.get, ("k",), {}))) == 1
+    seen["k"] = 2
+    assert unpack_outcome(*run_call(pack_call(seen.get, ("k",), {}))) == 2

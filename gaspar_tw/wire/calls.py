@@ -212,27 +212,35 @@ def too_large(what: str, nbytes: int, limit: int) -> ValueError:
     )
 
 
-#: Kinds of callables whose pickled reference is kept (they live as long as their module):
-#: the caller pickles, and the worker imports, each such function once.
-_REFERENCED = (types.FunctionType, types.BuiltinFunctionType)
-#: At most this many references are kept at each end (then they are all dropped).
+#: At most this many function references are kept at each end (then they are all dropped).
 MAX_FUNCTIONS = 1024
 
 _references: dict[Callable, bytes] = {}
 _functions: dict[bytes, Callable] = {}
 
 
+def _isPlainFunction(fn: Any) -> bool:
+    """Whether C{fn} pickles as its name alone (a Python function, or a builtin function of a
+    module), so that its pickle can be kept: not a bound method, whose pickle holds its
+    object's state as it is now."""
+    kind = type(fn)
+    return kind is types.FunctionType or (
+        kind is types.BuiltinFunctionType and type(fn.__self__) is types.ModuleType
+    )
+
+
 def _reference(fn: Callable) -> bytes:
-    """C{fn} pickled (by reference), checked and kept for the next call if it is a plain
-    function or builtin."""
-    reference = _references.get(fn) if type(fn) in _REFERENCED else None
+    """C{fn} pickled (by reference), checked; kept for the next call if it is a plain
+    function (pickled, and imported by a worker, once)."""
+    plain = _isPlainFunction(fn)
+    reference = _references.get(fn) if plain else None
     if reference is None:
         check_callable(fn)
         try:
             reference = _dumps(fn)[0]
         except Exception as e:
             raise _unpicklable(fn, e) from e
-        if type(fn) in _REFERENCED:
+        if plain:
             if len(_references) >= MAX_FUNCTIONS:
                 _references.clear()
             _references[fn] = reference
@@ -240,13 +248,15 @@ def _reference(fn: Callable) -> bytes:
 
 
 def _function(reference: bytes) -> Callable:
-    """In a worker: the callable a reference names, imported on first use, then kept."""
+    """In a worker: the callable a reference names, imported on first use, then kept if it
+    is a plain function."""
     fn = _functions.get(reference)
     if fn is None:
         fn = pickle.loads(reference)
-        if len(_functions) >= MAX_FUNCTIONS:
-            _functions.clear()
-        _functions[bytes(reference)] = fn
+        if _isPlainFunction(fn):  # not a method, whose object a call may change
+            if len(_functions) >= MAX_FUNCTIONS:
+                _functions.clear()
+            _functions[bytes(reference)] = fn
     return fn
 
 
