@@ -11,9 +11,12 @@ The data flow of a call::
                                                          |
     pool.call(fn, *args, **kwargs)                       |
       check_callable(fn): lambda, nested, __main__ ──▶ ValueError, at once (never sent)
-      pack_call: pickle 5 of (fn, args, kwargs) ───────▶ PicklingError, at once (never sent)
-        large bytes and PickleBuffers (numpy) are        |
-        out-of-band buffers: views, not copies           |
+      pack_call: [reference to fn (a plain function's    |
+        pickled once, then kept), pickle 5 of (args,     |
+        kwargs), out-of-band buffers] ─────────────────▶ PicklingError, at once (never sent)
+        large bytes/bytearrays, memoryviews and          |
+        PickleBuffers (numpy): views, not copies         |
+      over max_call_bytes ─────────────────────────────▶ ValueError, at once (never sent)
       Dispatcher.submitCall(CallFrames) ─▶ ReplyDeferred |
         │  request table (id, admission, timeout)        |
         ▼                                                |
@@ -21,16 +24,17 @@ The data flow of a call::
         worker; encode_mixed_work once the pool has      |
         seen a call (before: encode_work, no check)      |
         │                                                |
-        ▼  [n|MIXED_BIT + ids + kinds + counts,          |
-        │   pickle, buffer, ..., bytes payload, ...]     |
+        ▼  [n|MIXED_BIT + ids + kinds + counts + sizes,  |
+        │   small frames packed, large ones each alone]  |
         └── that worker's PUSH (ipc://, frames ─────────▶ PULL ─▶ Worker.answer
             sent with copy=False) ─────────────────────  |   is_mixed_work: one bit a message
                                                          |   KIND_BYTES ─▶ call_handler
                                                          |   KIND_CALL  ─▶ run_call:
-                                                         |     pickle.loads(buffers=frames):
-                                                         |     imports fn's module on first
-                                                         |     use, a large bytes argument IS
-                                                         |     the received frame (no copy)
+                                                         |     fn from its reference: imported
+                                                         |     on first use, then kept;
+                                                         |     pickle.loads(buffers=frames): a
+                                                         |     large bytes argument IS the
+                                                         |     received frame (no copy)
                                                          |     fn(*args, **kwargs)
                                                          |     result ─▶ CALL_RESULT frames
                                                          |     raised ─▶ CALL_RAISED frames:
@@ -40,7 +44,7 @@ The data flow of a call::
                                                          |       (PicklingError): this call
                                                          |       fails, the worker lives on
         ┌── shared PULL ◀── encode_mixed_replies ◀─────  |   [b"R" ... n|MIXED_BIT + ids +
-        ▼                                                |    statuses + counts, frames...]
+        ▼                                                |    statuses + counts + sizes, ...]
       Dispatcher.repliesMessage ─ decode_replies         |
         ─▶ Delivery.deliver: status >= CALL_RESULT       |
            ─▶ unpack_outcome ─▶ d.callback(result)       |
