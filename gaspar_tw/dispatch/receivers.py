@@ -131,7 +131,7 @@ class Delivery:
                 what = "a call's result" if status == CALL_RESULT else "a call's exception"
                 raise too_large(what, outcome.nbytes, self.max_call_bytes)
             result = unpack_outcome(status, outcome)
-        except Exception as e:
+        except BaseException as e:  # what the call raised (SystemExit too): its Deferred's
             self.stats.error += 1
             fail(request, e)
             return

@@ -284,9 +284,17 @@ def _unpicklable(fn: Callable, error: Exception) -> pickle.PicklingError:
     )
 
 
+def _message(exc: BaseException) -> str:
+    """C{str(exc)}, or what C{traceback} prints when that raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
+
+
 def _raised(exc: BaseException, traceback_text: str) -> tuple[int, CallFrames]:
     info = json.dumps(
-        {"type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
+        {"type": type(exc).__name__, "message": _message(exc), "traceback": traceback_text}
     ).encode()
     try:
         pickled = pickle.dumps(exc, protocol=PROTOCOL)
@@ -305,7 +313,7 @@ def run_call(call: CallFrames, max_bytes: int = 0) -> tuple[int, CallFrames]:
         fn = _function(frames[0])
         args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
         result = fn(*args, **kwargs)
-    except Exception as e:
+    except BaseException as e:  # SystemExit too: the caller gets it, the worker lives on
         return _raised(e, traceback.format_exc())
     try:
         outcome = CallFrames(_dumps(_outOfBand(result)))
@@ -332,7 +340,7 @@ def run_chunk(fn: Callable, items: Iterable) -> tuple[list, float, tuple | None]
     started = time.perf_counter()
     try:
         results.extend(map(fn, items))  # at an error, holds the results before it
-    except Exception as e:
+    except BaseException as e:  # SystemExit too: the caller gets it, the worker lives on
         _, frames = _raised(e, traceback.format_exc())
         return [], time.perf_counter() - started, (len(results), *frames.frames)
     return results, time.perf_counter() - started, None

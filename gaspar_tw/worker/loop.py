@@ -114,8 +114,10 @@ class Worker:
         #: How a mixed message's requests are run: a call whose result is larger than
         #: C{max_call_bytes} (pickled; 0: no limit) fails instead of being sent (a remote
         #: worker may refuse calls instead: see L{gaspar_tw.worker.relay}).
-        self.runMixed = partial(call_handler_or_run_call, max_call_bytes=max_call_bytes)
-        signal.signal(signal.SIGALRM, self._onAlarm)
+        self._runCall = partial(call_handler_or_run_call, max_call_bytes=max_call_bytes)
+        self.runMixed = self._runGuarded
+        self._alarmHandler = self._onAlarm
+        signal.signal(signal.SIGALRM, self._alarmHandler)
 
     def openSockets(self, work_address: str, reply_address: str) -> tuple[zmq.Socket, zmq.Socket]:
         """The PULL socket work arrives on (bound) and the PUSH replies go to (connected)."""
@@ -265,6 +267,18 @@ class Worker:
                 flags=BLOCK,
             )
             self._held = _Held()
+
+    def _runGuarded(self, handler: Handler, payload) -> tuple[int, object]:
+        """Run a mixed message's request; then take SIGALRM back if a called function took
+        it (a timeout decorator's handler, or alarm(0), would silence the flush timer)."""
+        outcome = self._runCall(handler, payload)
+        if signal.getsignal(signal.SIGALRM) is not self._alarmHandler:
+            signal.signal(signal.SIGALRM, self._alarmHandler)
+            if self._alarm:
+                signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER_SECONDS)
+        elif self._alarm and not signal.getitimer(signal.ITIMER_REAL)[0]:
+            signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER_SECONDS)  # disarmed by alarm(0)
+        return outcome
 
     def _onAlarm(self, signum, frame) -> None:
         # Runs between bytecodes of the handler (or of the loop around it): only send when
