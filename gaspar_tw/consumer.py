@@ -6,6 +6,7 @@ import os
 import site
 import sys
 import sysconfig
+from collections.abc import Sequence
 
 from twisted.logger import Logger
 
@@ -45,6 +46,40 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f"Consumer({self.spec!r})"
+
+
+def script_root() -> str | None:
+    """The directory this process imported its C{__main__} from, as a worker would need it:
+    a script's own directory (C{sys.path[0]} when it started), or the root of the package
+    of C{python -m package.module}; C{None} without one (C{python -c}, a REPL) or when it
+    is where installed packages are (a twistd or pytest script)."""
+    main = sys.modules.get("__main__")
+    file = getattr(main, "__file__", None)
+    if not file:
+        return None
+    spec = getattr(main, "__spec__", None)
+    if spec is None:  # a script: Python put its real directory first on the path
+        root = os.path.dirname(os.path.realpath(file))
+    else:
+        root = os.path.dirname(os.path.abspath(file))
+        for _ in range(spec.name.count(".")):  # up from the module to its package's root
+            root = os.path.dirname(root)
+    standard = root in _STANDARD_PATHS or root in map(os.path.realpath, _STANDARD_PATHS)
+    return None if standard else root
+
+
+def worker_pythonpath(configured: Sequence[str], consumer: Consumer) -> list[str]:
+    """The directories a pool's workers put first on their path, each once: C{configured}
+    (C{pythonpath}), then the handler's import root, then this process's script directory
+    (L{script_root}), so that a worker imports a call's function where the caller did (as
+    C{multiprocessing} does)."""
+    paths: list[str] = []
+    for directory in (*configured, *consumer.pythonpath, script_root()):
+        if directory:
+            directory = os.path.abspath(directory)
+            if directory not in paths:
+                paths.append(directory)
+    return paths
 
 
 def loadConsumer(options, command: str) -> tuple[Consumer, list[str]]:

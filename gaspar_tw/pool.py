@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from gaspar_tw.calls import submit_call
 from gaspar_tw.calls.mapping import submit_map
 from gaspar_tw.config import POOL, Config
-from gaspar_tw.consumer import Consumer
+from gaspar_tw.consumer import Consumer, worker_pythonpath
 from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.handler import Handler
@@ -144,14 +144,17 @@ class ProcessPool(service.Service):
         """Run C{fn(*args, **kwargs)} in a worker; the Deferred fires with what it returns.
 
         C{fn} must be importable by name (module-level functions, builtins, static and class
-        methods, C{functools.partial} of those): a lambda, a nested function or one defined
-        in C{__main__} fails at once with C{ValueError}, and arguments that cannot be pickled
-        fail at once with C{pickle.PicklingError}; a call over C{max_call_bytes} pickled fails
-        at once with C{ValueError}; none reaches a worker. If C{fn} raises, the Deferred fails
-        with that exception (its worker traceback as C{__cause__} and C{remote_traceback}), or
-        with L{gaspar_tw.RemoteError} if it cannot be unpickled here; a result over
-        C{max_call_bytes} fails the call with C{ValueError}. Otherwise as L{submit}: crashes,
-        C{timeout}, C{max_pending}, stopping.
+        methods, C{functools.partial} of those): a lambda, a nested function, one defined
+        in C{__main__} or an async function fails at once with C{ValueError}, as do
+        arguments holding a class or function of C{__main__}; arguments that cannot be
+        pickled fail at once with C{pickle.PicklingError}; a call over C{max_call_bytes}
+        pickled fails at once with C{ValueError}; none reaches a worker. If C{fn} raises,
+        the Deferred fails with that exception (its worker traceback as C{__cause__} and
+        C{remote_traceback}), or with L{gaspar_tw.RemoteError} if it cannot be unpickled
+        here; a result over C{max_call_bytes} fails the call with C{ValueError}. Otherwise
+        as L{submit}: crashes, C{timeout}, C{max_pending}, stopping. A worker has the
+        caller's script directory on its path (after C{pythonpath} and the handler's);
+        if it cannot import C{fn}'s module, the call fails saying so.
 
         Cancelling the Deferred (C{d.cancel()}, or C{d.addTimeout(t, reactor)} when C{t}
         passes) fails it with C{CancelledError} (C{TimeoutError}): a call still queued never
@@ -193,8 +196,11 @@ class ProcessPool(service.Service):
         the Deferred fails with that exception (as L{call}), its index in C{map_index} and in
         a note, and the rest of the map is cancelled; cancelling the Deferred cancels every
         chunk. What L{call} refuses at once, C{map} does too, as well as a C{chunksize} that
-        is not a positive int (C{ValueError}) and an item that cannot be pickled
-        (C{pickle.PicklingError}, with C{map_index}).
+        is not a positive int (C{ValueError}), an C{iterable} that is not one (C{TypeError})
+        and an item that cannot be pickled (C{pickle.PicklingError}, with C{map_index}); it
+        never raises (what C{iter(iterable)} raises fails the Deferred). It keeps within
+        C{max_pending}, sending more chunks as its own finish, and sizes automatic chunks so
+        that their items and results stay well under C{max_call_bytes}.
         """
         refusal = self._prepareCalls()
         if refusal:
@@ -306,7 +312,7 @@ class ProcessPool(service.Service):
             self.consumer.spec,
             config.worker_count,
             self.dispatcher,
-            [*config.pythonpath, *self.consumer.pythonpath],
+            worker_pythonpath(config.pythonpath, self.consumer),
             self.stats,
             max_requests=config.max_requests,
             max_requests_jitter=config.max_requests_jitter,

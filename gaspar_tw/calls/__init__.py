@@ -10,12 +10,15 @@ The data flow of a call::
     caller (reactor thread)                              |  worker process (plain pyzmq)
                                                          |
     pool.call(fn, *args, **kwargs)                       |
-      check_callable(fn): lambda, nested, __main__ ──▶ ValueError, at once (never sent)
+      check_callable(fn): lambda, nested, __main__,      |
+        async ─────────────────────────────────────────▶ ValueError, at once (never sent)
       pack_call: [reference to fn (a plain function's    |
         pickled once, then kept), pickle 5 of (args,     |
         kwargs), out-of-band buffers] ─────────────────▶ PicklingError, at once (never sent)
         large bytes/bytearrays, memoryviews and          |
         PickleBuffers (numpy): views, not copies         |
+      a class or function of __main__ in the args      |
+        (looked for only if the pickle names __main__) ▶ ValueError, at once (never sent)
       over max_call_bytes ─────────────────────────────▶ ValueError, at once (never sent)
       Dispatcher.submitCall(CallFrames) ─▶ ReplyDeferred |
         │  request table (id, admission, timeout)        |
@@ -31,7 +34,9 @@ The data flow of a call::
                                                          |   KIND_BYTES ─▶ call_handler
                                                          |   KIND_CALL  ─▶ run_call:
                                                          |     fn from its reference: imported
-                                                         |     on first use, then kept;
+                                                         |     on first use, then kept (a
+                                                         |     module not found: one line
+                                                         |     with the fix, pythonpath=[...]);
                                                          |     pickle.loads(buffers=frames): a
                                                          |     large bytes argument IS the
                                                          |     received frame (no copy)
@@ -75,7 +80,12 @@ the caller, and a larger result in a local worker before it is sent (the parent 
 again: a remote worker is not told the limit).
 
 C{pool.map} (L{gaspar_tw.calls.mapping}) is calls of L{gaspar_tw.wire.calls.run_chunk}, a
-chunk of items each, a few per worker in flight.
+chunk of items each, a few per worker in flight within the room left under max_pending;
+each chunk's results come back pickled by run_chunk, so that automatic chunks are sized by
+their bytes too (a quarter of max_call_bytes) and a chunk over it is said by item.
+
+A pool's workers have on their path its pythonpath, its handler's import root, then the
+directory of the caller's script (C{__main__}): they import a function where the caller did.
 """
 
 from __future__ import annotations
@@ -95,8 +105,9 @@ def submit_call(dispatcher: Dispatcher, fn: Callable, args: tuple, kwargs: dict)
     """Queue C{fn(*args, **kwargs)} on C{dispatcher}'s workers; fires with its result.
 
     Fails at once (nothing sent) with C{ValueError} for a function a worker cannot import by
-    name or a call over the dispatcher's C{max_call_bytes}, and C{pickle.PicklingError} for
-    arguments that cannot be pickled.
+    name or run (async), arguments holding a class or function of C{__main__}, or a call
+    over the dispatcher's C{max_call_bytes}, and C{pickle.PicklingError} for arguments that
+    cannot be pickled.
     """
     try:
         call = pack_call(fn, args, kwargs)

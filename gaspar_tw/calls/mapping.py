@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import pickle
+import reprlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -12,8 +12,11 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from gaspar_tw.wire.calls import (
-    check_callable,
+    chunk_results,
     describe,
+    function_reference,
+    main_object,
+    main_refusal,
     pack_call,
     raised_error,
     run_chunk,
@@ -34,6 +37,9 @@ MAX_CHUNK_ITEMS = 16384
 #: An automatic chunk is at most this many times the largest chunk timed so far, so a few
 #: fast first items cannot make one long chunk of slow ones.
 CHUNK_GROWTH = 1024
+#: Automatic chunks are sized so that their items, and their results, take at most this
+#: share of C{max_call_bytes} pickled (as measured so far, items varying in size).
+CHUNK_BYTES_SHARE = 1 / 4
 #: Iterables whose chunks are slices (a range's is three numbers) rather than lists of
 #: items read one by one.
 SLICED = (list, tuple, range)
@@ -43,8 +49,13 @@ class ChunkSizes:
     """How many items the next chunk takes: C{chunksize}, or sized from measured times
     (one item until the first chunk is timed)."""
 
-    def __init__(self, chunksize: int | None) -> None:
+    def __init__(self, chunksize: int | None, max_bytes: int = 0) -> None:
         self.fixed = chunksize
+        #: The pickled bytes an automatic chunk's items, or its results, may take.
+        self._byteBudget = max_bytes * CHUNK_BYTES_SHARE
+        #: Bytes and items of the chunks measured, of their items and of their results
+        #: (weighed as the times are).
+        self._bytes = {"items": [0.0, 0.0], "results": [0.0, 0.0]}
         #: Worker seconds and items of the chunks timed, older chunks weighing less: their
         #: ratio is the time an item takes, the larger chunks' counting most.
         self._seconds = 0.0
@@ -63,6 +74,9 @@ class ChunkSizes:
             return 1
         seconds = self._seconds / self._items  # an item's
         wanted = int(CHUNK_SECONDS / seconds) if seconds > 0 else MAX_CHUNK_ITEMS
+        itemBytes = max((b / n for b, n in self._bytes.values() if n), default=0)
+        if self._byteBudget and itemBytes:
+            wanted = min(wanted, int(self._byteBudget / itemBytes))
         return max(1, min(wanted, MAX_CHUNK_ITEMS, self.largest_timed * CHUNK_GROWTH))
 
     def timed(self, count: int, seconds: float) -> None:
@@ -72,6 +86,14 @@ class ChunkSizes:
         self.largest_timed = max(self.largest_timed, count)
         self._seconds = self._seconds / 2 + seconds
         self._items = self._items / 2 + count
+
+    def measured(self, what: str, count: int, nbytes: int) -> None:
+        """C{count} items, or their results (C{what}: "items" or "results"), took C{nbytes}
+        pickled."""
+        if count:
+            sums = self._bytes[what]
+            sums[0] = sums[0] / 2 + nbytes
+            sums[1] = sums[1] / 2 + count
 
 
 def check_chunksize(chunksize: Any) -> None:
@@ -105,13 +127,16 @@ class Mapping:
     ) -> None:
         self.dispatcher = dispatcher
         self.fn = fn
+        #: C{fn} pickled by reference (raises here if a worker could not import it).
+        self._reference = function_reference(fn)
         self.deferred: Deferred = Deferred(self._cancel)
         #: A list, tuple or range is sliced; any other iterable is read item by item.
         self._sequence: Sequence | None = iterable if type(iterable) in SLICED else None
-        self._iterator: Iterator | None = None if self._sequence is not None else iter(iterable)
+        self._iterable = iterable
+        self._iterator: Iterator | None = None
         self._exhausted = False
         self._tail: int | None = None  # the size of a sequence's last chunks, once known
-        self._sizes = ChunkSizes(chunksize)
+        self._sizes = ChunkSizes(chunksize, dispatcher.max_call_bytes)
         self._workers = workers
         self._read = 0  # items taken from the iterable
         self._inFlight: dict[int, Deferred] = {}  # by the index of a chunk's first item
@@ -120,6 +145,16 @@ class Mapping:
         self._done = False
 
     def start(self) -> Deferred:
+        if self._sequence is None:
+            iterable, self._iterable = self._iterable, None
+            try:
+                self._iterator = iter(iterable)
+            except Exception:
+                if not _iterable(iterable):
+                    self._fail(Failure(_notIterable(iterable)))
+                else:
+                    self._fail(Failure(), "raised by iter() of the iterable given to map()")
+                return self.deferred
         self._fill()
         return self.deferred
 
@@ -128,7 +163,13 @@ class Mapping:
         workers = max(1, self._workers, self.dispatcher.workerCount)
         # Until the first chunk is timed, one single item a worker.
         limit = CHUNKS_PER_WORKER * workers if self._sizes.known else workers
+        # Within the room left in the request table (max_pending): the chunks that do not
+        # fit wait for this map's chunks in flight to finish (with none, one is refused).
+        room = self.dispatcher.room
         while not self._done and not self._exhausted and len(self._inFlight) < limit:
+            if room <= 0 and self._inFlight:
+                break
+            room -= 1
             start = self._read
             try:
                 items = self._take(self._sizes.next(), workers)
@@ -139,11 +180,16 @@ class Mapping:
                 self._exhausted = True
                 break
             self._read += len(items)
+            limit_bytes = self.dispatcher.max_call_bytes
             try:
-                call = pack_call(run_chunk, (self.fn, items), {})
+                call = pack_call(run_chunk, (self._reference, items, start, limit_bytes), {})
             except Exception as e:
-                self._fail(Failure(_unpicklable(self.fn, items, start, e)))
+                self._fail(Failure(_unsendable(self.fn, items, start, e)))
                 return
+            # The items' share of the call (less the function's and run_chunk's references).
+            self._sizes.measured(
+                "items", len(items), call.nbytes - len(call.frames[0]) - len(self._reference)
+            )
             if call.nbytes > self.dispatcher.max_call_bytes:
                 what = f"the chunk of items {start} to {start + len(items) - 1} of the map"
                 self._fail(Failure(too_large(what, call.nbytes, self.dispatcher.max_call_bytes)))
@@ -152,7 +198,7 @@ class Mapping:
             d.addCallbacks(
                 self._chunkDone,
                 self._chunkFailed,
-                callbackArgs=(start,),
+                callbackArgs=(start, len(items)),
                 errbackArgs=(start, len(items)),
             )
         if self._exhausted and not self._inFlight and not self._done:
@@ -175,16 +221,26 @@ class Mapping:
                 count = self._tail
         return sequence[start : start + count]
 
-    def _chunkDone(self, outcome: tuple, start: int) -> None:
+    def _chunkDone(self, outcome: tuple, start: int, count: int) -> None:
         if self._done:
             return
         del self._inFlight[start]
-        results, seconds, raised = outcome
+        frames, seconds, raised = outcome
         if raised is not None:
             index, info, pickled = raised
-            self._itemFailed(start + index, raised_error(info, pickled))
+            if index < 0:  # the chunk's results together: the error says which
+                self._fail(Failure(raised_error(info, pickled)))
+            else:
+                self._itemFailed(start + index, raised_error(info, pickled))
+            return
+        try:
+            results = chunk_results(frames)
+        except Exception:
+            last = start + count - 1
+            self._fail(Failure(), f"raised unpickling the results of items {start} to {last}")
             return
         self._sizes.timed(len(results), seconds)
+        self._sizes.measured("results", len(results), sum(map(len, frames)))
         arrived = self._arrived
         arrived[start] = results
         joined = self._results
@@ -204,7 +260,7 @@ class Mapping:
             error.map_index = index
         except Exception:
             pass  # an exception type that takes no attributes: the note still says it
-        self._fail(Failure(error), f"raised by item {index} of the map of {_name(self.fn)}")
+        self._fail(Failure(error), f"raised by item {index} of the map of {describe(self.fn)}")
 
     def _fail(self, failure: Failure, note: str = "") -> None:
         """End the map with C{failure}: cancel its chunks, drop its results."""
@@ -234,29 +290,42 @@ class Mapping:
             self._stop(killRunning=True)
 
 
-def _name(fn: Callable) -> str:
-    """A mapped function's dotted name, that of the function in a partial."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return describe(fn)
+def _iterable(value: Any) -> bool:
+    """Whether C{value}'s type says it can be iterated (C{iter} of it may still fail)."""
+    kind = type(value)
+    return getattr(kind, "__iter__", None) is not None or hasattr(kind, "__getitem__")
 
 
-def _unpicklable(fn: Callable, items: Sequence, start: int, error: Exception) -> Exception:
-    """Why the chunk of C{items} (from item C{start}) could not be pickled (C{error}): which
-    item, or C{fn} itself."""
+def _notIterable(value: Any) -> TypeError:
+    return TypeError(
+        f"map() needs an iterable of items (a list, a range, a generator...); got"
+        f" {reprlib.repr(value)} (of type {type(value).__name__}), which is not iterable"
+    )
+
+
+def _unsendable(fn: Callable, items: Sequence, start: int, error: Exception) -> Exception:
+    """Why the chunk of C{items} (from item C{start}) could not be sent (C{error}): which
+    item holds a class or function of C{__main__} or cannot be pickled; or C{fn} itself."""
     for offset, item in enumerate(items):
+        index = start + offset
+        found = main_object(item)
+        if found is not None:
+            refused = main_refusal(found, f"as item {index} of the map of {describe(fn)}")
+            refused.map_index = index
+            return refused
         try:
             pickle.dumps(item, protocol=5)
         except Exception as e:
-            index = start + offset
             unpicklable = pickle.PicklingError(
-                f"cannot send item {index} of the map of {_name(fn)} to a worker: "
+                f"cannot send item {index} of the map of {describe(fn)} to a worker: "
                 f"{type(e).__name__}: {e}"
             )
             unpicklable.map_index = index
             return unpicklable
+    if isinstance(error, ValueError):
+        return error
     return pickle.PicklingError(
-        f"cannot send {_name(fn)} to a worker for map(): {error.__cause__ or error}"
+        f"cannot send {describe(fn)} to a worker for map(): {error.__cause__ or error}"
     )
 
 
@@ -267,13 +336,14 @@ def submit_map(
     how many chunks to keep in flight); fires with the list of results in input order.
 
     Fails at once with C{ValueError} for a bad C{chunksize} or a function a worker cannot
-    import by name, and with C{pickle.PicklingError} at an item that cannot be pickled.
+    import by name or run, with C{TypeError} for an C{iterable} that is not one, with what
+    C{iter(iterable)} raised, and with C{pickle.PicklingError} at an item that cannot be
+    pickled. It never raises.
     """
     try:
         check_chunksize(chunksize)
-        check_callable(fn)
         mapping = Mapping(dispatcher, fn, iterable, chunksize, workers)
-    except (ValueError, TypeError):  # TypeError: an iterable that is not one
+    except Exception:
         return fail()
     return mapping.start()
 

@@ -149,6 +149,11 @@ class Dispatcher:
         return len(self._requests)
 
     @property
+    def room(self) -> int:
+        """How many more requests would be admitted now (none once it stops accepting)."""
+        return self._table.capacity - len(self._requests)
+
+    @property
     def workerCount(self) -> int:
         """Workers ready for work, local and remote."""
         return len(self._scheduler.links)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copyreg
 import functools
+import inspect
 import io
 import json
 import pickle
+import re
 import threading
 import time
 import traceback
@@ -175,19 +177,33 @@ def _anyLarge(values: Any) -> bool:
 
 
 def describe(fn: Any) -> str:
-    """A callable's dotted name, for messages."""
+    """A callable's dotted name (that of the function in a partial), for messages."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
     module = getattr(fn, "__module__", None) or "?"
     return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+#: Why a worker cannot use what the caller's C{__main__} defines.
+_NOT_MAIN = "a worker does not run your __main__ script, so cannot import what it defines"
+_TOP_LEVEL = "define it at the top level of an importable module (e.g. mypackage/tasks.py)"
+
+
 def check_callable(fn: Any) -> None:
     """Raise C{ValueError} unless a worker can import C{fn} by name (pickle sends functions
-    by reference: a lambda, a nested function or one of C{__main__} would not be found)."""
+    by reference: a lambda, a nested function or one of C{__main__} would not be found) and
+    run it (not a coroutine function)."""
     if isinstance(fn, functools.partial):
         check_callable(fn.func)
         return
     if not callable(fn):
         raise ValueError(f"cannot call {fn!r} in a worker: it is not callable")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ValueError(
+            f"cannot call {describe(fn)} in a worker: it is an async function, and a worker "
+            f"runs plain functions; await it in your own code (Deferred.fromCoroutine), or "
+            f"pass a plain function"
+        )
     qualname = getattr(fn, "__qualname__", "")
     module = getattr(fn, "__module__", None)
     if getattr(fn, "__name__", "") == "<lambda>":
@@ -195,13 +211,67 @@ def check_callable(fn: Any) -> None:
     elif "<locals>" in qualname:
         why = "a function defined inside another has no name a worker can import"
     elif module == "__main__":
-        why = "a worker does not run your __main__ script, so cannot import what it defines"
+        why = _NOT_MAIN
     else:
         return
     raise ValueError(
-        f"cannot call {describe(fn)} in a worker: {why}; define it at the top level of an "
-        f"importable module (e.g. mypackage/tasks.py) and pass that function"
+        f"cannot call {describe(fn)} in a worker: {why}; {_TOP_LEVEL} and pass that function"
     )
+
+
+class _MainFound(Exception):
+    def __init__(self, found: Any) -> None:
+        self.found = found
+
+
+class _Sink:
+    """A file that keeps nothing (what L{_MainFinder} writes)."""
+
+    @staticmethod
+    def write(data: Any) -> int:
+        return len(data)
+
+
+class _MainFinder(pickle.Pickler):
+    """Pickles to nothing, stopping at the first class or function of C{__main__} it meets
+    (C{reducer_override} sees every class and function a pickle names)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)) and obj.__module__ == "__main__":
+            raise _MainFound(obj)
+        return NotImplemented
+
+
+def main_object(value: Any) -> Any:
+    """The first class or function of C{__main__} that pickling C{value} names (an instance
+    of such a class names it), or C{None}."""
+    finder = _MainFinder(_Sink(), protocol=PROTOCOL, buffer_callback=lambda buffer: None)
+    finder.dispatch_table = _dispatch_table()
+    try:
+        finder.dump(value)
+    except _MainFound as e:
+        return e.found
+    except Exception:
+        return None
+    return None
+
+
+def main_refusal(found: Any, where: str) -> ValueError:
+    """The error of a class or function of C{__main__} (C{found}) sent C{where} (e.g. "in
+    the call of tasks.f")."""
+    return ValueError(
+        f"cannot send {describe(found)} (or an instance of it) to a worker {where}: "
+        f"{_NOT_MAIN}; {_TOP_LEVEL} and use that"
+    )
+
+
+def _checkNotMain(pickled: bytes, value: Any, where: str) -> None:
+    """Raise L{main_refusal} if C{value}, pickled as C{pickled}, names a class or function of
+    C{__main__} (looked for only when the pickle holds the name C{__main__})."""
+    if b"__main__" in pickled:
+        found = main_object(value)
+        if found is not None:
+            raise main_refusal(found, where)
 
 
 def too_large(what: str, nbytes: int, limit: int) -> ValueError:
@@ -240,19 +310,93 @@ def _reference(fn: Callable) -> bytes:
             reference = _dumps(fn)[0]
         except Exception as e:
             raise _unpicklable(fn, e) from e
-        if plain:
+        if not plain:  # a partial's arguments, a method's object
+            _checkNotMain(reference, fn, f"in the call of {describe(fn)}")
+        else:
             if len(_references) >= MAX_FUNCTIONS:
                 _references.clear()
             _references[fn] = reference
     return reference
 
 
+def function_reference(fn: Callable) -> bytes:
+    """C{fn} pickled by reference (a map sends it to L{run_chunk} so); raises as
+    L{pack_call} does for a function a worker cannot import or run."""
+    return _reference(fn)
+
+
+def import_failed(error: Exception, what: str) -> Exception | None:
+    """In a worker: C{error}, raised unpickling C{what} (e.g. "tasks.double"), said in one
+    line with the fix if it means a module, or a name in one, is not found here (a new
+    exception of the same type), else C{None}."""
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        problem = f"no module named {error.name!r}"
+        module = error.name
+    elif isinstance(error, AttributeError) and str(error).startswith("Can't get attribute"):
+        problem = str(error)
+        found = re.search(r"on <module '([^']+)'", problem)
+        module = f"{found.group(1) if found else 'its module'}, as the caller has it,"
+    else:
+        return None
+    message = (
+        f"cannot import {what} in a worker: {problem}; is {module} importable by the workers?"
+        f" pass pythonpath=[its directory] to the pool (--pythonpath), or install it"
+    )
+    if isinstance(error, ImportError):
+        return type(error)(message, name=error.name, path=error.path)
+    return AttributeError(message)
+
+
+def load_arguments(fn: Callable, frames: list) -> tuple[tuple, dict]:
+    """In a worker: the C{(args, kwargs)} of a call of C{fn} from its frames (L{pack_call});
+    a module they need that is not found here is said with the fix (L{import_failed})."""
+    try:
+        return pickle.loads(frames[1], buffers=frames[2:])
+    except Exception as e:
+        error = import_failed(e, f"an argument of {describe(fn)}")
+        if error is None:
+            raise
+        raise error from None
+
+
+def _named(reference: bytes, error: Exception) -> str:
+    """The dotted name in a function reference that C{error} (raised loading it) is about:
+    the global whose module could not be imported, or whose name is missing."""
+    import pickletools  # only when a reference fails to load
+
+    names: list[str] = []
+    found: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(reference):
+            if isinstance(arg, str):
+                names.append(arg)
+            elif opcode.name == "STACK_GLOBAL" and len(names) >= 2:
+                found.append(f"{names[-2]}.{names[-1]}")
+    except Exception:
+        pass
+    missing = getattr(error, "name", None)
+    for name in found:
+        module, _, attribute = name.rpartition(".")
+        if missing and (module == missing or module.startswith(missing + ".")):
+            return name
+        if f"attribute {attribute!r}" in str(error):
+            return name
+    return found[0] if found else "the function called"
+
+
 def _function(reference: bytes) -> Callable:
     """In a worker: the callable a reference names, imported on first use, then kept if it
-    is a plain function."""
+    is a plain function. A module that cannot be imported here is said with the fix
+    (L{import_failed})."""
     fn = _functions.get(reference)
     if fn is None:
-        fn = pickle.loads(reference)
+        try:
+            fn = pickle.loads(reference)
+        except Exception as e:
+            error = import_failed(e, _named(bytes(reference), e))
+            if error is None:
+                raise
+            raise error from None
         if _isPlainFunction(fn):  # not a method, whose object a call may change
             if len(_functions) >= MAX_FUNCTIONS:
                 _functions.clear()
@@ -273,9 +417,11 @@ def pack_call(fn: Callable, args: tuple, kwargs: dict) -> CallFrames:
         kwargs = {key: _outOfBand(item) for key, item in kwargs.items()}
     reference = _reference(fn)
     try:
-        return CallFrames([reference, *_dumps((args, kwargs))])
+        frames = _dumps((args, kwargs))
     except Exception as e:
         raise _unpicklable(fn, e) from e
+    _checkNotMain(frames[0], (args, kwargs), f"in the call of {describe(fn)}")
+    return CallFrames([reference, *frames])
 
 
 def _unpicklable(fn: Callable, error: Exception) -> pickle.PicklingError:
@@ -311,7 +457,7 @@ def run_call(call: CallFrames, max_bytes: int = 0) -> tuple[int, CallFrames]:
     try:
         frames = call.frames
         fn = _function(frames[0])
-        args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
+        args, kwargs = load_arguments(fn, frames)
         result = fn(*args, **kwargs)
     except BaseException as e:  # SystemExit too: the caller gets it, the worker lives on
         return _raised(e, traceback.format_exc())
@@ -328,22 +474,71 @@ def run_call(call: CallFrames, max_bytes: int = 0) -> tuple[int, CallFrames]:
     return CALL_RESULT, outcome
 
 
-def run_chunk(fn: Callable, items: Iterable) -> tuple[list, float, tuple | None]:
-    """In a worker: one chunk of a map, C{fn} applied to each item in turn.
+#: A chunk's results, pickled, leave this much of C{max_call_bytes} for the reply around them.
+CHUNK_ENVELOPE_BYTES = 256
 
-    Returns C{(results, seconds, None)}, C{seconds} the time the items took; or, at the
-    first item that raises, C{([], seconds, (its index in C{items}, error JSON, pickled
-    exception))}: returned rather than raised, so the caller knows the item even when the
-    exception does not unpickle there (see L{raised_error}).
+
+def run_chunk(
+    reference: bytes, items: Iterable, start: int = 0, max_bytes: int = 0
+) -> tuple[list, float, tuple | None]:
+    """In a worker: one chunk of a map, items C{start} on, the function C{reference} names
+    (L{function_reference}) applied to each item in turn.
+
+    Returns C{(frames, seconds, None)}: the results pickled (C{[pickle, buffers...]}: the
+    caller sizes chunks by their length), C{seconds} the time the items took. At the first
+    item that raises, or whose result cannot be pickled, it returns C{([], seconds, (its
+    index in C{items}, error JSON, pickled exception))}, the index -1 when the results are
+    over C{max_bytes} (0: no limit) together: returned rather than raised, so the caller
+    knows the item even when the exception does not unpickle there (see L{raised_error}).
     """
+    fn = _function(reference)
     results: list = []
     started = time.perf_counter()
     try:
         results.extend(map(fn, items))  # at an error, holds the results before it
     except BaseException as e:  # SystemExit too: the caller gets it, the worker lives on
-        _, frames = _raised(e, traceback.format_exc())
-        return [], time.perf_counter() - started, (len(results), *frames.frames)
-    return results, time.perf_counter() - started, None
+        frames = _raised(e, traceback.format_exc())[1].frames
+        return [], time.perf_counter() - started, (len(results), *frames)
+    seconds = time.perf_counter() - started
+    try:
+        pickled = _dumps(results)
+    except Exception as e:
+        index = _firstUnpicklable(results)
+        error = pickle.PicklingError(
+            f"cannot send the result of item {start + index} of the map of {describe(fn)}"
+            f" back: {type(e).__name__}: {e}"
+        )
+        return [], seconds, (index, *_raised(error, traceback.format_exc())[1].frames)
+    nbytes = len(pickled[0]) if len(pickled) == 1 else sum(map(len, pickled))
+    if max_bytes and nbytes > max_bytes - CHUNK_ENVELOPE_BYTES:
+        index = 0 if len(results) == 1 else -1
+        if index == 0:
+            what = f"the result of item {start} of the map of {describe(fn)}"
+            error = too_large(what, nbytes, max_bytes)
+        else:
+            last = start + len(results) - 1
+            what = f"the result of items {start} to {last} of the map of {describe(fn)}"
+            error = ValueError(f"{too_large(what, nbytes, max_bytes)}, or lower chunksize")
+        text = "".join(traceback.format_exception_only(error))
+        return [], seconds, (index, *_raised(error, text)[1].frames)
+    return [_outOfBand(frame) for frame in pickled], seconds, None
+
+
+def _firstUnpicklable(results: list) -> int:
+    """The index of the first of C{results} that cannot be pickled (0 if each can)."""
+    for index, result in enumerate(results):
+        try:
+            _dumps(result)
+        except Exception:
+            return index
+    return 0
+
+
+def chunk_results(frames: list) -> list:
+    """In the caller: the results of a chunk L{run_chunk} sent as C{frames}."""
+    if len(frames) == 1:
+        return pickle.loads(frames[0])
+    return pickle.loads(frames[0], buffers=frames[1:])
 
 
 class RemoteTraceback(Exception):
