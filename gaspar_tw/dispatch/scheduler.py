@@ -398,8 +398,7 @@ class Scheduler:
         retried as a crash's are); those before it had finished, their replies held back
         (lost with the worker, so they run again) or on their way (which still answer
         them)."""
-        sent = list(link.outstanding)
-        finished = sum(other in self.requests for other in sent[: sent.index(rid)])
+        finished = self.finishedBefore(link, rid)
         self.forget(link)
         held = self.held(link)
         log.info(
@@ -491,6 +490,12 @@ class Scheduler:
         held = [requests[rid] for rid in link.outstanding if rid in requests]
         link.outstanding.clear()
         return held
+
+    def finishedBefore(self, link: WorkerLink, rid: int) -> int:
+        """How many pending requests C{link} holds ahead of C{rid}, the one its worker runs:
+        finished, their replies held back by the worker or on their way."""
+        sent = list(link.outstanding)
+        return sum(other in self.requests for other in sent[: sent.index(rid)])
 
     def forget(self, link: WorkerLink) -> None:
         """Stop giving work to C{link} (it died, or was given up on)."""

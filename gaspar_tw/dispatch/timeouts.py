@@ -60,8 +60,7 @@ class Timeouts:
         run again)."""
         scheduler = self._scheduler
         timeout = self._sweep.timeout
-        sent = list(link.outstanding)
-        finished = sum(other in scheduler.requests for other in sent[: sent.index(running)])
+        finished = scheduler.finishedBefore(link, running)
         scheduler.forget(link)
         stuck = scheduler.requests.pop(running, None)
         others = scheduler.held(link)
