@@ -60,6 +60,7 @@ class Dispatcher:
             self.stats,
             self._sweep,
             self._scheduleFlush,
+            reactor,
             window=window,
             retry_on_crash=retry_on_crash,
         )
@@ -311,6 +312,7 @@ class Dispatcher:
     def stop(self) -> None:
         """Stop the sweep, and a flush still scheduled (nothing runs after a stop)."""
         self._sweep.stop()
+        self._scheduler.stop()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gaspar_tw.dispatch.links import WorkerLink, load
@@ -29,6 +30,13 @@ WINDOW_SECONDS = 0.002
 #: Requests a worker may hold until the handler's time is known (a slow handler's requests
 #: must not pile up on the first worker while others are idle, nor behind cancelled ones).
 INITIAL_WINDOW = 2
+#: A cancelled call a local worker was told to skip is checked on this often until it is
+#: skipped or answered: a worker that started it all the same is killed (L{Scheduler.cancel}).
+RECHECK_CANCELLED_SECONDS = 0.02
+
+
+def _isCall(request: Request) -> bool:
+    return type(request.payload) is CallFrames
 
 
 class Scheduler:
@@ -45,7 +53,8 @@ class Scheduler:
     retried call runs alone on a local worker. Bytes requests take the same path either way.
 
     C{requests} is the request table's dict; C{sweep} stamps requests as they join a queue;
-    C{scheduleFlush} asks for a L{flush} on the next reactor turn.
+    C{scheduleFlush} asks for a L{flush} on the next reactor turn; C{clock} times the checks
+    on cancelled calls (L{cancel}).
     """
 
     def __init__(
@@ -54,6 +63,7 @@ class Scheduler:
         stats: Stats,
         sweep: Sweep,
         scheduleFlush: Callable[[], None],
+        clock: IReactorTime,
         *,
         window: int,
         retry_on_crash: bool,
@@ -81,6 +91,11 @@ class Scheduler:
         self.reserved: set[int] = set()
         self._sweep = sweep
         self._scheduleFlush = scheduleFlush
+        self._clock = clock
+        #: Cancelled calls local workers were told to skip, checked on until they are
+        #: (L{cancel}): their ids, and the worker holding each.
+        self.cancelledCalls: dict[int, WorkerLink] = {}
+        self._recheck: IDelayedCall | None = None
         #: How a batch becomes messages: plain until the first call (L{carryCalls}), so a
         #: pool of bytes requests only never looks at a payload's type.
         self.encodeWork = encode_work
@@ -105,7 +120,7 @@ class Scheduler:
 
     def mustRunLocally(self, request: Request) -> bool:
         """Whether C{request} may go to local workers only (a call, while kept local)."""
-        return self.callsLocalOnly and type(request.payload) is CallFrames
+        return self.callsLocalOnly and _isCall(request)
 
     # -- window ----------------------------------------------------------------------------
 
@@ -319,6 +334,12 @@ class Scheduler:
         A call (L{gaspar_tw.calls}) its worker is running ends with that worker, unless
         C{killRunning} is false: see L{_cancelRunningCall}. A running handler's request is
         let be (a client that went away costs no worker): its reply is dropped.
+
+        Which request a worker runs: the one it publishes, for a local worker (its first
+        outstanding one may have finished, its reply held back); the first outstanding one
+        for a remote worker. A local worker told to skip a call may already be past the
+        point where it reads that: the call is checked on again every
+        L{RECHECK_CANCELLED_SECONDS}, and its worker killed if it is running it.
         """
         for waiting in self.queues:
             try:
@@ -331,7 +352,11 @@ class Scheduler:
         rid = request.rid
         for link in self.links.values():
             if rid in link.outstanding:
-                if next(iter(link.outstanding)) != rid:  # the first is the one running
+                if link.running is not None:
+                    running = link.running()
+                else:
+                    running = next(iter(link.outstanding))
+                if running != rid:
                     try:
                         link.send([encode_cancel([rid])])
                     except Exception as e:  # it will run it; the reply is dropped
@@ -340,28 +365,65 @@ class Scheduler:
                             pid=link.pid,
                             e=e,
                         )
-                elif killRunning and type(request.payload) is CallFrames:
-                    self._cancelRunningCall(link)
+                    if killRunning and link.running is not None and _isCall(request):
+                        self._watchCancelled(rid, link)
+                elif killRunning and _isCall(request):
+                    self._cancelRunningCall(link, rid)
                 return
 
-    def _cancelRunningCall(self, link: WorkerLink) -> None:
-        """The call C{link}'s worker runs was cancelled (it has left the table): kill that
-        worker at once (its owner replaces it), and queue again, as they were, the requests
-        it held behind the call (not retried as a crash's are: they did not start)."""
+    def _watchCancelled(self, rid: int, link: WorkerLink) -> None:
+        """Check on the cancelled call C{rid}, told to skip, until C{link}'s worker has
+        skipped or answered it, or is killed for running it."""
+        self.cancelledCalls[rid] = link
+        if self._recheck is None or not self._recheck.active():
+            self._recheck = self._clock.callLater(RECHECK_CANCELLED_SECONDS, self._recheckCancelled)
+
+    def _recheckCancelled(self) -> None:
+        """Kill the worker of each watched cancelled call it is running (L{cancel})."""
+        self._recheck = None
+        watched = self.cancelledCalls
+        for rid, link in list(watched.items()):
+            if self.links.get(link.token) is not link or rid not in link.outstanding:
+                del watched[rid]  # skipped, answered, or the worker is gone
+            elif link.running() == rid:
+                del watched[rid]
+                self._cancelRunningCall(link, rid)
+        if watched:
+            self._recheck = self._clock.callLater(RECHECK_CANCELLED_SECONDS, self._recheckCancelled)
+
+    def _cancelRunningCall(self, link: WorkerLink, rid: int) -> None:
+        """The call C{rid} that C{link}'s worker runs was cancelled (it has left the table):
+        kill that worker at once (its owner replaces it), and queue again, as they were,
+        the other requests it held: those behind the call did not start (so they are not
+        retried as a crash's are); those before it had finished, their replies held back
+        (lost with the worker, so they run again) or on their way (which still answer
+        them)."""
+        finished = self.finishedBefore(link, rid)
         self.forget(link)
-        behind = self.held(link)
+        held = self.held(link)
         log.info(
             "killing worker pid {pid}: the call it was running was cancelled (its Deferred's"
             " cancel(), or addTimeout); it is replaced, and the {n} requests it held behind"
-            " that call are sent again",
+            " that call are sent again{rerun}",
             pid=link.pid,
-            n=len(behind),
+            n=len(held) - finished,
+            rerun=f" (and the {finished} before it, finished but not yet answered: they run again)"
+            if finished
+            else "",
         )
         link.kill(stack=False)
-        self.requeue(behind)
+        self.requeue(held)
+
+    def stop(self) -> None:
+        """Stop checking on cancelled calls (nothing runs after a stop)."""
+        self.cancelledCalls.clear()
+        if self._recheck is not None and self._recheck.active():
+            self._recheck.cancel()
+        self._recheck = None
 
     def clear(self) -> None:
         """Forget every request (the table has been emptied)."""
+        self.stop()
         for waiting in self.queues:
             waiting.clear()
         for link in self.links.values():
@@ -428,6 +490,12 @@ class Scheduler:
         held = [requests[rid] for rid in link.outstanding if rid in requests]
         link.outstanding.clear()
         return held
+
+    def finishedBefore(self, link: WorkerLink, rid: int) -> int:
+        """How many pending requests C{link} holds ahead of C{rid}, the one its worker runs:
+        finished, their replies held back by the worker or on their way."""
+        sent = list(link.outstanding)
+        return sum(other in self.requests for other in sent[: sent.index(rid)])
 
     def forget(self, link: WorkerLink) -> None:
         """Stop giving work to C{link} (it died, or was given up on)."""

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=0, help="ask to be recycled after")
     parser.add_argument("--max-memory", type=int, default=0, help="MB: ask to be recycled over")
     parser.add_argument("--max-call-bytes", type=int, default=0, help="fail larger results")
+    parser.add_argument("--running", help="file to publish the running request's id in")
     args = parser.parse_args(argv)
     if not args.connect and not (args.work and args.reply):
         parser.error("either --work and --reply, or --connect, is required")
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_requests,
                 args.max_memory * MEGABYTE,
                 args.max_call_bytes,
+                args.running,
             )
         worker.serve()
     except Exception as e:

@@ -20,6 +20,7 @@ from gaspar_tw.handler import Handler
 from gaspar_tw.wire import messages
 from gaspar_tw.wire.calls import CallFrames, run_call
 from gaspar_tw.wire.control import STOP_GRACE_SECONDS, resident_bytes
+from gaspar_tw.wire.running import RunningRequest
 from gaspar_tw.zeromq.multipart import BLOCK, recv_frames, send_frames, waiting
 
 #: Replies computed for longer than this are sent without waiting for the rest of the batch.
@@ -92,6 +93,7 @@ class Worker:
         max_requests: int = 0,
         max_memory: int = 0,
         max_call_bytes: int = 0,
+        running_path: str | None = None,
     ):
         self.handler = handler
         self.token = token
@@ -116,6 +118,9 @@ class Worker:
         #: worker may refuse calls instead: see L{gaspar_tw.worker.relay}).
         self._runCall = partial(call_handler_or_run_call, max_call_bytes=max_call_bytes)
         self.runMixed = self._runGuarded
+        #: Where the id of the mixed message's request being run is published for the
+        #: producer (L{gaspar_tw.wire.running}): a local worker's, C{None} for a remote one.
+        self.runningRequest = None if running_path is None else RunningRequest(running_path)
         self._alarmHandler = self._onAlarm
         signal.signal(signal.SIGALRM, self._alarmHandler)
 
@@ -170,8 +175,11 @@ class Worker:
         L{FLUSH_AFTER_SECONDS} old, they reach L{messages.MESSAGE_BYTES}, or no work is left: a
         fast handler's replies to several batches share one message. A handler call never
         keeps earlier replies waiting: if it runs past L{FLUSH_AFTER_SECONDS} while replies
-        are held, a timer (SIGALRM) sends them, so the producer always knows which request a
-        worker is running (what C{--timeout} relies on).
+        are held, a timer (SIGALRM) sends them, so the producer knows which request a worker
+        is running (what C{--timeout} and cancelling a call rely on). The timer cannot fire
+        inside one long C call (numpy, zlib): a local worker also publishes the id of the
+        request of a mixed message (one with calls) it runs (L{gaspar_tw.wire.running});
+        a plain message's requests pay nothing for it.
         """
         handler = self.handler
         clock = time.monotonic
@@ -185,6 +193,9 @@ class Worker:
             if messages.is_mixed_work(frames):  # calls: one check a message, not a request
                 ids, payloads = messages.decode_mixed_work(frames)
                 run = self.runMixed
+                if self.runningRequest is not None:  # each request with its id, to publish it
+                    payloads = zip(ids, payloads, strict=True)
+                    run = self._runPublished
                 self._encodeReplies = messages.encode_mixed_replies
             else:
                 ids, payloads = messages.decode_work(frames)
@@ -220,6 +231,16 @@ class Worker:
         cancelled.clear()  # every request is answered: what is left came too late
         self.flush()
         return False
+
+    def _runPublished(self, handler: Handler, request: tuple) -> tuple[int, object]:
+        """Run a mixed message's C{(rid, payload)}, its id published while it runs."""
+        rid, payload = request
+        slot = self.runningRequest.slot
+        slot[0] = rid
+        try:
+            return self.runMixed(handler, payload)
+        finally:
+            slot[0] = 0
 
     def _checkLimits(self, now: float) -> None:
         """After a work message: past C{max_requests} or C{max_memory}, ask the producer to recycle
@@ -291,3 +312,5 @@ class Worker:
         self.work.close()
         self.replies.close()
         self.context.term()
+        if self.runningRequest is not None:
+            self.runningRequest.close()

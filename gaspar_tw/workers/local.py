@@ -40,6 +40,7 @@ from gaspar_tw.wire.control import (
     STOP_GRACE_SECONDS,
     resident_bytes,
 )
+from gaspar_tw.wire.running import RunningRequest
 from gaspar_tw.workers.recycling import Recycler
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
 
@@ -156,6 +157,8 @@ class WorkerProcess(ProcessProtocol):
         self.link: WorkerLink | None = None
         #: Its stderr lines while it writes its stack before being killed (L{LocalWorkers.kill}).
         self.stack: list[str] | None = None
+        #: Where it publishes the request it is running (a producer's worker; L{RunningRequest}).
+        self.running: RunningRequest | None = None
         self._output = {1: OutputLines(), 2: OutputLines()}
 
     def connectionMade(self) -> None:
@@ -445,11 +448,13 @@ class LocalWorkers:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.processes[token] = process
         try:
+            argv += self._runningArguments(process)
             self.reactor.spawnProcess(
                 process, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
             )
         except Exception as e:  # e.g. OSError EMFILE: out of file descriptors
             del self.processes[token]
+            self._closeRunning(process)
             if replaces is not None:
                 log.error("cannot start a worker: {error}", error=f"{type(e).__name__}: {e}")
                 return None
@@ -474,6 +479,26 @@ class LocalWorkers:
         """The worker's command-line arguments saying where its sockets are."""
         return ["--work", self.hub.work_address(token), "--reply", self.hub.reply_address]
 
+    def _runningArguments(self, process: WorkerProcess) -> list[str]:
+        """A producer's worker publishes the request it is running in a file of the pool's
+        private directory, which the pool maps too (L{gaspar_tw.wire.running}): its
+        argument. (A worker host's workers answer a remote producer: none.)"""
+        if self.dispatcher is None:
+            return []
+        path = os.path.join(self.hub.directory, f"running-{process.token}")
+        process.running = RunningRequest.create(path)
+        return ["--running", path]
+
+    def _closeRunning(self, process: WorkerProcess) -> None:
+        """Unmap and remove the file a worker published its running request in, if any."""
+        running, process.running = process.running, None
+        if running is not None:
+            running.close()
+            try:
+                os.unlink(running.path)
+            except OSError:
+                pass
+
     def spawned(self, process: WorkerProcess) -> None:
         """Called after each worker process starts (for subclasses)."""
 
@@ -496,6 +521,7 @@ class LocalWorkers:
             partial(self.kill, token),
             partial(self._drained, token),
             local=True,
+            running=None if process.running is None else process.running.get,
         )
         self.dispatcher.workerReady(process.link)
         self.becameReady(process)
@@ -582,6 +608,7 @@ class LocalWorkers:
             self.dispatcher.workerLost(process.token)
         if self.hub is not None:
             self.hub.forget_worker(process.channel, process.token)
+        self._closeRunning(process)
         if self.stopping:
             return
         self.recycler.exited(process)
