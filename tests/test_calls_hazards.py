@@ -1,4 +1,4 @@
-"""Defects of calls found in review: each test states the behaviour the issue promises."""
+"""Calls against what user code does: held replies, odd exceptions, SIGALRM, max_pending."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import subprocess
 import sys
 import textwrap
 
+import hazard_targets as targets
 import pytest
 import pytest_twisted
-import review_targets as targets
 from conftest import ROOT, TESTS, assert_reaped
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError

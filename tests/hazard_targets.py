@@ -1,4 +1,4 @@
-"""Functions tests/test_calls_review.py calls in worker processes (importable there)."""
+"""Functions tests/test_calls_hazards.py calls in worker processes (importable there)."""
 
 from __future__ import annotations
 
