@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import call_targets
+import hazard_targets as targets
 import pytest
 import pytest_twisted
-import review_targets as targets
 from conftest import TESTS, assert_reaped, pid_alive
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
