@@ -48,37 +48,17 @@ class Consumer:
         return f"Consumer({self.spec!r})"
 
 
-def script_root() -> str | None:
-    """The directory this process imported its C{__main__} from, as a worker would need it:
-    a script's own directory (C{sys.path[0]} when it started), or the root of the package
-    of C{python -m package.module}; C{None} without one (C{python -c}, a REPL) or when it
-    is where installed packages are (a twistd or pytest script)."""
-    main = sys.modules.get("__main__")
-    file = getattr(main, "__file__", None)
-    if not file:
-        return None
-    spec = getattr(main, "__spec__", None)
-    if spec is None:  # a script: Python put its real directory first on the path
-        root = os.path.dirname(os.path.realpath(file))
-    else:
-        root = os.path.dirname(os.path.abspath(file))
-        for _ in range(spec.name.count(".")):  # up from the module to its package's root
-            root = os.path.dirname(root)
-    standard = root in _STANDARD_PATHS or root in map(os.path.realpath, _STANDARD_PATHS)
-    return None if standard else root
-
-
-def worker_pythonpath(configured: Sequence[str], consumer: Consumer) -> list[str]:
-    """The directories a pool's workers put first on their path, each once: C{configured}
-    (C{pythonpath}), then the handler's import root, then this process's script directory
-    (L{script_root}), so that a worker imports a call's function where the caller did (as
-    C{multiprocessing} does)."""
+def worker_path(configured: Sequence[str], consumer: Consumer) -> list[str]:
+    """The whole path a pool's workers import from, each directory once: C{configured}
+    (C{pythonpath}), then this process's own C{sys.path} as it is now, in its order (so that
+    a worker imports a call's function, and its arguments' classes, where the caller would,
+    as C{multiprocessing} does; not from the worker's working directory), then the handler's
+    import root if the caller's path lacks it."""
     paths: list[str] = []
-    for directory in (*configured, *consumer.pythonpath, script_root()):
-        if directory:
-            directory = os.path.abspath(directory)
-            if directory not in paths:
-                paths.append(directory)
+    for directory in (*configured, *sys.path, *consumer.pythonpath):
+        directory = os.path.abspath(directory or os.curdir)
+        if directory not in paths:
+            paths.append(directory)
     return paths
 
 

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from gaspar_tw.calls import submit_call
 from gaspar_tw.calls.mapping import submit_map
 from gaspar_tw.config import POOL, Config
-from gaspar_tw.consumer import Consumer, worker_pythonpath
+from gaspar_tw.consumer import Consumer, worker_path
 from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.handler import Handler
@@ -152,9 +152,10 @@ class ProcessPool(service.Service):
         the Deferred fails with that exception (its worker traceback as C{__cause__} and
         C{remote_traceback}), or with L{gaspar_tw.RemoteError} if it cannot be unpickled
         here; a result over C{max_call_bytes} fails the call with C{ValueError}. Otherwise
-        as L{submit}: crashes, C{timeout}, C{max_pending}, stopping. A worker has the
-        caller's script directory on its path (after C{pythonpath} and the handler's);
-        if it cannot import C{fn}'s module, the call fails saying so.
+        as L{submit}: crashes, C{timeout}, C{max_pending}, stopping. Workers import from
+        C{pythonpath}, then this process's C{sys.path} (as it was when the pool started), in
+        its order, as C{multiprocessing} does; if one cannot import C{fn}'s module, the call
+        fails saying so.
 
         Cancelling the Deferred (C{d.cancel()}, or C{d.addTimeout(t, reactor)} when C{t}
         passes) fails it with C{CancelledError} (C{TimeoutError}): a call still queued never
@@ -312,13 +313,14 @@ class ProcessPool(service.Service):
             self.consumer.spec,
             config.worker_count,
             self.dispatcher,
-            worker_pythonpath(config.pythonpath, self.consumer),
+            worker_path(config.pythonpath, self.consumer),
             self.stats,
             max_requests=config.max_requests,
             max_requests_jitter=config.max_requests_jitter,
             max_memory=config.max_memory,
             max_memory_hard=config.max_memory_hard,
             max_call_bytes=config.max_call_bytes,
+            exact_path=True,
         )
 
     def privilegedStartService(self) -> None:

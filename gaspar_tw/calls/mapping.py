@@ -79,6 +79,16 @@ class ChunkSizes:
             wanted = min(wanted, int(self._byteBudget / itemBytes))
         return max(1, min(wanted, MAX_CHUNK_ITEMS, self.largest_timed * CHUNK_GROWTH))
 
+    def overBudget(self, count: int, nbytes: int) -> bool:
+        """Whether an automatic chunk of C{count} items, C{nbytes} pickled, is too large to
+        send whole (one item always goes); its items' size is measured either way."""
+        if self.fixed is not None or count < 2 or not self._byteBudget:
+            return False
+        if nbytes <= self._byteBudget:
+            return False
+        self.measured("items", count, nbytes)
+        return True
+
     def timed(self, count: int, seconds: float) -> None:
         """A chunk of C{count} items took C{seconds} in its worker."""
         if not count:
@@ -135,6 +145,7 @@ class Mapping:
         self._iterable = iterable
         self._iterator: Iterator | None = None
         self._exhausted = False
+        self._carried: list = []  # an iterator's items taken and not sent yet (L{_putBack})
         self._tail: int | None = None  # the size of a sequence's last chunks, once known
         self._sizes = ChunkSizes(chunksize, dispatcher.max_call_bytes)
         self._workers = workers
@@ -179,13 +190,20 @@ class Mapping:
             if not items:
                 self._exhausted = True
                 break
-            self._read += len(items)
             limit_bytes = self.dispatcher.max_call_bytes
-            try:
-                call = pack_call(run_chunk, (self._reference, items, start, limit_bytes), {})
-            except Exception as e:
-                self._fail(Failure(_unsendable(self.fn, items, start, e)))
-                return
+            while True:
+                try:
+                    call = pack_call(run_chunk, (self._reference, items, start, limit_bytes), {})
+                except Exception as e:
+                    self._fail(Failure(_unsendable(self.fn, items, start, e)))
+                    return
+                if not self._sizes.overBudget(len(items), call.nbytes):
+                    break
+                # Automatic chunks: items larger than measured so far; send half, keep the rest.
+                half = len(items) // 2
+                self._putBack(items[half:])
+                items = items[:half]
+            self._read += len(items)
             # The items' share of the call (less the function's and run_chunk's references).
             self._sizes.measured(
                 "items", len(items), call.nbytes - len(call.frames[0]) - len(self._reference)
@@ -211,7 +229,9 @@ class Mapping:
         sequence evenly among the workers."""
         sequence = self._sequence
         if sequence is None:
-            return list(islice(self._iterator, count))
+            carried = self._carried[:count]
+            del self._carried[:count]
+            return carried + list(islice(self._iterator, count - len(carried)))
         start = self._read
         if self._sizes.fixed is None:
             left = len(sequence) - start
@@ -220,6 +240,12 @@ class Mapping:
             if self._tail is not None:
                 count = self._tail
         return sequence[start : start + count]
+
+    def _putBack(self, items: Sequence) -> None:
+        """Items taken and not sent: the next chunk starts with them. (A sequence's are read
+        again from it, from C{_read} on.)"""
+        if self._sequence is None:
+            self._carried[:0] = items
 
     def _chunkDone(self, outcome: tuple, start: int, count: int) -> None:
         if self._done:

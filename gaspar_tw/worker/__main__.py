@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--refuse-calls", action="store_true", help="answer calls with an error, unread"
     )
-    parser.add_argument("--pythonpath", action="append", default=[])
+    parser.add_argument("--pythonpath", action="append", default=[], help="put first on the path")
+    parser.add_argument("--path", action="append", default=[], help="the whole path (a pool's)")
     parser.add_argument("--max-requests", type=int, default=0, help="ask to be recycled after")
     parser.add_argument("--max-memory", type=int, default=0, help="MB: ask to be recycled over")
     parser.add_argument("--max-call-bytes", type=int, default=0, help="fail larger results")
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     set_title(worker_title(args.slot, args.handler))
     # A SIGINT sent to our group all the same is ignored; the producer decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.path:
+        sys.path[:] = args.path  # the caller's, in its order (not our working directory first)
     for directory in reversed(args.pythonpath):
         sys.path.insert(0, directory)
     try:

