@@ -90,13 +90,13 @@ def test_workers_run_the_callers_module_not_the_handler_dirs_namesake(tmp_path):
     caller's utils.f, not silently the other one."""
     lib = tmp_path / "lib"
     lib.mkdir()
-    (lib / "review2_lib_handlers.py").write_text("def work(request):\n    return request\n")
+    (lib / "lib_handlers.py").write_text("def work(request):\n    return request\n")
     (lib / "utils.py").write_text("def f():\n    return 'lib'\n")
     (tmp_path / "utils.py").write_text("def f():\n    return 'script'\n")
     script = RUN_CALL.format(
         setup=f"sys.path.append({str(lib)!r})",
         imports="import utils",
-        handler="'review2_lib_handlers:work', ",
+        handler="'lib_handlers:work', ",
         caller="utils.f()",
         call="utils.f",
     )
