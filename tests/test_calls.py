@@ -6,6 +6,7 @@ import functools
 import math
 import pickle
 import threading
+import time
 
 import call_targets as targets
 import pytest
@@ -141,3 +142,13 @@ def test_a_pool_with_no_local_workers_and_an_exposed_bind_fails_calls_at_once():
     message = str(failures[0].value)
     assert "no local workers" in message and "neither loopback nor CURVE-protected" in message
     assert "\n" not in message
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_calls_do_not_shrink_the_window_of_handler_requests(pool):
+    await gatherResults([pool.submit(b"x") for _ in range(50)])
+    window = pool.dispatcher._scheduler.windowSize()
+    await gatherResults([call(pool, time.sleep, 0.05) for _ in range(2)])
+    assert pool.dispatcher.handler_time < 0.01  # the handler's requests' time, theirs alone
+    assert pool.dispatcher._scheduler.call_time >= 0.04
+    assert pool.dispatcher._scheduler.windowSize() == window

@@ -17,7 +17,7 @@ from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.dispatch.timeouts import Timeouts
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire.calls import CallFrames
-from gaspar_tw.wire.messages import SKIPPED, busy_seconds, decode_replies
+from gaspar_tw.wire.messages import SKIPPED, busy_seconds, decode_replies, is_mixed_replies
 
 
 class Dispatcher:
@@ -269,19 +269,28 @@ class Dispatcher:
     def repliesMessage(self, token: int, frames: list) -> None:
         """Worker C{token} sent a replies message (its frames): deliver the replies."""
         ids, statuses, payloads = decode_replies(frames)
-        self.repliesReceived(token, ids, statuses, payloads, busy_seconds(frames[0]))
+        head = frames[0]
+        calls = is_mixed_replies(head)  # timed apart: slow calls must not shrink bytes' window
+        self.repliesReceived(token, ids, statuses, payloads, busy_seconds(head), calls)
 
     def repliesReceived(
-        self, token: int, ids, statuses: bytes, payloads, busy: float | None = None
+        self,
+        token: int,
+        ids,
+        statuses: bytes,
+        payloads,
+        busy: float | None = None,
+        calls: bool = False,
     ) -> None:
-        """Worker C{token} answered requests C{ids}; C{busy}: its handler seconds on them.
+        """Worker C{token} answered requests C{ids}; C{busy}: its handler seconds on them
+        (C{calls}: a message that carried calls, whose time is kept apart).
 
         Requests it skipped (cancelled, status L{SKIPPED}) count neither as served nor in
         the handler time.
         """
         ran = len(ids) - statuses.count(SKIPPED)
         if busy is not None:
-            self._scheduler.handlerTime(ran, busy)
+            self._scheduler.handlerTime(ran, busy, calls)
         link = self._links.get(token)
         if link is None:  # a worker given up on: its requests may be queued again
             answered = self._delivery.lateReplies(ids, statuses, payloads)

@@ -75,6 +75,9 @@ class Scheduler:
         #: Handler seconds per request, a moving average of what workers report (None until
         #: the first report: until then requests are spread, the window is L{INITIAL_WINDOW}).
         self.handler_time: float | None = None
+        #: The same for calls (messages that carried calls), used while C{handler_time} is
+        #: unknown (a pool that only runs calls).
+        self.call_time: float | None = None
         self.queue: deque[Request] = deque()
         #: Calls that may run on local workers only (L{keepCallsLocal}).
         self.localQueue: deque[Request] = deque()
@@ -124,18 +127,29 @@ class Scheduler:
 
     # -- window ----------------------------------------------------------------------------
 
-    def handlerTime(self, count: int, seconds: float) -> None:
-        """A worker spent C{seconds} in the handler on C{count} requests."""
+    def handlerTime(self, count: int, seconds: float, calls: bool = False) -> None:
+        """A worker spent C{seconds} in the handler on C{count} requests (C{calls}: in a
+        message that carried calls, timed apart in C{call_time})."""
         if not count:
             return
-        if self.handler_time is None:
+        if calls:
+            if self.call_time is None:
+                self.call_time = seconds / count
+            else:
+                self.call_time += (seconds / count - self.call_time) * 0.2
+        elif self.handler_time is None:
             self.handler_time = seconds / count
         else:
             self.handler_time += (seconds / count - self.handler_time) * 0.2
 
+    def requestTime(self) -> float | None:
+        """The time a request takes, for windows: the handler's once known (calls, slow or
+        not, must not shrink the window of a producer's bytes requests), else the calls'."""
+        return self.call_time if self.handler_time is None else self.handler_time
+
     def windowSize(self) -> int:
         """Requests one worker may hold: C{window}, fewer for slow handlers or unknown ones."""
-        handler_time = self.handler_time
+        handler_time = self.requestTime()
         if handler_time is None:
             return min(INITIAL_WINDOW, self.window)
         if not handler_time:
@@ -171,7 +185,7 @@ class Scheduler:
             if not links:
                 return
             links.sort(key=load)
-            handler_time = self.handler_time
+            handler_time = self.requestTime()
             if handler_time is not None and len(queue) * handler_time < CONCENTRATE_SECONDS:
                 links = links[:1]
             for index, link in enumerate(links):
