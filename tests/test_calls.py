@@ -11,7 +11,7 @@ import time
 import call_targets as targets
 import pytest
 import pytest_twisted
-from conftest import TESTS, assert_reaped
+from pools import running_pool
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
@@ -23,13 +23,8 @@ WAIT = 30
 
 @pytest_twisted.async_yield_fixture
 async def pool():
-    pool = ProcessPool("gaspar_tw.examples:upper", 2, pythonpath=[str(TESTS)], timeout=20)
-    pool.startService()
-    await pool.whenReady().addTimeout(WAIT, reactor)
-    pids = pool.workerPids()
-    yield pool
-    await pool.stopService()
-    assert_reaped(pids)
+    async with running_pool("gaspar_tw.examples:upper", 2, timeout=20) as pool:
+        yield pool
 
 
 def call(pool, fn, *args, **kwargs):

@@ -15,10 +15,11 @@ import call_targets as targets
 import edge_targets as edges
 import pytest
 import pytest_twisted
-from conftest import ROOT, TESTS, assert_reaped
+from conftest import ROOT
+from pools import running_pool
 from twisted.internet import reactor
 
-from gaspar_tw import Overloaded, ProcessPool
+from gaspar_tw import Overloaded
 from gaspar_tw.calls.mapping import ChunkSizes
 from gaspar_tw.wire.calls import load_arguments, pack_call
 
@@ -28,16 +29,8 @@ LIMIT = 1_000_000  # the pool's max_call_bytes
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def pool():
-    pool = ProcessPool(
-        workers=2, pythonpath=[str(TESTS)], max_pending=4, max_call_bytes=LIMIT, timeout=20
-    )
-    pool.startService()
-    await pool.whenReady().addTimeout(WAIT, reactor)
-    pids = set(pool.workerPids())
-    yield pool
-    pids.update(pool.workerPids())
-    await pool.stopService()
-    assert_reaped(pids)
+    async with running_pool(workers=2, max_pending=4, max_call_bytes=LIMIT, timeout=20) as pool:
+        yield pool
 
 
 async def failure_of(d, kind):

@@ -10,6 +10,7 @@ import hazard_targets as targets
 import pytest
 import pytest_twisted
 from conftest import ROOT, TESTS, assert_reaped
+from pools import running_pool
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
@@ -22,14 +23,8 @@ SPIN = 40_000_000  # about a second of sum() here
 
 @pytest_twisted.async_yield_fixture
 async def pool():
-    pool = ProcessPool(workers=1, pythonpath=[str(TESTS)], timeout=60)
-    pool.startService()
-    await pool.whenReady().addTimeout(WAIT, reactor)
-    seen = set(pool.workerPids())
-    yield pool
-    seen.update(pool.workerPids())
-    await pool.stopService()
-    assert_reaped(seen)
+    async with running_pool(workers=1, timeout=60) as pool:
+        yield pool
 
 
 def sleep(seconds):

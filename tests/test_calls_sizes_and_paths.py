@@ -10,10 +10,9 @@ import textwrap
 import pytest
 import pytest_twisted
 import size_targets as targets
-from conftest import ROOT, TESTS, assert_reaped
+from conftest import ROOT, TESTS
+from pools import running_pool
 from twisted.internet import reactor
-
-from gaspar_tw import ProcessPool
 
 WAIT = 30
 LIMIT = 1_000_000
@@ -21,13 +20,8 @@ LIMIT = 1_000_000
 
 @pytest_twisted.async_yield_fixture
 async def pool():
-    pool = ProcessPool(workers=2, pythonpath=[str(TESTS)], max_call_bytes=LIMIT, timeout=20)
-    pool.startService()
-    await pool.whenReady().addTimeout(WAIT, reactor)
-    pids = pool.workerPids()
-    yield pool
-    await pool.stopService()
-    assert_reaped(pids)
+    async with running_pool(workers=2, max_call_bytes=LIMIT, timeout=20) as pool:
+        yield pool
 
 
 @pytest_twisted.ensureDeferred

@@ -49,7 +49,7 @@ import json
 import struct
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gaspar_tw.wire.calls import CALL_RAISED, CALL_RESULT, CallFrames
@@ -150,8 +150,8 @@ def _work_message(ids: Sequence[int], payloads: Sequence[Any]) -> list:
     return [_COUNT.pack(len(ids)) + _array_to_wire(array("Q", ids)) + sizes, *bodies]
 
 
-def encode_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]:
-    """The messages (each a list of frames) that carry a batch of requests to a worker."""
+def _cut(ids: Sequence[int], payloads: Sequence[Any], message: Callable) -> list[list]:
+    """C{message(ids, payloads)} of each part of a batch of about L{MESSAGE_BYTES}."""
     messages = []
     start = 0
     size = 0
@@ -159,11 +159,16 @@ def encode_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]:
         size += len(payload)
         if size >= MESSAGE_BYTES:
             end = index + 1
-            messages.append(_work_message(ids[start:end], payloads[start:end]))
+            messages.append(message(ids[start:end], payloads[start:end]))
             start, size = end, 0
     if start < len(payloads):
-        messages.append(_work_message(ids[start:], payloads[start:]))
+        messages.append(message(ids[start:], payloads[start:]))
     return messages
+
+
+def encode_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]:
+    """The messages (each a list of frames) that carry a batch of requests to a worker."""
+    return _cut(ids, payloads, _work_message)
 
 
 def decode_work(frames: Sequence[Any]) -> tuple[array, Sequence[Any]]:
@@ -243,18 +248,7 @@ def encode_mixed_work(ids: Sequence[int], payloads: Sequence[Any]) -> list[list]
     """L{encode_work} for a batch that may hold calls: the plain messages if it holds none."""
     if not any(type(p) is CallFrames for p in payloads):
         return encode_work(ids, payloads)
-    messages = []
-    start = 0
-    size = 0
-    for index, payload in enumerate(payloads):
-        size += len(payload)
-        if size >= MESSAGE_BYTES:
-            end = index + 1
-            messages.append(_mixed_work_message(ids[start:end], payloads[start:end]))
-            start, size = end, 0
-    if start < len(payloads):
-        messages.append(_mixed_work_message(ids[start:], payloads[start:]))
-    return messages
+    return _cut(ids, payloads, _mixed_work_message)
 
 
 def decode_mixed_work(frames: Sequence[Any]) -> tuple[array, list]:
