@@ -17,6 +17,13 @@ class Cpu(amp.Command):
     response = [(b"data", amp.String())]
 
 
+class Add(amp.Command):
+    """A typed call, as ampoule users write one per function: two Integers in, one out."""
+
+    arguments = [(b"a", amp.Integer()), (b"b", amp.Integer())]
+    response = [(b"total", amp.Integer())]
+
+
 class BenchChild(child.AMPChild):
     @Echo.responder
     def echo(self, data: bytes) -> dict:
@@ -25,3 +32,7 @@ class BenchChild(child.AMPChild):
     @Cpu.responder
     def cpu(self, data: bytes) -> dict:
         return {"data": bench_handlers.cpu(data)}
+
+    @Add.responder
+    def add(self, a: int, b: int) -> dict:
+        return {"total": bench_handlers.add(a, b)}

@@ -1,12 +1,14 @@
 """Benchmark gaspar_tw against its peers, side by side: ``python bench/run.py [--quick] [--json]``.
 
-Each row (gaspar_tw over TCP, over the framed protocol, through submit(); ampoule;
-ProcessPoolExecutor; a raw txZMQ round trip; a bare Twisted server) runs in its own process
-(bench/server.py). Every row of a workload is started, then measured in turn, several rounds,
-the order rotated each round. Ratios between rows are computed round by round and the median
-is reported, because the machine's speed drifts. TCP rows are driven by bench/loadgen.c (a
-one-thread C epoll client compiled here with gcc), in-process rows by a driver in the row's own
-reactor. Outputs go to bench/results/ (latest.json, bench.png, server logs).
+Each row (gaspar_tw over TCP, over the framed protocol, through submit(), pool.call() and
+pool.map(); ampoule; ProcessPoolExecutor; multiprocessing.Pool; deferToThread; a raw txZMQ round
+trip; a bare Twisted server) runs in its own process (bench/server.py). The function-call
+workloads are bench/calls.py's (``--only calls`` runs them alone). Every row of a workload is
+started, then measured in turn, several rounds, the order rotated each round. Ratios between
+rows are computed round by round and the median is reported, because the machine's speed
+drifts. TCP rows are driven by bench/loadgen.c (a one-thread C epoll client compiled here with
+gcc), in-process rows by a driver in the row's own reactor. Outputs go to bench/results/
+(latest.md, latest.json, bench.png, server logs).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import calls
 from spin import spin
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -40,12 +43,25 @@ ROW_NAMES = {
     "txzmq": "raw txZMQ PUSH/PULL round trip",
     "bare": "bare Twisted Int32StringReceiver (TCP ceiling)",
     "processes": "plain processes looping the handler (no pool: the hardware's ceiling)",
+    "call": "gaspar_tw pool.call()",
+    "thread": "deferToThread",
+    "map": "gaspar_tw pool.map()",
+    "ppe-map-1": "ProcessPoolExecutor.map, chunksize 1",
+    "ppe-map-100": "ProcessPoolExecutor.map, chunksize 100",
+    "ppe-map-1000": "ProcessPoolExecutor.map, chunksize 1,000",
+    "ppe-map-auto": "ProcessPoolExecutor.map, chunksize len / (4 x workers)",
+    "mp-map": "multiprocessing.Pool.map, default chunksize",
 }
 TCP_ROWS = {"gaspar-tcp", "framed", "bare"}
 
 
 def workloads() -> list[dict]:
-    """Each workload: a handler, a payload size and its rows as (row, workers)."""
+    """Each workload: a handler, a payload size and its rows as (row, workers), or (row,
+    workers, handler) for a row that runs another handler than the workload's. Optional:
+    C{concurrency}; C{once}, rows measured in the first round only; C{slow}, rows left out
+    with --quick; C{nocopy}, rows asked for the large-argument measurement after the rounds;
+    C{names}, C{unit}, C{latency}, C{reference}, C{reference_label} and C{about}, for the
+    table."""
     return [
         {
             "name": "echo 100 B",
@@ -75,6 +91,7 @@ def workloads() -> list[dict]:
             "concurrency": 16,
             "rows": [(r, w) for r in ("submit", "ampoule", "ppe", "processes") for w in (1, 2)],
         },
+        *calls.workloads(),
     ]
 
 
@@ -86,6 +103,7 @@ class SpinRow:
     """The C{processes} row: no server, plain processes started for each measurement."""
 
     port = None
+    unavailable = None
 
     def __init__(self, row: str, handler: str, workers: int) -> None:
         self.row, self.handler, self.workers = row, handler, workers
@@ -114,6 +132,8 @@ class Row:
             cwd=RESULTS,
         )
         self.port = None
+        #: Why the row cannot run here, if it said so when ready.
+        self.unavailable: str | None = None
 
     def read(self, timeout: float) -> dict:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
@@ -129,6 +149,7 @@ class Row:
         if not message.get("ready"):
             raise RuntimeError(f"{self.row} failed to start:\n{message.get('error')}")
         self.port = message["port"]
+        self.unavailable = message.get("unavailable")
 
     def stop(self) -> None:
         """Ask the row to stop (close its stdin); L{close} waits for it."""
@@ -194,6 +215,8 @@ def measure(
     else:
         row.send(f"run {seconds} {size} {concurrency}")
         result = row.read(seconds + 30)
+    if "failed" in result or "skipped" in result:
+        return result
     done = max(1, result["completed"])
     result["rps"] = result["requests"] / result["seconds"]
     result["mib_s"] = result["rps"] * size / MIB
@@ -202,12 +225,17 @@ def measure(
 
 
 def start_rows(work: dict, number: int) -> list[Row | SpinRow]:
-    return [
-        SpinRow(r, work["handler"], w)
-        if r == "processes"
-        else Row(r, work["handler"], w, f"{number}-{work['handler']}-{r}-w{w}.log")
-        for r, w in work["rows"]
-    ]
+    rows: list[Row | SpinRow] = []
+    for r, w, *handler in work["rows"]:
+        h = handler[0] if handler else work["handler"]
+        rows.append(
+            SpinRow(r, h, w) if r == "processes" else Row(r, h, w, f"{number}-{h}-{r}-w{w}.log")
+        )
+    return rows
+
+
+def lag_text(lag: float | None) -> str:
+    return "     -" if lag is None else f"{lag:6.2f}"
 
 
 def run_workload(
@@ -215,31 +243,73 @@ def run_workload(
 ) -> dict:
     concurrency = work.get("concurrency", CONCURRENCY)
     print(
-        f"== {work['name']}: {rounds} rounds x {seconds}s per row, {concurrency} in flight",
+        f"== {work['name']}: {rounds} rounds x {seconds}s per row, "
+        + work.get("about", f"{concurrency} in flight"),
         file=sys.stderr,
     )
+    # Rows that cannot run, or stopped running, have a note instead of samples.
+    notes: dict[str, str] = dict(work.get("notes", {}))
+    once = set(work.get("once", ()))
+
+    def noted(key: str, result: dict) -> bool:
+        if "failed" in result or "skipped" in result:
+            notes[key] = result.get("skipped") or "failed: " + result["failed"].splitlines()[-1]
+            print(f"   {key}: {notes[key]}", file=sys.stderr)
+            return True
+        return False
+
     for row in rows:
         row.wait_ready()
-    for row in rows:
-        measure(row, work["size"], warmup, loadgen, concurrency)
-    samples: dict[str, list[dict]] = {row_key(r.row, r.workers): [] for r in rows}
-    for round_number in range(rounds):
-        shift = round_number % len(rows)
-        for row in rows[shift:] + rows[:shift]:
+        if row.unavailable:
+            notes[row_key(row.row, row.workers)] = "not available: " + row.unavailable
+    live = [row for row in rows if not row.unavailable]
+    for row in live:
+        if row_key(row.row, row.workers) not in once:
+            result = measure(row, work["size"], warmup, loadgen, concurrency)
+            noted(row_key(row.row, row.workers), result)
+    samples: dict[str, list[dict]] = {row_key(r.row, r.workers): [] for r in live}
+    for round_number in range(rounds if live else 0):
+        shift = round_number % len(live)
+        for row in live[shift:] + live[:shift]:
+            key = row_key(row.row, row.workers)
+            if key in notes or (key in once and round_number > 0):
+                continue
             result = measure(row, work["size"], seconds, loadgen, concurrency)
-            samples[row_key(row.row, row.workers)].append(result)
+            if noted(key, result):
+                continue
+            result["round"] = round_number
+            samples[key].append(result)
             print(
-                f"   round {round_number + 1} {row_key(row.row, row.workers):14s}"
-                f" {result['rps']:9.0f} req/s  p99 {result['p99_ms']:7.2f} ms"
-                f"  lag p99 {result['lag_p99_ms']:6.2f} ms  errors {result['errors']}",
+                f"   round {round_number + 1} {key:14s}"
+                f" {result['rps']:9.0f} {work.get('unit', 'req')}/s"
+                f"  p99 {result['p99_ms']:7.2f} ms"
+                f"  lag p99 {lag_text(result['lag_p99_ms'])} ms  errors {result['errors']}",
                 file=sys.stderr,
             )
-    return {
+    nocopy = {}
+    for row in live:
+        key = row_key(row.row, row.workers)
+        if key in work.get("nocopy", {}).get("names", {}):
+            row.send(f"nocopy {work['nocopy']['bytes']}")
+            result = row.read(120)
+            if not noted(key, result):
+                nocopy[key] = result
+                print(f"   {key} nocopy: {result}", file=sys.stderr)
+    result = {
         "name": work["name"],
         "size": work["size"],
         "concurrency": concurrency,
-        "samples": samples,
+        "samples": {key: measured for key, measured in samples.items() if measured},
+        "notes": notes,
     }
+    if nocopy:
+        result["nocopy"] = nocopy
+    if nocopy:
+        result["nocopy_names"] = work["nocopy"]["names"]
+    for field in ("names", "unit", "latency", "reference", "reference_label", "about"):
+        if field in work:
+            result[field] = work[field]
+    return result
 
 
 def median(values: list[float]) -> float:
@@ -248,11 +318,7 @@ def median(values: list[float]) -> float:
 
 def ratio(samples: dict, a: str, b: str) -> float | None:
     """Median over rounds of rps(a)/rps(b), each ratio taken within one round."""
-    if a not in samples or b not in samples:
-        return None
-    pairs = zip(samples[a], samples[b], strict=False)
-    values = [x["rps"] / y["rps"] for x, y in pairs if y["rps"] > 0]
-    return median(values) if values else None
+    return calls.speedup(samples, a, b)
 
 
 def scaling_share(samples: dict, row: str) -> float | None:
@@ -268,28 +334,39 @@ def scaling_share(samples: dict, row: str) -> float | None:
     return median(values) if values else None
 
 
+def row_name(result: dict, key: str) -> str:
+    row, workers = key.split()
+    if row in result.get("names", {}):
+        return result["names"][row]
+    return ROW_NAMES[row] + f", {workers[1:]} worker(s)"
+
+
 def summarize(result: dict) -> list[dict]:
     rows = []
     for key, samples in result["samples"].items():
+        if not samples:
+            continue
+        lags = [s["lag_p99_ms"] for s in samples if s["lag_p99_ms"] is not None]
         rows.append(
             {
                 "row": key,
-                "name": ROW_NAMES[key.split()[0]] + f", {key.split()[1][1:]} worker(s)",
+                "name": row_name(result, key),
                 "rps": median([s["rps"] for s in samples]),
                 "mib_s": median([s["mib_s"] for s in samples]),
                 "p50_ms": median([s["p50_ms"] for s in samples]),
                 "p99_ms": median([s["p99_ms"] for s in samples]),
                 "cpu_us": median([s["cpu_us"] for s in samples]),
-                "lag_p99_ms": median([s["lag_p99_ms"] for s in samples]),
+                "lag_p99_ms": median(lags) if lags else None,
                 "errors": sum(s["errors"] for s in samples),
-                "vs_submit": ratio(result["samples"], "submit w2", key),
+                "vs_reference": ratio(result["samples"], result.get("reference", "submit w2"), key),
             }
         )
     return rows
 
 
 def targets(results: dict) -> list[tuple[str, float | None, float, str]]:
-    """(target, measured, goal, unit) for each target of issue 4."""
+    """(target, measured, goal, unit) for each target of issue 4 (bench/calls.py has issue
+    13's)."""
     by_name = {r["name"]: r["samples"] for r in results}
     echo = by_name.get("echo 100 B", {})
     cpu = by_name.get("cpu 5 ms", {})
@@ -299,8 +376,9 @@ def targets(results: dict) -> list[tuple[str, float | None, float, str]]:
     row_lags = {
         f"{r['name']}: {key}": median([s["lag_p99_ms"] for s in samples])
         for r in results
+        if not r["name"].startswith("calls:")  # issue 13's (bench/calls.py) have their own
         for key, samples in r["samples"].items()
-        if key.split()[0] in ("submit", "gaspar-tcp", "framed")
+        if key.split()[0] in ("submit", "gaspar-tcp", "framed") and samples
     }
     worst = max(row_lags, key=row_lags.get, default=None)
     bare_lag = median([s["lag_p99_ms"] for s in echo.get("bare w2", [])])
@@ -337,34 +415,16 @@ def targets(results: dict) -> list[tuple[str, float | None, float, str]]:
     ]
 
 
-def render(results: dict, meta: dict) -> str:
-    lines = [
-        f"Command: {meta['command']}",
-        f"Machine: {meta['machine']}; {meta['rounds']} rounds x {meta['seconds']}s per row, "
-        f"{CONCURRENCY} requests in flight (cpu: 16); medians over rounds; ratios taken round"
-        " by round.",
-        f"TCP load generator: {meta['loadgen']}.",
-        "",
-    ]
-    header = (
-        "| row | req/s | MiB/s | p50 ms | p99 ms | parent CPU µs/req | lag p99 ms | errors "
-        "| submit() w2 / row |"
-    )
-    for result in results:
-        lines += [f"### {result['name']}", "", header, "|" + "---|" * 9]
-        for r in summarize(result):
-            vs = f"{r['vs_submit']:.2f}x" if r["vs_submit"] else "-"
-            lines.append(
-                f"| {r['name']} | {r['rps']:,.0f} | {r['mib_s']:,.1f} | {r['p50_ms']:.2f} "
-                f"| {r['p99_ms']:.2f} | {r['cpu_us']:.0f} | {r['lag_p99_ms']:.2f} "
-                f"| {r['errors']} | {vs} |"
-            )
-        lines.append("")
-    lines += ["### Targets (issue 4)", "", "| target | measured | goal | met |"]
-    lines.append("|---|---|---|---|")
-    for name, value, goal, unit in targets(results):
+def render_targets(title: str, targets: list[tuple[str, float | None, float, str]]) -> list[str]:
+    """A targets table (none if nothing of it was measured): "(for scale)" rows have no goal,
+    "at most" rows are met at or under their goal, the others at or over it."""
+    if all(value is None or value != value for _, value, _, _ in targets):
+        return []
+    lines = [f"### {title}", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for name, value, goal, unit in targets:
         if value is None or value != value:
-            lines.append(f"| {name} | n/a | {goal} {unit} | - |")
+            wanted = "-" if name.startswith("(for scale)") else f"{goal:,} {unit}"
+            lines.append(f"| {name} | n/a | {wanted} | - |")
             continue
         if name.startswith("(for scale)"):
             lines.append(f"| {name} | {value:,.2f} {unit} | - | - |")
@@ -374,7 +434,65 @@ def render(results: dict, meta: dict) -> str:
         lines.append(
             f"| {name} | {value:,.2f} {unit} | {goal:,} {unit} | {'yes' if met else 'NO'} |"
         )
-    return "\n".join(lines)
+    return [*lines, ""]
+
+
+def render_workload(result: dict) -> list[str]:
+    unit = result.get("unit", "req")
+    latency = f" {result['latency']}" if "latency" in result else ""
+    reference = result.get("reference_label", "submit() w2")
+    lines = [f"### {result['name']}", ""]
+    if "about" in result:
+        lines += [result["about"] + ".", ""]
+    rate = "req/s" if unit == "req" else f"{unit}s/s"
+    lines += [
+        f"| row | {rate} | MiB/s | p50 ms{latency} | p99 ms{latency} "
+        f"| parent CPU µs/{unit} | lag p99 ms | errors | {reference} / row |",
+        "|" + "---|" * 9,
+    ]
+    for r in summarize(result):
+        vs = f"{r['vs_reference']:.2f}x" if r["vs_reference"] else "-"
+        mib = f"{r['mib_s']:,.1f}" if result["size"] else "-"
+        cpu = f"{r['cpu_us']:.2f}" if unit == "item" else f"{r['cpu_us']:.0f}"
+        lag = "-" if r["lag_p99_ms"] is None else f"{r['lag_p99_ms']:.2f}"
+        lines.append(
+            f"| {r['name']} | {r['rps']:,.0f} | {mib} | {r['p50_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} | {cpu} | {lag} | {r['errors']} | {vs} |"
+        )
+    lines.append("")
+    for key, note in result.get("notes", {}).items():
+        lines.append(f"- {row_name(result, key)}: {note}")
+    if result.get("notes"):
+        lines.append("")
+    if result.get("nocopy"):
+        lines += [
+            "| one call with a 256 MiB bytes argument, len(data) | parent peak RSS growth MiB "
+            "| parent tracemalloc peak MiB | seconds |",
+            "|---|---|---|---|",
+        ]
+        for key, n in result["nocopy"].items():
+            lines.append(
+                f"| {result['nocopy_names'].get(key, key)} | {n['peak_rss_growth_mib']:,.1f} "
+                f"| {n['tracemalloc_peak_mib']:,.1f} | {n['seconds']:.2f} |"
+            )
+        lines.append("")
+    return lines
+
+
+def render(results: dict, meta: dict) -> str:
+    lines = [
+        f"Command: {meta['command']}",
+        f"Machine: {meta['machine']}; {meta['rounds']} rounds x {meta['seconds']}s per row, "
+        f"{CONCURRENCY} requests in flight (cpu: 16; calls: as said under each); medians over"
+        " rounds; ratios taken round by round.",
+        f"TCP load generator: {meta['loadgen']}.",
+        "",
+    ]
+    for result in results:
+        lines += render_workload(result)
+    lines += render_targets("Targets (issue 4)", targets(results))
+    lines += render_targets("Targets (issue 13: function calls)", calls.targets(results))
+    return "\n".join(lines).rstrip("\n")
 
 
 def plot(results: dict, path: str) -> None:
@@ -389,7 +507,8 @@ def plot(results: dict, path: str) -> None:
         names = [r["row"] for r in rows]
         values = [r["rps"] for r in rows]
         colors = [
-            "tab:green" if n.split()[0] in TCP_ROWS | {"submit"} else "tab:gray" for n in names
+            "tab:green" if n.split()[0] in TCP_ROWS | {"submit", "call", "map"} else "tab:gray"
+            for n in names
         ]
         ax.barh(names, values, color=colors)
         ax.set_title(result["name"])
@@ -403,12 +522,16 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short run (under 30 s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (under a minute; too short to quote)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--rounds", type=int, help="rounds per workload")
     parser.add_argument("--seconds", type=float, help="seconds per measurement")
     parser.add_argument(
-        "--only", action="append", help="run only workloads whose name contains this"
+        "--only",
+        action="append",
+        help="run only workloads whose name contains this (e.g. 'calls', 'echo 100 B')",
     )
     parser.add_argument("--rows", help="comma-separated rows to run (default: all)")
     args = parser.parse_args(argv)
@@ -422,8 +545,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows:
         wanted = set(args.rows.split(","))
         for w in chosen:
-            w["rows"] = [(r, n) for r, n in w["rows"] if r in wanted]
+            w["rows"] = [spec for spec in w["rows"] if spec[0] in wanted]
         chosen = [w for w in chosen if w["rows"]]
+    if args.quick:
+        for w in chosen:
+            slow = set(w.get("slow", ()))
+            w["notes"] = {key: "not run with --quick (it takes seconds)" for key in slow}
+            w["rows"] = [spec for spec in w["rows"] if row_key(spec[0], spec[1]) not in slow]
     # Every row starts at once (idle rows cost nothing) and all stop together at the end.
     all_rows = [start_rows(w, n) for n, w in enumerate(chosen)]
     try:
@@ -451,7 +579,12 @@ def main(argv: list[str] | None = None) -> int:
     table = render(results, meta)
     with open(os.path.join(RESULTS, "latest.md"), "w") as f:
         f.write(table + "\n")
-    document = {"meta": meta, "workloads": results, "targets": targets(results)}
+    document = {
+        "meta": meta,
+        "workloads": results,
+        "targets": targets(results),
+        "call_targets": calls.targets(results),
+    }
     with open(os.path.join(RESULTS, "latest.json"), "w") as f:
         json.dump(document, f, indent=1)
     try:

@@ -2,16 +2,23 @@
 
     python bench/server.py ROW HANDLER WORKERS
 
-ROW is one of gaspar-tcp, framed, submit, ampoule, ppe, txzmq, bare. The process prints
-``{"ready": true, "port": N}`` once it can take load, then obeys lines on stdin:
+ROW is one of gaspar-tcp, framed, submit, ampoule, ppe, txzmq, bare, or a function-call row
+of bench/call_rows.py (call, thread, map, ppe-map-*, mp-map). HANDLER is a bench_handlers
+name; for the call rows (call, thread, ppe, ampoule) ``add`` means ``add(1, 2)``, a typed AMP
+command for ampoule. The process prints ``{"ready": true, "port": N}`` once it can take load
+(with ``"unavailable": why`` if the row cannot run here), then obeys lines on stdin:
 
-- ``run SECONDS BYTES CONCURRENCY``: drive in-process load (submit, ampoule, ppe, txzmq) and
-  print the measurements as one JSON line;
+- ``run SECONDS BYTES CONCURRENCY``: drive in-process load (submit, ampoule, ppe, txzmq, call,
+  thread), or time whole maps (the map rows), and print the measurements as one JSON line
+  (``{"failed": traceback}`` if the row failed);
 - ``start`` / ``stop``: open / close a measurement window while an outside load generator
-  drives the TCP port (gaspar-tcp, framed, bare); ``stop`` prints the measurements.
+  drives the TCP port (gaspar-tcp, framed, bare); ``stop`` prints the measurements;
+- ``nocopy BYTES`` (call, ppe): one call with a BYTES-long argument; prints how much this
+  process grew while it went.
 
 Measured here: the parent process's CPU time (C{time.process_time}: every thread of this
-process, no child) and how late a 5 ms C{LoopingCall} fires (reactor lag).
+process, no child) and how late a 5 ms C{LoopingCall} fires (reactor lag; 1 ms for the map
+rows; not measured for a row that blocks the reactor while it runs).
 """
 
 from __future__ import annotations
@@ -32,8 +39,15 @@ from twisted.internet import epollreactor  # noqa: E402
 
 epollreactor.install()
 
+import call_rows  # noqa: E402
+from bench_handlers import caller  # noqa: E402
 from twisted.internet import reactor, stdio, task  # noqa: E402
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks  # noqa: E402
+from twisted.internet.defer import (  # noqa: E402
+    Deferred,
+    gatherResults,
+    inlineCallbacks,
+    maybeDeferred,
+)
 from twisted.internet.endpoints import serverFromString  # noqa: E402
 from twisted.internet.protocol import Factory  # noqa: E402
 from twisted.protocols.basic import Int32StringReceiver, LineReceiver  # noqa: E402
@@ -57,7 +71,8 @@ class Meters:
     is 44 ms late counts as 44 ms, not as 44 mod 5.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = LAG_INTERVAL, probe: bool = True) -> None:
+        self.interval, self.probe = interval, probe
         self.lags: list[float] = []
         self.loop = task.LoopingCall(self._tick)
         self.cpu0 = 0.0
@@ -65,19 +80,22 @@ class Meters:
     def start(self) -> None:
         self.lags = []
         self.cpu0 = time.process_time()
-        self.loop.start(LAG_INTERVAL, now=False)
-        self.target = self.loop.starttime + LAG_INTERVAL
+        if self.probe:
+            self.loop.start(self.interval, now=False)
+            self.target = self.loop.starttime + self.interval
 
     def _tick(self) -> None:
         now = reactor.seconds()
         self.lags.append(max(0.0, now - self.target))
         start = self.loop.starttime
-        self.target = start + (int((now - start) / LAG_INTERVAL) + 1) * LAG_INTERVAL
+        self.target = start + (int((now - start) / self.interval) + 1) * self.interval
 
     def stop(self) -> dict:
         cpu = time.process_time() - self.cpu0
         if self.loop.running:
             self.loop.stop()
+        if not self.probe:
+            return {"cpu_s": cpu, "lag_p99_ms": None, "lag_max_ms": None}
         return {
             "cpu_s": cpu,
             "lag_p99_ms": percentile(self.lags, 0.99) * 1e3,
@@ -135,22 +153,34 @@ def start_producer(handler: str, workers: int, endpoint=None, framed=None):
 
 @inlineCallbacks
 def start_ampoule(handler: str, workers: int):
-    import amp_child
-    from ampoule import main, pool
+    try:
+        import amp_child
+        from ampoule import main, pool
+    except ImportError as e:
+        return {"unavailable": f"ampoule cannot be imported ({e}): pip install '.[bench]'"}
 
+    # The directory ampoule is installed in, for a child to import it from wherever it is
+    # (ampoule itself adds the package's own directory, which is not enough).
+    installed = os.path.dirname(os.path.dirname(os.path.abspath(main.__file__)))
     starter = main.ProcessStarter(
         packages=("twisted", "ampoule"),
-        env={"PYTHONPATH": os.pathsep.join([BENCH, os.path.dirname(BENCH)])},
+        env={"PYTHONPATH": os.pathsep.join([BENCH, os.path.dirname(BENCH), installed])},
         childReactor="epoll",
     )
     processes = pool.ProcessPool(
         amp_child.BenchChild, min=workers, max=workers, recycleAfter=0, starter=starter
     )
     yield processes.start()
-    command = amp_child.Echo if handler == "echo" else amp_child.Cpu
+    if handler == "add":
 
-    def call(payload: bytes) -> Deferred:
-        return processes.doWork(command, data=payload).addCallback(lambda r: r["data"])
+        def call(payload: bytes) -> Deferred:
+            return processes.doWork(amp_child.Add, a=1, b=2).addCallback(lambda r: r["total"])
+
+    else:
+        command = amp_child.Echo if handler == "echo" else amp_child.Cpu
+
+        def call(payload: bytes) -> Deferred:
+            return processes.doWork(command, data=payload).addCallback(lambda r: r["data"])
 
     return {"call": call, "port": None, "stop": processes.stop}
 
@@ -159,12 +189,9 @@ def start_ampoule(handler: str, workers: int):
 def start_ppe(handler: str, workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
-    import bench_handlers
-
-    function = getattr(bench_handlers, handler)
     executor = ProcessPoolExecutor(max_workers=workers)
 
-    def call(payload: bytes) -> Deferred:
+    def submit(function, *args) -> Deferred:
         d: Deferred = Deferred()
 
         def relay(future) -> None:
@@ -174,9 +201,10 @@ def start_ppe(handler: str, workers: int):
             else:
                 reactor.callFromThread(d.errback, error)
 
-        executor.submit(function, payload).add_done_callback(relay)
+        executor.submit(function, *args).add_done_callback(relay)
         return d
 
+    call = caller(submit, handler)
     # Start every process before measuring.
     for _ in range(workers * 4):
         yield call(b"warm")
@@ -184,7 +212,12 @@ def start_ppe(handler: str, workers: int):
     def stop():
         executor.shutdown(wait=True)
 
-    return {"call": call, "port": None, "stop": stop}
+    return {
+        "call": call,
+        "nocopy": lambda size: call_rows.nocopy(lambda data: submit(len, data), size),
+        "port": None,
+        "stop": stop,
+    }
 
 
 @inlineCallbacks
@@ -279,6 +312,7 @@ def starter(row: str):
         "ppe": start_ppe,
         "txzmq": start_txzmq,
         "bare": start_bare,
+        **call_rows.STARTERS,
     }[row]
 
 
@@ -298,10 +332,16 @@ class Control(LineReceiver):
 
     def _started(self, system: dict) -> None:
         self.system = system
+        self.meters = Meters(
+            system.get("lag_interval", LAG_INTERVAL), probe=not system.get("blocking")
+        )
         # As twistd gaspar does (tap.py): the startup heap leaves the collector's sight, so a
         # full collection no longer pauses the reactor for ~20 ms. Same for every row.
         gc.freeze()
-        self.say({"ready": True, "port": system["port"], "pid": os.getpid()})
+        ready = {"ready": True, "port": system.get("port"), "pid": os.getpid()}
+        if "unavailable" in system:
+            ready["unavailable"] = system["unavailable"]
+        self.say(ready)
 
     def _failed(self, failure) -> None:
         self.say({"ready": False, "error": failure.getTraceback()})
@@ -322,13 +362,26 @@ class Control(LineReceiver):
             seconds, size, concurrency = float(words[1]), int(words[2]), int(words[3])
             payload = bytes(size)
             self.meters.start()
-            d = drive(self.system["call"], payload, concurrency, seconds)
-            d.addCallback(lambda result: self.say({**self.meters.stop(), **result}))
+            if "measure" in self.system:
+                d = maybeDeferred(self.system["measure"], seconds)
+            else:
+                d = drive(self.system["call"], payload, concurrency, seconds)
+            d.addCallback(lambda result: {**self.meters.stop(), **result})
+            d.addErrback(self._measurementFailed)
+            d.addCallback(self.say)
+        elif words[0] == "nocopy":
+            d = maybeDeferred(self.system["nocopy"], int(words[1]))
+            d.addErrback(self._measurementFailed)
+            d.addCallback(self.say)
+
+    def _measurementFailed(self, failure) -> dict:
+        self.meters.stop()
+        return {"failed": failure.getTraceback()}
 
     def connectionLost(self, reason) -> None:
         d = Deferred()
         if self.system is not None:
-            d.addCallback(lambda _: self.system["stop"]())
+            d.addCallback(lambda _: self.system.get("stop", lambda: None)())
         d.addBoth(lambda _: reactor.stop())
         d.callback(None)
 

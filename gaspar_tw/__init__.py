@@ -24,6 +24,9 @@ _EXPORTS = {
     "ListenError": "gaspar_tw.errors",
     "GasparClient": "gaspar_tw.client",
     "client": "gaspar_tw.client",
+    "deferToProcess": "gaspar_tw.default_pool",
+    "getProcessPool": "gaspar_tw.default_pool",
+    "suggestProcessPoolSize": "gaspar_tw.default_pool",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -33,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from gaspar_tw.client import GasparClient
     from gaspar_tw.config import Config
     from gaspar_tw.consumer import Consumer
+    from gaspar_tw.default_pool import deferToProcess, getProcessPool, suggestProcessPoolSize
     from gaspar_tw.errors import (
         HandlerError,
         ListenError,

@@ -321,6 +321,14 @@ class Config:
         " (--no-retry-on-crash: they fail instead).",
         boolean,
     )
+    max_call_bytes: int = setting(
+        1024 * 1024 * 1024,
+        "Largest function call (pickled, arguments included) sent to a worker, and largest"
+        " result it sends back, in bytes: a larger call or result fails that call.",
+        whole(1),
+        flag="max-call-bytes",
+        parse=flag_number,
+    )
     max_requests: int = setting(
         0,
         "Recycle a worker after this many requests (its replacement starts first); 0 for never.",

@@ -6,6 +6,7 @@ import os
 import site
 import sys
 import sysconfig
+from collections.abc import Sequence
 
 from twisted.logger import Logger
 
@@ -45,6 +46,20 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f"Consumer({self.spec!r})"
+
+
+def worker_path(configured: Sequence[str], consumer: Consumer) -> list[str]:
+    """The whole path a pool's workers import from, each directory once: C{configured}
+    (C{pythonpath}), then this process's own C{sys.path} as it is now, in its order (so that
+    a worker imports a call's function, and its arguments' classes, where the caller would,
+    as C{multiprocessing} does; not from the worker's working directory), then the handler's
+    import root if the caller's path lacks it."""
+    paths: list[str] = []
+    for directory in (*configured, *sys.path, *consumer.pythonpath):
+        directory = os.path.abspath(directory or os.curdir)
+        if directory not in paths:
+            paths.append(directory)
+    return paths
 
 
 def loadConsumer(options, command: str) -> tuple[Consumer, list[str]]:

@@ -17,17 +17,20 @@ constructing a pool installs no reactor. L{gaspar_tw.Producer} is a pool with TC
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gaspar_tw.calls import submit_call
+from gaspar_tw.calls.mapping import submit_map
 from gaspar_tw.config import POOL, Config
-from gaspar_tw.consumer import Consumer
+from gaspar_tw.consumer import Consumer, worker_path
 from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import ServiceStopped
 from gaspar_tw.handler import Handler
@@ -35,26 +38,32 @@ from gaspar_tw.stats import Stats
 from gaspar_tw.wire.control import HURRIED_STOP_GRACE_SECONDS, STOP_GRACE_SECONDS
 from gaspar_tw.workers.local import LocalWorkers
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
+from gaspar_tw.zeromq.exposure import is_exposed
 
 log = Logger()
 
 #: How often a drain checks whether every request is done.
 DRAIN_POLL_SECONDS = 0.05
+#: What the workers of a pool without a handler load (named, not imported: the pool imports
+#: nothing of the worker process): they run calls, and refuse bytes requests saying why.
+CALLS_ONLY_HANDLER = "gaspar_tw.worker.calls_only:no_handler"
 
 _SETTINGS = frozenset(f.name for f in fields(Config))
 
 
 class ProcessPool(service.Service):
     """Run C{handler} (C{bytes -> bytes}) in C{workers} processes: L{submit} a payload, get a
-    Deferred of its reply.
+    Deferred of its reply; or L{call} a function there.
 
-    C{handler} is a L{Consumer}, a module-level function or its ``"module:function"`` name.
+    C{handler} is a L{Consumer}, a module-level function or its ``"module:function"`` name;
+    without one (C{ProcessPool(workers=2)}) the pool only runs calls.
     The other settings (C{timeout}, C{max_pending}, C{retry_on_crash}, C{window},
     C{pythonpath}, C{drain_timeout}, C{bind}, C{curve_keys}, C{max_requests},
-    C{max_requests_jitter}, C{max_memory}, C{max_memory_hard}) are L{Config}'s, given as
-    keywords or as C{config}, and readable as attributes (C{pool.timeout}). C{reactor}
-    defaults to the global reactor, looked up when it is needed, never at import. Use it as a
-    service (C{startService}/C{stopService}, e.g. under a C{MultiService} or twistd).
+    C{max_requests_jitter}, C{max_memory}, C{max_memory_hard}, C{max_call_bytes}) are
+    L{Config}'s, given as keywords or as C{config}, and readable as attributes
+    (C{pool.timeout}). C{reactor} defaults to the global reactor, looked up when it is needed,
+    never at import. Use it as a service (C{startService}/C{stopService}, e.g. under a
+    C{MultiService} or twistd).
     """
 
     #: The settings this service reads (L{Config.of} refuses the others).
@@ -64,7 +73,7 @@ class ProcessPool(service.Service):
 
     def __init__(
         self,
-        handler: Consumer | str | Handler,
+        handler: Consumer | str | Handler | None = None,
         workers: int | None = None,
         *,
         reactor: Any = None,
@@ -74,6 +83,10 @@ class ProcessPool(service.Service):
         if workers is not None:
             settings["workers"] = workers
         self.config = Config.of(config, self.scope, **settings)
+        #: Whether it was given a handler (without one, it only runs calls).
+        self.hasHandler = handler is not None
+        if handler is None:
+            handler = CALLS_ONLY_HANDLER
         self.consumer = handler if isinstance(handler, Consumer) else Consumer(handler)
         self.reactor = reactor
         #: Counters of everything this pool does (read by gaspar_tw.metrics).
@@ -86,6 +99,9 @@ class ProcessPool(service.Service):
         self._readyWaiters: list[Deferred] = []
         self._draining: Deferred | None = None
         self._drainDeadline = 0.0
+        #: Whether calls go to local workers only (decided at the first call).
+        self._callsLocalOnly: bool | None = None
+        self._saidCallsLocal = False
         if reactor is not None or "twisted.internet.reactor" in sys.modules:
             self._build()  # a reactor is chosen already: looking it up later changes nothing
 
@@ -110,11 +126,115 @@ class ProcessPool(service.Service):
         L{gaspar_tw.RequestTimeout} past C{timeout}, L{gaspar_tw.Overloaded} when
         C{max_pending} requests wait, and L{gaspar_tw.ServiceStopped} once the pool stops.
         A request submitted before the pool starts waits for its workers. Cancelling it
-        drops the request, or has its worker skip it.
+        drops the request, or has its worker skip it. A pool without a handler fails it at
+        once with C{ValueError}.
         """
+        if not self.hasHandler:
+            return fail(
+                ValueError(
+                    "this pool has no handler to run a bytes request on: give ProcessPool a"
+                    " handler (ProcessPool('mymodule:work', workers=...)), or use call()"
+                )
+            )
         if self.dispatcher is None:
             self._build()
         return self.dispatcher.submit(payload)
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Deferred:
+        """Run C{fn(*args, **kwargs)} in a worker; the Deferred fires with what it returns.
+
+        C{fn} must be importable by name (module-level functions, builtins, static and class
+        methods, C{functools.partial} of those): a lambda, a nested function, one defined
+        in C{__main__} or an async function fails at once with C{ValueError}, as do
+        arguments holding a class or function of C{__main__}; arguments that cannot be
+        pickled fail at once with C{pickle.PicklingError}; a call over C{max_call_bytes}
+        pickled fails at once with C{ValueError}; none reaches a worker. If C{fn} raises,
+        the Deferred fails with that exception (its worker traceback as C{__cause__} and
+        C{remote_traceback}), or with L{gaspar_tw.RemoteError} if it cannot be unpickled
+        here; a result over C{max_call_bytes} fails the call with C{ValueError}. Otherwise
+        as L{submit}: crashes, C{timeout}, C{max_pending}, stopping. Workers import from
+        C{pythonpath}, then this process's C{sys.path} (as it was when the pool started), in
+        its order, as C{multiprocessing} does; if one cannot import C{fn}'s module, the call
+        fails saying so.
+
+        Cancelling the Deferred (C{d.cancel()}, or C{d.addTimeout(t, reactor)} when C{t}
+        passes) fails it with C{CancelledError} (C{TimeoutError}): a call still queued never
+        runs, one sent to a busy worker is skipped there, and one its worker is running ends
+        with that worker, killed and replaced (what it held behind the call is sent again).
+
+        A pickle runs code where it is read: if remote workers may join on a C{bind} that is
+        neither loopback nor CURVE-protected, calls run on local workers only (said once in
+        the log; bytes requests still go to every worker), and fail at once with
+        C{ValueError} if the pool has no local workers.
+        """
+        refusal = self._prepareCalls()
+        if refusal:
+            return fail(ValueError(refusal))
+        return submit_call(self.dispatcher, fn, args, kwargs)
+
+    def _prepareCalls(self) -> str:
+        """Build the pool if need be, and apply the security rule of calls (kept local on
+        an exposed bind); why calls cannot run here, or ""."""
+        if self.dispatcher is None:
+            self._build()
+        if self._callsLocalOnly is None:
+            self._callsLocalOnly = self._unprotectedBind()
+            if self._callsLocalOnly:
+                self.dispatcher.keepCallsLocal()
+        if self._callsLocalOnly:
+            return self._localCallsOnly()
+        return ""
+
+    def map(
+        self, fn: Callable[[Any], Any], iterable: Iterable[Any], *, chunksize: int | None = None
+    ) -> Deferred:
+        """Run C{fn(item)} in the workers for each item of C{iterable}; the Deferred fires
+        with the list of results, in input order.
+
+        Items travel in chunks, one call each: C{chunksize} items, or (C{None}) chunks sized
+        from measured times, so that many fast calls travel as few messages. The iterable is
+        read as chunks are sent, a few per worker ahead of the results. If an item raises,
+        the Deferred fails with that exception (as L{call}), its index in C{map_index} and in
+        a note, and the rest of the map is cancelled; cancelling the Deferred cancels every
+        chunk. What L{call} refuses at once, C{map} does too, as well as a C{chunksize} that
+        is not a positive int (C{ValueError}), an C{iterable} that is not one (C{TypeError})
+        and an item that cannot be pickled (C{pickle.PicklingError}, with C{map_index}); it
+        never raises (what C{iter(iterable)} raises fails the Deferred). It keeps within
+        C{max_pending}, sending more chunks as its own finish, and sizes automatic chunks so
+        that their items and results stay well under C{max_call_bytes}.
+        """
+        refusal = self._prepareCalls()
+        if refusal:
+            return fail(ValueError(refusal))
+        return submit_map(self.dispatcher, fn, iterable, chunksize, self.workers)
+
+    def _unprotectedBind(self) -> bool:
+        """Whether remote workers may join on a C{bind} that is neither loopback nor
+        CURVE-protected (anyone who reaches it could read what is sent there)."""
+        bind = self.config.bind
+        return bind is not None and is_exposed(bind, self.config.curve_keys)
+
+    def _localCallsOnly(self) -> str:
+        """Calls go to local workers only: say so once; why a call cannot run, or ""."""
+        bind = self.config.bind
+        if not self.workers:
+            return (
+                f"this {self.kind} cannot run calls: it has no local workers (workers=0), and"
+                f" sends no calls to remote workers on {bind}, which is neither loopback nor"
+                f" CURVE-protected (a pickled call runs code wherever it is read); give it"
+                f" curve_keys (--curve-keys), bind to 127.0.0.1, or give it local workers"
+            )
+        if not self._saidCallsLocal:
+            self._saidCallsLocal = True
+            log.warn(
+                "calls run on this {kind}'s local workers only: remote workers join on {bind},"
+                " which is neither loopback nor CURVE-protected, and a pickled call runs code"
+                " wherever it is read (bytes requests still go to every worker); give it"
+                " curve_keys (--curve-keys), or bind to 127.0.0.1, to send calls there too",
+                kind=self.kind,
+                bind=bind,
+            )
+        return ""
 
     def whenReady(self) -> Deferred:
         """Fires (with this pool) once every local worker is ready (and, for a producer, its
@@ -185,6 +305,7 @@ class ProcessPool(service.Service):
             max_pending=config.pending_limit,
             retry_on_crash=config.retry_on_crash,
             timeout=config.timeout_or_none,
+            max_call_bytes=config.max_call_bytes,
             stats=self.stats,
         )
         self.local = LocalWorkers(
@@ -192,12 +313,14 @@ class ProcessPool(service.Service):
             self.consumer.spec,
             config.worker_count,
             self.dispatcher,
-            [*config.pythonpath, *self.consumer.pythonpath],
+            worker_path(config.pythonpath, self.consumer),
             self.stats,
             max_requests=config.max_requests,
             max_requests_jitter=config.max_requests_jitter,
             max_memory=config.max_memory,
             max_memory_hard=config.max_memory_hard,
+            max_call_bytes=config.max_call_bytes,
+            exact_path=True,
         )
 
     def privilegedStartService(self) -> None:
@@ -220,7 +343,7 @@ class ProcessPool(service.Service):
             "gaspar_tw {kind}: {n} workers running {spec}",
             kind=self.kind,
             n=self.local.size,
-            spec=self.consumer.spec,
+            spec=self.consumer.spec if self.hasHandler else "calls only (no handler)",
         )
         self._startFrontEnds()
         waiters, self._readyWaiters = self._readyWaiters, []

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from gaspar_tw.addresses import ANOTHER_GASPAR, TCPAddress, cannot
 from gaspar_tw.config import DEFAULT_BACKLOG, FRONT_ENDS, POOL, Config
 from gaspar_tw.consumer import Consumer
-from gaspar_tw.errors import ListenError
+from gaspar_tw.errors import HandlerError, ListenError
 from gaspar_tw.handler import Handler
 from gaspar_tw.ops.limits import raise_file_limit
 from gaspar_tw.pool import ProcessPool, chained
@@ -74,6 +74,11 @@ class Producer(ProcessPool):
         config: Config | None = None,
         **settings: Any,
     ) -> None:
+        if consumer is None:  # a pool's handler is optional; the producer serves its own
+            raise HandlerError(
+                "a producer serves its handler on TCP, and was given none: pass one"
+                " ('mymodule:work' or a function); for calls only, use ProcessPool(workers=...)"
+            )
         if endpoint is not _UNSET:
             settings["endpoint"] = endpoint
         self.factory: GasparFactory | None = None

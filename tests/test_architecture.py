@@ -271,13 +271,16 @@ ALLOWED: dict[str, set[str]] = {
         "proctitle",
         "errors",
     },
+    "calls": {"dispatch", "wire", "errors"},
     "metrics": {"dispatch", "config", "stats", "proctitle", "version", "errors"},
     "ops": {"client", "config", "zeromq", "wire", "stats", "proctitle", "version", "errors"},
     "pool": {
+        "calls",
         "dispatch",
         "workers",
         "ops",
         "config",
+        "zeromq",
         "consumer",
         "handler",
         "wire",
@@ -301,6 +304,7 @@ ALLOWED: dict[str, set[str]] = {
         "proctitle",
         "errors",
     },
+    "default_pool": {"pool", "config"},
     # twistd's option parsing and service makers
     "options": {"config", "zeromq", "version", "errors"},
     "tap": {
@@ -330,7 +334,16 @@ ALLOWED: dict[str, set[str]] = {
         "errors",
     },
     # the public names, loaded lazily
-    ROOT: {"pool", "producer", "config", "client", "consumer", "errors", "version"},
+    ROOT: {
+        "pool",
+        "producer",
+        "default_pool",
+        "config",
+        "client",
+        "consumer",
+        "errors",
+        "version",
+    },
 }
 
 

@@ -16,7 +16,8 @@ from gaspar_tw.dispatch.scheduler import Scheduler
 from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.dispatch.timeouts import Timeouts
 from gaspar_tw.stats import Stats
-from gaspar_tw.wire.messages import SKIPPED, busy_seconds, decode_replies
+from gaspar_tw.wire.calls import CallFrames
+from gaspar_tw.wire.messages import SKIPPED, busy_seconds, decode_replies, is_mixed_replies
 
 
 class Dispatcher:
@@ -33,7 +34,8 @@ class Dispatcher:
     (then the request fails with L{RequestTimeout}, the worker is killed through
     L{WorkerLink.kill} and its other requests go back to the queue) and how long a request
     may wait in the queue for a worker; one periodic sweep enforces it (no timer per
-    request). Outcomes are counted in C{stats}.
+    request). Outcomes are counted in C{stats}. C{max_call_bytes} bounds calls and their
+    outcomes (L{gaspar_tw.calls}).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Dispatcher:
         max_pending: int | None = None,
         retry_on_crash: bool = Config.retry_on_crash,
         timeout: float | None = Config.timeout,
+        max_call_bytes: int = Config.max_call_bytes,
         stats: Stats | None = None,
     ) -> None:
         self._reactor = reactor
@@ -51,12 +54,13 @@ class Dispatcher:
         self.timeout = timeout or None
         self._sweep = Sweep(self.timeout, self._checkTimeouts, reactor)
         self._table = RequestTable(reactor, self.stats, max_pending)
-        self._delivery = Delivery(self._table.requests, self.stats)
+        self._delivery = Delivery(self._table.requests, self.stats, max_call_bytes)
         self._scheduler = Scheduler(
             self._table.requests,
             self.stats,
             self._sweep,
             self._scheduleFlush,
+            reactor,
             window=window,
             retry_on_crash=retry_on_crash,
         )
@@ -65,6 +69,7 @@ class Dispatcher:
         self._ids = self._table.ids
         self._requests = self._table.requests
         self._queue = self._scheduler.queue
+        self._localQueue = self._scheduler.localQueue
         self._suspects = self._scheduler.suspects
         self._links = self._scheduler.links
         self._flush_call = None
@@ -103,6 +108,16 @@ class Dispatcher:
         self._scheduler.handler_time = seconds
 
     @property
+    def max_call_bytes(self) -> int:
+        """The largest call (L{gaspar_tw.calls}) sent, and call outcome accepted, in bytes
+        pickled: a larger one fails its call."""
+        return self._delivery.max_call_bytes
+
+    @max_call_bytes.setter
+    def max_call_bytes(self, limit: int) -> None:
+        self._delivery.max_call_bytes = limit
+
+    @property
     def max_pending(self) -> int | None:
         """The most requests (and unsent replies, L{writing}) held at once."""
         return self._table.max_pending
@@ -135,6 +150,11 @@ class Dispatcher:
         return len(self._requests)
 
     @property
+    def room(self) -> int:
+        """How many more requests would be admitted now (none once it stops accepting)."""
+        return self._table.capacity - len(self._requests)
+
+    @property
     def workerCount(self) -> int:
         """Workers ready for work, local and remote."""
         return len(self._scheduler.links)
@@ -142,7 +162,7 @@ class Dispatcher:
     @property
     def queued(self) -> int:
         """Requests waiting for a worker with room."""
-        return len(self._queue) + len(self._suspects)
+        return sum(map(len, self._scheduler.queues))
 
     # -- callers ---------------------------------------------------------------------------
 
@@ -152,11 +172,31 @@ class Dispatcher:
         It fails with L{RemoteError} if the handler raised, L{WorkerCrashed} if the worker
         died with it, L{RequestTimeout} past C{timeout}, L{Overloaded} if C{max_pending}
         requests are already waiting, and L{ServiceStopped} once the producer stops.
-        Cancelling it drops a queued request.
+        Cancelling it drops a queued request (see L{cancel}). Calls are submitted with
+        L{submitCall}.
         """
         d = ReplyDeferred(self._cancelDeferred)
         d.rid = self.submitTo(payload, d)
         return d
+
+    def carryCalls(self) -> None:
+        """Calls (L{gaspar_tw.calls}) may be submitted from now on (see L{Scheduler.carryCalls})."""
+        self._scheduler.carryCalls()
+
+    def submitCall(self, call: CallFrames) -> Deferred:
+        """Queue a call (L{gaspar_tw.calls}); as L{submit}, but its Deferred fires with the
+        call's result. While calls are kept local (L{keepCallsLocal}), only local workers
+        are sent it."""
+        self._scheduler.carryCalls()
+        d = self.submit(call)
+        if d.rid:
+            self._scheduler.queuedCall(d.rid)
+        return d
+
+    def keepCallsLocal(self) -> None:
+        """From now on, send calls to local workers only (L{WorkerLink.local}); bytes
+        requests still go to every worker (see L{Scheduler.keepCallsLocal})."""
+        self._scheduler.keepCallsLocal()
 
     def submitTo(self, payload: bytes, receiver: IReplyReceiver) -> int:
         """Queue C{payload}; its outcome goes to C{receiver}, as for L{submit}.
@@ -188,15 +228,18 @@ class Dispatcher:
         for request in requests:
             fail(request, reason)
 
-    def cancel(self, rid: int) -> None:
+    def cancel(self, rid: int, killRunning: bool = True) -> None:
         """Forget request C{rid}: drop it if queued, have its worker skip it if not started.
 
         Its receiver is not called; the request counts as cancelled. A reply that still
-        comes (it was running, or started before the worker heard) is ignored.
+        comes (it was running, or started before the worker heard) is ignored. A call
+        (L{gaspar_tw.calls}) that is running ends with its worker, which is killed and
+        replaced (unless C{killRunning} is false); the requests it held behind the call are
+        sent again.
         """
         request = self._table.cancel(rid)
         if request is not None:
-            self._scheduler.cancel(request)
+            self._scheduler.cancel(request, killRunning)
 
     def _cancelDeferred(self, deferred: ReplyDeferred) -> None:
         self.cancel(deferred.rid)
@@ -205,7 +248,7 @@ class Dispatcher:
 
     def workerReady(self, link: WorkerLink) -> None:
         self._links[link.token] = link
-        if self._queue or self._suspects:
+        if any(self._scheduler.queues):
             self._scheduleFlush()
 
     def retire(self, token: int) -> None:
@@ -226,19 +269,28 @@ class Dispatcher:
     def repliesMessage(self, token: int, frames: list) -> None:
         """Worker C{token} sent a replies message (its frames): deliver the replies."""
         ids, statuses, payloads = decode_replies(frames)
-        self.repliesReceived(token, ids, statuses, payloads, busy_seconds(frames[0]))
+        head = frames[0]
+        calls = is_mixed_replies(head)  # timed apart: slow calls must not shrink bytes' window
+        self.repliesReceived(token, ids, statuses, payloads, busy_seconds(head), calls)
 
     def repliesReceived(
-        self, token: int, ids, statuses: bytes, payloads, busy: float | None = None
+        self,
+        token: int,
+        ids,
+        statuses: bytes,
+        payloads,
+        busy: float | None = None,
+        calls: bool = False,
     ) -> None:
-        """Worker C{token} answered requests C{ids}; C{busy}: its handler seconds on them.
+        """Worker C{token} answered requests C{ids}; C{busy}: its handler seconds on them
+        (C{calls}: a message that carried calls, whose time is kept apart).
 
         Requests it skipped (cancelled, status L{SKIPPED}) count neither as served nor in
         the handler time.
         """
         ran = len(ids) - statuses.count(SKIPPED)
         if busy is not None:
-            self._scheduler.handlerTime(ran, busy)
+            self._scheduler.handlerTime(ran, busy, calls)
         link = self._links.get(token)
         if link is None:  # a worker given up on: its requests may be queued again
             answered = self._delivery.lateReplies(ids, statuses, payloads)
@@ -249,7 +301,7 @@ class Dispatcher:
         self._delivery.replies(link.outstanding, ids, statuses, payloads)
         if link.retiring and not link.outstanding:
             link.drained()
-        if self._queue or self._suspects:
+        if self._queue or self._suspects or self._localQueue:
             self._flush()
 
     def afterReplies(self, call: Callable[[], None]) -> None:
@@ -269,6 +321,7 @@ class Dispatcher:
     def stop(self) -> None:
         """Stop the sweep, and a flush still scheduled (nothing runs after a stop)."""
         self._sweep.stop()
+        self._scheduler.stop()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None

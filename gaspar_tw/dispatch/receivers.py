@@ -12,6 +12,7 @@ from zope.interface import Interface, implementer
 from gaspar_tw.dispatch.requests import Request
 from gaspar_tw.errors import RemoteError
 from gaspar_tw.stats import Stats, latency_bucket
+from gaspar_tw.wire.calls import CALL_RESULT, too_large, unpack_outcome
 from gaspar_tw.wire.messages import OK, decode_error
 
 log = Logger()
@@ -57,12 +58,14 @@ class Delivery:
     """Hands workers' answers to the receivers of the requests in C{requests}.
 
     Replies come in batches (one worker message each); the calls registered with
-    L{afterReplies} while a batch is delivered run once it is all delivered.
+    L{afterReplies} while a batch is delivered run once it is all delivered. A call's outcome
+    larger than C{max_call_bytes} (pickled) fails the call, unread.
     """
 
-    def __init__(self, requests: dict[int, Request], stats: Stats) -> None:
+    def __init__(self, requests: dict[int, Request], stats: Stats, max_call_bytes: int) -> None:
         self._requests = requests
         self.stats = stats
+        self.max_call_bytes = max_call_bytes
         self._afterReplies: list[Callable[[], None]] = []
 
     def replies(self, outstanding: dict, ids, statuses: bytes, payloads) -> None:
@@ -114,10 +117,29 @@ class Delivery:
                 request.receiver.replyReceived(request.rid, payload)
             except Exception:
                 log.failure("delivering the reply to request {rid} failed", rid=request.rid)
+        elif status >= CALL_RESULT:
+            self._deliverCall(request, status, payload)
         else:
             self.stats.error += 1
             info = decode_error(payload)
             fail(request, RemoteError(info["type"], info["message"], info["traceback"]))
+
+    def _deliverCall(self, request: Request, status: int, outcome) -> None:
+        """A call's outcome: its unpickled result, or the exception it raised."""
+        try:
+            if outcome.nbytes > self.max_call_bytes:  # a worker not told the limit (remote)
+                what = "a call's result" if status == CALL_RESULT else "a call's exception"
+                raise too_large(what, outcome.nbytes, self.max_call_bytes)
+            result = unpack_outcome(status, outcome)
+        except BaseException as e:  # what the call raised (SystemExit too): its Deferred's
+            self.stats.error += 1
+            fail(request, e)
+            return
+        self.stats.ok += 1
+        try:
+            request.receiver.replyReceived(request.rid, result)
+        except Exception:
+            log.failure("delivering the result of call {rid} failed", rid=request.rid)
 
     def afterReplies(self, call: Callable[[], None]) -> None:
         """Have C{call} run once the batch of replies being delivered now is all delivered."""

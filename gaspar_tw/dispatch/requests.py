@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from gaspar_tw.errors import Overloaded, ServiceStopped
 from gaspar_tw.stats import Stats
+from gaspar_tw.wire.calls import CallFrames
 
 if TYPE_CHECKING:
     from gaspar_tw.dispatch.receivers import IReplyReceiver
@@ -34,7 +35,11 @@ class Request:
     def __init__(
         self, rid: int, payload: bytes, receiver: IReplyReceiver, queued: float, queuedAt: int
     ) -> None:
-        if type(payload) is not bytes and not _frozenView(payload):
+        if (
+            type(payload) is not bytes
+            and not _frozenView(payload)
+            and type(payload) is not CallFrames
+        ):
             payload = bytes(payload)  # a mutable buffer could change while it waits
         self.rid = rid
         self.payload = payload

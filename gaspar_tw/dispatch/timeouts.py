@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from gaspar_tw.dispatch.links import WorkerLink
+from gaspar_tw.dispatch.links import WorkerLink, runningRequest
 from gaspar_tw.dispatch.receivers import fail
 from gaspar_tw.dispatch.scheduler import Scheduler
 from gaspar_tw.dispatch.sweep import Sweep
@@ -33,36 +33,46 @@ class Timeouts:
     def check(self) -> None:
         """Abandon workers stuck on one request for C{timeout}; expire requests queued as long.
 
-        A worker's first outstanding request is the one it is running. One first seen at this
-        sweep became first since the previous one: it is stamped like a request queued then,
-        in sweep counts (not reactor times, whose jitter cost a whole extra sweep), so the
-        worker is abandoned after it has run the request for C{timeout} and less than one
-        sweep interval more.
+        The request a worker is running is the one it publishes (a local worker running a
+        mixed message: its first outstanding one may have finished, its reply held back while
+        it is inside a long C call), else its first outstanding one (L{runningRequest}). One
+        first seen running at this sweep started since the previous one: it is stamped like
+        a request queued then, in sweep counts (not reactor times, whose jitter cost a whole
+        extra sweep), so the worker is abandoned after it has run the request for C{timeout}
+        and less than one sweep interval more.
         """
         sweep = self._sweep
         scheduler = self._scheduler
         for link in list(scheduler.links.values()):
-            running = next(iter(link.outstanding), None)
+            running = runningRequest(link)
             if running is None or running != link.watched:
                 link.watched, link.watchedAt = running, sweep.count - 1
             elif sweep.expired(link.watchedAt):
                 self._abandon(link, running)
-        if scheduler.queue or scheduler.suspects:
+        if any(scheduler.queues):
             self._expireQueued()
 
     def _abandon(self, link: WorkerLink, running: int) -> None:
-        """Give up on a stuck worker: fail its current request, requeue the rest, kill it."""
+        """Give up on a stuck worker: fail its current request, requeue the rest, kill it.
+
+        The rest are those queued behind it (not started) and, for a local worker, any
+        before it that it had finished without sending their replies (lost with it: they
+        run again)."""
         scheduler = self._scheduler
         timeout = self._sweep.timeout
+        finished = scheduler.finishedBefore(link, running)
         scheduler.forget(link)
         stuck = scheduler.requests.pop(running, None)
         others = scheduler.held(link)
         log.warn(
             "worker pid {pid} ran one request for over {timeout}s (--timeout): killing it,"
-            " failing that request and retrying the {n} queued behind it",
+            " failing that request and retrying the {n} queued behind it{rerun}",
             pid=link.pid,
             timeout=timeout,
-            n=len(others),
+            n=len(others) - finished,
+            rerun=f" and the {finished} before it, finished but not yet answered"
+            if finished
+            else "",
         )
         link.kill()
         scheduler.requeue(others)
@@ -73,7 +83,7 @@ class Timeouts:
     def _expireQueued(self) -> None:
         scheduler = self._scheduler
         expired = self._sweep.expired
-        stale = [r for r in (*scheduler.queue, *scheduler.suspects) if expired(r.queuedAt)]
+        stale = [r for r in scheduler.waiting() if expired(r.queuedAt)]
         if not stale:
             return
         scheduler.drop({request.rid for request in stale})

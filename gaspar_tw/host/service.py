@@ -2,7 +2,9 @@
 
 Each worker connects to the producer's C{--bind} address (L{gaspar_tw.worker.relay}); this
 service only starts them, replaces the ones that die and stops them, as the producer's own
-pool does (L{gaspar_tw.workers.local}).
+pool does (L{gaspar_tw.workers.local}). Over an address that is neither loopback nor
+CURVE-protected, its workers never unpickle a call: they answer each with an error (a pickle
+runs code wherever it is read, and anyone on the way could have written it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from gaspar_tw.config import WORKER_HOST, Config
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire.control import CONNECTING
 from gaspar_tw.workers.local import LocalWorkers, WorkerProcess
+from gaspar_tw.zeromq.exposure import is_exposed
 
 log = Logger()
 
@@ -33,10 +36,13 @@ class HostPool(LocalWorkers):
         )
         self.address = config.connect
         self.curve_keys = config.curve_keys
+        #: Whether its workers answer calls with an error instead of unpickling them.
+        self.refuse_calls = is_exposed(self.address, self.curve_keys)
 
     def socketArguments(self, token: int) -> list[str]:
         keys = ["--curve-keys", self.curve_keys] if self.curve_keys else []
-        return ["--connect", self.address, *keys]
+        refuse = ["--refuse-calls"] if self.refuse_calls else []
+        return ["--connect", self.address, *keys, *refuse]
 
     def spawned(self, process: WorkerProcess) -> None:
         log.info("worker {slot} started (pid {pid})", slot=process.slot, pid=process.pid)
@@ -92,6 +98,13 @@ class WorkerHost(service.Service):
             spec=self.handler_spec,
             address=self.config.connect,
         )
+        if self.pool.refuse_calls:
+            log.warn(
+                "{address} is neither loopback nor CURVE-protected: these workers answer"
+                " calls with an error, unread (a pickled call runs code wherever it is read);"
+                " give the producer and this host --curve-keys to run calls here",
+                address=self.config.connect,
+            )
         self.pool.start(None)
 
     @property

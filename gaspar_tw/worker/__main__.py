@@ -39,9 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply", help="ZeroMQ address of the producer's PULL")
     parser.add_argument("--connect", help="a remote producer's --bind address (instead)")
     parser.add_argument("--curve-keys", help="directory of CURVE keys for --connect")
-    parser.add_argument("--pythonpath", action="append", default=[])
+    parser.add_argument(
+        "--refuse-calls", action="store_true", help="answer calls with an error, unread"
+    )
+    parser.add_argument("--pythonpath", action="append", default=[], help="put first on the path")
+    parser.add_argument("--path", action="append", default=[], help="the whole path (a pool's)")
     parser.add_argument("--max-requests", type=int, default=0, help="ask to be recycled after")
     parser.add_argument("--max-memory", type=int, default=0, help="MB: ask to be recycled over")
+    parser.add_argument("--max-call-bytes", type=int, default=0, help="fail larger results")
+    parser.add_argument("--running", help="file to publish the running request's id in")
     args = parser.parse_args(argv)
     if not args.connect and not (args.work and args.reply):
         parser.error("either --work and --reply, or --connect, is required")
@@ -52,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     set_title(worker_title(args.slot, args.handler))
     # A SIGINT sent to our group all the same is ignored; the producer decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.path:
+        sys.path[:] = args.path  # the caller's, in its order (not our working directory first)
     for directory in reversed(args.pythonpath):
         sys.path.insert(0, directory)
     try:
@@ -64,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.connect:
             from gaspar_tw.worker.relay import RemoteWorker  # its relay thread: remote only
 
-            worker = RemoteWorker(handler, args.token, args.connect, args.curve_keys)
+            worker = RemoteWorker(
+                handler, args.token, args.connect, args.curve_keys, args.refuse_calls
+            )
         else:
             worker = Worker(
                 handler,
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.reply,
                 args.max_requests,
                 args.max_memory * MEGABYTE,
+                args.max_call_bytes,
+                args.running,
             )
         worker.serve()
     except Exception as e:

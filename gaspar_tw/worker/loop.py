@@ -12,12 +12,15 @@ import sys
 import time
 import traceback
 from collections import deque
+from functools import partial
 
 import zmq
 
 from gaspar_tw.handler import Handler
 from gaspar_tw.wire import messages
+from gaspar_tw.wire.calls import CallFrames, run_call
 from gaspar_tw.wire.control import STOP_GRACE_SECONDS, resident_bytes
+from gaspar_tw.wire.running import RunningRequest
 from gaspar_tw.zeromq.multipart import BLOCK, recv_frames, send_frames, waiting
 
 #: Replies computed for longer than this are sent without waiting for the rest of the batch.
@@ -46,6 +49,16 @@ def call_handler(handler: Handler, payload: bytes) -> tuple[int, bytes]:
         raise TypeError(f"handler returned {type(result).__name__}, expected bytes or str")
     except Exception as e:
         return messages.ERROR, messages.encode_error(e, traceback.format_exc())
+
+
+def call_handler_or_run_call(
+    handler: Handler, payload, max_call_bytes: int = 0
+) -> tuple[int, object]:
+    """A mixed message's request: run the call it is (its result at most C{max_call_bytes},
+    0 for no limit), or the handler on it."""
+    if type(payload) is CallFrames:
+        return run_call(payload, max_call_bytes)
+    return call_handler(handler, payload)
 
 
 class _Held:
@@ -79,6 +92,8 @@ class Worker:
         reply_address: str,
         max_requests: int = 0,
         max_memory: int = 0,
+        max_call_bytes: int = 0,
+        running_path: str | None = None,
     ):
         self.handler = handler
         self.token = token
@@ -96,7 +111,18 @@ class Worker:
         self._cancelled: set[int] = set()  # ids to skip, read ahead of the batch
         self._running = False  # a handler call is in progress
         self._alarm = False  # the flush timer is armed
-        signal.signal(signal.SIGALRM, self._onAlarm)
+        #: Plain replies until this worker is sent a call (no per-reply check before that).
+        self._encodeReplies = messages.encode_replies
+        #: How a mixed message's requests are run: a call whose result is larger than
+        #: C{max_call_bytes} (pickled; 0: no limit) fails instead of being sent (a remote
+        #: worker may refuse calls instead: see L{gaspar_tw.worker.relay}).
+        self._runCall = partial(call_handler_or_run_call, max_call_bytes=max_call_bytes)
+        self.runMixed = self._runGuarded
+        #: Where the id of the mixed message's request being run is published for the
+        #: producer (L{gaspar_tw.wire.running}): a local worker's, C{None} for a remote one.
+        self.runningRequest = None if running_path is None else RunningRequest(running_path)
+        self._alarmHandler = self._onAlarm
+        signal.signal(signal.SIGALRM, self._alarmHandler)
 
     def openSockets(self, work_address: str, reply_address: str) -> tuple[zmq.Socket, zmq.Socket]:
         """The PULL socket work arrives on (bound) and the PUSH replies go to (connected)."""
@@ -149,8 +175,11 @@ class Worker:
         L{FLUSH_AFTER_SECONDS} old, they reach L{messages.MESSAGE_BYTES}, or no work is left: a
         fast handler's replies to several batches share one message. A handler call never
         keeps earlier replies waiting: if it runs past L{FLUSH_AFTER_SECONDS} while replies
-        are held, a timer (SIGALRM) sends them, so the producer always knows which request a
-        worker is running (what C{--timeout} relies on).
+        are held, a timer (SIGALRM) sends them, so the producer knows which request a worker
+        is running (what C{--timeout} and cancelling a call rely on). The timer cannot fire
+        inside one long C call (numpy, zlib): a local worker also publishes the id of the
+        request of a mixed message (one with calls) it runs (L{gaspar_tw.wire.running});
+        a plain message's requests pay nothing for it.
         """
         handler = self.handler
         clock = time.monotonic
@@ -161,7 +190,16 @@ class Worker:
             if len(frames) == 1:  # a stop cue behind the work: answered all, now stop
                 self.flush()
                 return True
-            ids, payloads = messages.decode_work(frames)
+            if messages.is_mixed_work(frames):  # calls: one check a message, not a request
+                ids, payloads = messages.decode_mixed_work(frames)
+                run = self.runMixed
+                if self.runningRequest is not None:  # each request with its id, to publish it
+                    payloads = zip(ids, payloads, strict=True)
+                    run = self._runPublished
+                self._encodeReplies = messages.encode_mixed_replies
+            else:
+                ids, payloads = messages.decode_work(frames)
+                run = call_handler
             self.requests += len(ids)
             for rid, payload in zip(ids, payloads, strict=False):
                 if now - looked >= LOOK_AFTER_SECONDS:
@@ -178,7 +216,7 @@ class Worker:
                     signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER_SECONDS)
                 started = clock()
                 self._running = True
-                status, result = call_handler(handler, payload)
+                status, result = run(handler, payload)
                 self._running = False
                 now = clock()
                 held = self._held  # the timer may have sent and replaced it meanwhile
@@ -193,6 +231,16 @@ class Worker:
         cancelled.clear()  # every request is answered: what is left came too late
         self.flush()
         return False
+
+    def _runPublished(self, handler: Handler, request: tuple) -> tuple[int, object]:
+        """Run a mixed message's C{(rid, payload)}, its id published while it runs."""
+        rid, payload = request
+        slot = self.runningRequest.slot
+        slot[0] = rid
+        try:
+            return self.runMixed(handler, payload)
+        finally:
+            slot[0] = 0
 
     def _checkLimits(self, now: float) -> None:
         """After a work message: past C{max_requests} or C{max_memory}, ask the producer to recycle
@@ -233,13 +281,25 @@ class Worker:
         if held.ids:
             send_frames(
                 self.replies,
-                messages.encode_replies(
+                self._encodeReplies(
                     self.token, held.ids, bytes(held.statuses), held.results, held.busy
                 ),
                 copy=False,
                 flags=BLOCK,
             )
             self._held = _Held()
+
+    def _runGuarded(self, handler: Handler, payload) -> tuple[int, object]:
+        """Run a mixed message's request; then take SIGALRM back if a called function took
+        it (a timeout decorator's handler, or alarm(0), would silence the flush timer)."""
+        outcome = self._runCall(handler, payload)
+        if signal.getsignal(signal.SIGALRM) is not self._alarmHandler:
+            signal.signal(signal.SIGALRM, self._alarmHandler)
+            if self._alarm:
+                signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER_SECONDS)
+        elif self._alarm and not signal.getitimer(signal.ITIMER_REAL)[0]:
+            signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER_SECONDS)  # disarmed by alarm(0)
+        return outcome
 
     def _onAlarm(self, signum, frame) -> None:
         # Runs between bytecodes of the handler (or of the loop around it): only send when
@@ -252,3 +312,5 @@ class Worker:
         self.work.close()
         self.replies.close()
         self.context.term()
+        if self.runningRequest is not None:
+            self.runningRequest.close()

@@ -10,6 +10,10 @@ L{gaspar_tw.wire.control} are answered here (a L{BYE} is sent when the worker ho
 this worker, and it exits on L{DONE}: no request is cut short or run twice). A remote hello
 is C{[b"H" + token, pid, capacity, hostname]}. If the relay thread fails, the worker process
 exits (L{gaspar_tw.worker.crash}) and its worker host starts another.
+
+A worker told to refuse calls (its host connects over an address that is neither loopback
+nor CURVE-protected) never unpickles one: it answers each with an error, and still serves
+the bytes requests beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import zmq
 
 from gaspar_tw.handler import Handler
 from gaspar_tw.wire import messages
+from gaspar_tw.wire.calls import CallFrames
 from gaspar_tw.wire.control import (
     BYE,
     CONNECTING,
@@ -38,7 +43,7 @@ from gaspar_tw.wire.control import (
     WHO,
 )
 from gaspar_tw.worker.crash import crashed
-from gaspar_tw.worker.loop import Worker
+from gaspar_tw.worker.loop import Worker, call_handler
 from gaspar_tw.zeromq.curve import HANDSHAKE_FAILED, HandshakeFailures
 from gaspar_tw.zeromq.ipv6 import is_ipv6
 
@@ -52,14 +57,38 @@ def _say(text: str) -> None:
 
 
 class RemoteWorker(Worker):
-    """A worker process answering a producer at C{address} (its C{--bind}) over a relay."""
+    """A worker process answering a producer at C{address} (its C{--bind}) over a relay;
+    with C{refuse_calls}, it answers calls with an error instead of unpickling them."""
 
     def __init__(
-        self, handler: Handler, token: int, address: str, curve_keys: str | None = None
+        self,
+        handler: Handler,
+        token: int,
+        address: str,
+        curve_keys: str | None = None,
+        refuse_calls: bool = False,
     ) -> None:
         self.address = address
         self.curve_keys = curve_keys
         super().__init__(handler, token, _WORK, _REPLIES)
+        self._refusedCalls = 0
+        if refuse_calls:
+            self.runMixed = self._refuseCalls
+
+    def _refuseCalls(self, handler: Handler, payload) -> tuple[int, bytes]:
+        """A mixed message's request: the handler runs a bytes request; a call is answered
+        with an error, unread (the first one is logged)."""
+        if type(payload) is not CallFrames:
+            return call_handler(handler, payload)
+        self._refusedCalls += 1
+        why = (
+            f"a worker host refused to run the call: it reaches its producer at {self.address},"
+            f" which is neither loopback nor CURVE-protected, and a pickled call runs code"
+            f" wherever it is read; give the producer and its worker hosts --curve-keys"
+        )
+        if self._refusedCalls == 1:
+            _say(f"pid {os.getpid()} answers calls with an error, unread: {why}")
+        return messages.ERROR, messages.encode_error(ValueError(why), "")
 
     def openSockets(self, work_address: str, reply_address: str):
         relayReplies = self.context.socket(zmq.PULL)
@@ -214,7 +243,10 @@ class Relay(threading.Thread):
             if kind == WHO and hello is not None and not self.retiring.is_set():
                 _send(dealer, hello)  # (a retiring worker does not join again)
             elif kind == KILL:
-                _say("the producer gave up on this worker (--timeout); its stack, then exiting:")
+                _say(
+                    "the producer gave up on this worker (--timeout, or its call was cancelled);"
+                    " its stack, then exiting:"
+                )
                 faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
                 os._exit(EXIT_GIVEN_UP)
             elif kind == DONE:

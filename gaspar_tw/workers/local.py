@@ -40,6 +40,7 @@ from gaspar_tw.wire.control import (
     STOP_GRACE_SECONDS,
     resident_bytes,
 )
+from gaspar_tw.wire.running import RunningRequest
 from gaspar_tw.workers.recycling import Recycler
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
 
@@ -156,6 +157,8 @@ class WorkerProcess(ProcessProtocol):
         self.link: WorkerLink | None = None
         #: Its stderr lines while it writes its stack before being killed (L{LocalWorkers.kill}).
         self.stack: list[str] | None = None
+        #: Where it publishes the request it is running (a producer's worker; L{RunningRequest}).
+        self.running: RunningRequest | None = None
         self._output = {1: OutputLines(), 2: OutputLines()}
 
     def connectionMade(self) -> None:
@@ -230,7 +233,8 @@ class LocalWorkers:
     With C{dispatcher} C{None} (a worker host's pool: its workers answer a remote producer),
     give C{stats} and override L{socketArguments}. C{max_requests} (plus a random 0 to
     C{max_requests_jitter}) and C{max_memory} (MB) have a worker ask to be recycled (see
-    L{gaspar_tw.workers.recycling}); one over C{max_memory_hard} (MB) is killed.
+    L{gaspar_tw.workers.recycling}); one over C{max_memory_hard} (MB) is killed. A call whose
+    result is over C{max_call_bytes} (0: no limit) fails in its worker, never sent.
     """
 
     def __init__(
@@ -246,8 +250,14 @@ class LocalWorkers:
         max_requests_jitter: int = 0,
         max_memory: int = 0,
         max_memory_hard: int = 0,
+        max_call_bytes: int = 0,
+        exact_path: bool = False,
     ) -> None:
         self.reactor = reactor
+        #: C{pythonpath} is the workers' whole path (a pool's), not directories to put first
+        #: on it (a worker host's).
+        self.exact_path = exact_path
+        self.max_call_bytes = max_call_bytes
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
         self.max_memory = max_memory
@@ -407,8 +417,8 @@ class LocalWorkers:
                 self.kill(process.token, "killed over --max-memory-hard")
 
     def workerArguments(self) -> list[str]:
-        """Each worker's recycling limits, as arguments (its own share of the jitter)."""
-        argv = []
+        """Each worker's limits, as arguments (its own share of the recycling jitter)."""
+        argv = ["--max-call-bytes", str(self.max_call_bytes)] if self.max_call_bytes else []
         if self.max_requests:
             jitter = random.randint(0, self.max_requests_jitter)
             argv += ["--max-requests", str(self.max_requests + jitter)]
@@ -437,16 +447,19 @@ class LocalWorkers:
             *self.socketArguments(token),
             *self.workerArguments(),
         ]
+        flag = "--path" if self.exact_path else "--pythonpath"
         for directory in self.pythonpath:
-            argv += ["--pythonpath", directory]
+            argv += [flag, directory]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.processes[token] = process
         try:
+            argv += self._runningArguments(process)
             self.reactor.spawnProcess(
                 process, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
             )
         except Exception as e:  # e.g. OSError EMFILE: out of file descriptors
             del self.processes[token]
+            self._closeRunning(process)
             if replaces is not None:
                 log.error("cannot start a worker: {error}", error=f"{type(e).__name__}: {e}")
                 return None
@@ -471,6 +484,26 @@ class LocalWorkers:
         """The worker's command-line arguments saying where its sockets are."""
         return ["--work", self.hub.work_address(token), "--reply", self.hub.reply_address]
 
+    def _runningArguments(self, process: WorkerProcess) -> list[str]:
+        """A producer's worker publishes the request it is running in a file of the pool's
+        private directory, which the pool maps too (L{gaspar_tw.wire.running}): its
+        argument. (A worker host's workers answer a remote producer: none.)"""
+        if self.dispatcher is None:
+            return []
+        path = os.path.join(self.hub.directory, f"running-{process.token}")
+        process.running = RunningRequest.create(path)
+        return ["--running", path]
+
+    def _closeRunning(self, process: WorkerProcess) -> None:
+        """Unmap and remove the file a worker published its running request in, if any."""
+        running, process.running = process.running, None
+        if running is not None:
+            running.close()
+            try:
+                os.unlink(running.path)
+            except OSError:
+                pass
+
     def spawned(self, process: WorkerProcess) -> None:
         """Called after each worker process starts (for subclasses)."""
 
@@ -492,6 +525,8 @@ class LocalWorkers:
             process.channel.send,
             partial(self.kill, token),
             partial(self._drained, token),
+            local=True,
+            running=None if process.running is None else process.running.get,
         )
         self.dispatcher.workerReady(process.link)
         self.becameReady(process)
@@ -518,9 +553,10 @@ class LocalWorkers:
             p.slot == slot and not p.killed and not p.retiring for p in self.processes.values()
         )
 
-    def kill(self, token: int, why: str = "given up on") -> None:
-        """Kill a worker the dispatcher gave up on, its stack logged first; its replacement
-        starts at once, no backoff.
+    def kill(self, token: int, why: str = "given up on", *, stack: bool = True) -> None:
+        """Kill a worker the dispatcher gave up on, its stack logged first (C{stack=False}:
+        at once, no stack); its replacement starts at once, no backoff (none for a worker
+        being retired: it was not to be replaced).
 
         The worker is sent L{STACK_SIGNAL} (it writes each thread's stack on stderr), then
         SIGKILL after L{STACK_DUMP_SECONDS}; what it wrote meanwhile is logged as one event.
@@ -531,10 +567,16 @@ class LocalWorkers:
         process.killed = True
         process.ready = False
         process.killedWhy = why
+        replace = not (self.stopping or process.retiring or self._slotServed(process.slot))
+        if not stack:
+            process.signal("KILL")
+            if replace:
+                self._spawn(process.slot)
+            return
         process.stack = []
         process.signal(STACK_SIGNAL)
         timer = self.reactor.callLater(STACK_DUMP_SECONDS, self._killStuck, process)
-        if not self.stopping and not self._slotServed(process.slot):
+        if replace:
             self._spawn(process.slot)  # while this one writes its stack
 
         def ended(result):  # before the timer: it did not survive the signal
@@ -571,6 +613,7 @@ class LocalWorkers:
             self.dispatcher.workerLost(process.token)
         if self.hub is not None:
             self.hub.forget_worker(process.channel, process.token)
+        self._closeRunning(process)
         if self.stopping:
             return
         self.recycler.exited(process)

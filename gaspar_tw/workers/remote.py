@@ -9,11 +9,9 @@ heartbeats is lost (its requests are retried or failed like a crashed worker's).
 from __future__ import annotations
 
 import errno
-import ipaddress
 from dataclasses import dataclass
 from functools import partial
 from itertools import count
-from urllib.parse import urlsplit
 
 import zmq
 from twisted.internet.defer import Deferred, succeed
@@ -30,6 +28,7 @@ from gaspar_tw.wire.control import BYE, DONE, HEARTBEAT_MISSES, HEARTBEAT_SECOND
 from gaspar_tw.workers.channels import ChannelHub, MonitorChannel, ReplyChannel
 from gaspar_tw.workers.source import IWorkerSource, WorkerInfo
 from gaspar_tw.zeromq.curve import HANDSHAKE_FAILED, HandshakeFailures
+from gaspar_tw.zeromq.exposure import is_exposed, is_loopback
 from gaspar_tw.zeromq.ipv6 import is_ipv6
 
 log = Logger()
@@ -38,19 +37,6 @@ log = Logger()
 FIRST_TOKEN = 1 << 32
 #: Replies from a worker not (or no longer) known go to the dispatcher under this token.
 UNKNOWN_TOKEN = 0
-
-
-def is_loopback(address: str) -> bool:
-    """Whether a ZeroMQ address such as C{tcp://127.0.0.1:5570} binds to loopback only."""
-    if not address.startswith("tcp://"):
-        return True  # ipc://, inproc://: not reachable from another machine
-    host = urlsplit(address).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # "*", an interface name, a host name
 
 
 class RouterChannel(ReplyChannel):
@@ -128,6 +114,10 @@ class RemoteWorkers:
         self._heartbeat.clock = reactor
         self._auth = None
         self._handshakes = None
+        #: Anyone who reaches C{address} may join: never read a pickle from there (see
+        #: L{_callOutcomesRefused}).
+        self.exposed = is_exposed(address, curve_keys)
+        self._saidOutcomesRefused = False
 
     def start(self, hub: ChannelHub) -> None:
         """Bind (on C{hub}'s ZeroMQ context); C{boundAddress} is then the address bound,
@@ -217,6 +207,9 @@ class RemoteWorkers:
         if remote is not None:
             remote.heard = self.reactor.seconds()
         if kind == messages.REPLIES and len(frames) >= 3:
+            if self.exposed and messages.is_mixed_replies(head):
+                self._callOutcomesRefused(identity, remote)
+                return
             token = UNKNOWN_TOKEN if remote is None else remote.token
             self.dispatcher.repliesMessage(token, frames[1:])
         elif kind == messages.HELLO and len(frames) >= 5:
@@ -237,6 +230,22 @@ class RemoteWorkers:
             log.warn("remote worker sent a message of unknown kind {kind!r}", kind=kind)
         if remote is None:
             self._sendControl(identity, WHO)
+
+    def _callOutcomesRefused(self, identity: bytes, remote: _Remote | None) -> None:
+        """Replies that may carry calls' outcomes came over an exposed address, which is
+        never sent calls: drop them unread (an outcome is a pickle, which runs code where it
+        is read); a worker that sent them is treated as lost, its requests retried."""
+        self.stats.badInput()
+        if not self._saidOutcomesRefused:
+            self._saidOutcomesRefused = True
+            log.warn(
+                "a remote worker on {address} sent what may be calls' outcomes (pickles),"
+                " though calls never go there (neither loopback nor CURVE-protected);"
+                " dropped unread",
+                address=self.boundAddress,
+            )
+        if remote is not None:
+            self._lost(identity, "sent calls' outcomes it was never asked for")
 
     def _hello(self, identity: bytes, frames: list) -> None:
         try:
@@ -310,8 +319,10 @@ class RemoteWorkers:
             self.dispatcher.workerLost(remote.token)
         return remote
 
-    def _kill(self, identity: bytes) -> None:
-        """The dispatcher gave up on this worker (--timeout): tell it to exit, forget it."""
+    def _kill(self, identity: bytes, *, stack: bool = True) -> None:
+        """The dispatcher gave up on this worker (--timeout, or the call it ran was cancelled):
+        tell it to exit (its host starts another; C{stack} changes nothing: a remote worker
+        writes its stack to its host's log either way), forget it."""
         if self._forget(identity) is not None:
             self._sendControl(identity, KILL)
 
