@@ -167,6 +167,8 @@ class ProcessPool(service.Service):
         the log; bytes requests still go to every worker), and fail at once with
         C{ValueError} if the pool has no local workers.
         """
+        if self._callsLocalOnly is False:  # the usual case, from the first call on
+            return submit_call(self.dispatcher, fn, args, kwargs)
         refusal = self._prepareCalls()
         if refusal:
             return fail(ValueError(refusal))

@@ -17,7 +17,13 @@ from gaspar_tw.dispatch.sweep import Sweep
 from gaspar_tw.dispatch.timeouts import Timeouts
 from gaspar_tw.stats import Stats
 from gaspar_tw.wire.calls import CallFrames
-from gaspar_tw.wire.messages import SKIPPED, busy_seconds, decode_replies, is_mixed_replies
+from gaspar_tw.wire.messages import (
+    SKIPPED,
+    busy_seconds,
+    decode_replies,
+    encode_mixed_work,
+    is_mixed_replies,
+)
 
 
 class Dispatcher:
@@ -187,10 +193,12 @@ class Dispatcher:
         """Queue a call (L{gaspar_tw.calls}); as L{submit}, but its Deferred fires with the
         call's result. While calls are kept local (L{keepCallsLocal}), only local workers
         are sent it."""
-        self._scheduler.carryCalls()
+        scheduler = self._scheduler
+        if scheduler.encodeWork is not encode_mixed_work:
+            scheduler.carryCalls()
         d = self.submit(call)
-        if d.rid:
-            self._scheduler.queuedCall(d.rid)
+        if d.rid and scheduler.callsLocalOnly:
+            scheduler.queuedCall(d.rid)
         return d
 
     def keepCallsLocal(self) -> None:

@@ -44,10 +44,10 @@ class CallFrames:
 
     __slots__ = ("frames", "nbytes")
 
-    def __init__(self, frames: list) -> None:
+    def __init__(self, frames: list, nbytes: int = -1) -> None:
         self.frames = frames
-        # Each is bytes or a view of bytes (format "B"); most calls are one frame.
-        self.nbytes = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+        # Each is bytes or a view of bytes (format "B").
+        self.nbytes = sum(map(len, frames)) if nbytes < 0 else nbytes
 
     def __len__(self) -> int:
         return self.nbytes
@@ -181,7 +181,8 @@ def describe(fn: Any) -> str:
     while isinstance(fn, functools.partial):
         fn = fn.func
     module = getattr(fn, "__module__", None) or "?"
-    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+    name = getattr(fn, "__qualname__", None)
+    return f"{module}.{repr(fn) if name is None else name}"
 
 
 #: Why a worker cannot use what the caller's C{__main__} defines.
@@ -420,7 +421,11 @@ def pack_call(fn: Callable, args: tuple, kwargs: dict) -> CallFrames:
         frames = _dumps((args, kwargs))
     except Exception as e:
         raise _unpicklable(fn, e) from e
-    _checkNotMain(frames[0], (args, kwargs), f"in the call of {describe(fn)}")
+    pickled = frames[0]
+    if b"__main__" in pickled:  # rare: then look at what the pickle names (L{main_object})
+        _checkNotMain(pickled, (args, kwargs), f"in the call of {describe(fn)}")
+    if len(frames) == 1:  # no out-of-band buffer: most calls
+        return CallFrames([reference, pickled], len(reference) + len(pickled))
     return CallFrames([reference, *frames])
 
 

@@ -220,20 +220,21 @@ def _unpack_frames(meta, offset: int, n: int, frames: Sequence[Any]) -> list[lis
     sizes = _array_from_wire("I", view[offset : offset + 4 * sum(counts)])
     blob = frames[0]
     own = iter(frames[1:])
+    flat = []
+    start = 0
+    for size in sizes:
+        if size == OWN_FRAME:
+            flat.append(next(own))
+        else:
+            end = start + size
+            flat.append(blob[start:end])
+            start = end
     parts = []
     start = 0
-    index = 0
     for count in counts:
-        part = []
-        for size in sizes[index : index + count]:
-            if size == OWN_FRAME:
-                part.append(next(own))
-            else:
-                end = start + size
-                part.append(blob[start:end])
-                start = end
-        index += count
-        parts.append(part)
+        end = start + count
+        parts.append(flat[start:end])
+        start = end
     return parts
 
 
