@@ -91,3 +91,14 @@ def last_words(message: bytes) -> bytes:
     """Write the request to stderr, with no newline, and exit at once (status 5)."""
     os.write(2, message)
     os._exit(5)
+
+
+class StrFails(Exception):
+    """An exception whose message cannot be had: str() of it raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def raises_str_fails(message: bytes) -> bytes:
+    raise StrFails()

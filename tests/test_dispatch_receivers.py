@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from dispatch_fakes import Outcomes, link, tick
+from gaspar_tw.wire.failures import encode_error
 from twisted.internet.task import Clock
 
 from gaspar_tw.dispatch import Dispatcher
@@ -30,7 +31,7 @@ def test_a_handler_error_is_delivered_as_a_RemoteError_with_its_traceback():
     outcomes = Outcomes()
     rid = dispatcher.submitTo(b"x", outcomes)
     clock.advance(0)
-    error = wire.encode_error(ValueError("bad input"), "Traceback: line 1")
+    error = encode_error(ValueError("bad input"), "Traceback: line 1")
     dispatcher.repliesReceived(worker.token, [rid], bytes([wire.ERROR]), [error])
     failure = outcomes.failures[rid]
     assert isinstance(failure, RemoteError)

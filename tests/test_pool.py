@@ -119,3 +119,20 @@ async def test_status_lists_remote_workers_with_their_host():
         await host.stopService()
         await producer.stopService()
     assert_reaped(pids)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handler_error_whose_str_raises_fails_that_request_only():
+    pool = ProcessPool("handlers:raises_str_fails", 1, pythonpath=[str(TESTS)], timeout=20)
+    pool.startService()
+    try:
+        await pool.whenReady().addTimeout(15, reactor)
+        [pid] = pool.workerPids()
+        with pytest.raises(RemoteError) as info:
+            await pool.submit(b"x").addTimeout(15, reactor)
+        assert info.value.type == "StrFails" and "str() failed" in info.value.message
+        assert pool.workerPids() == [pid]  # the worker lived on
+    finally:
+        pids = set(pool.workerPids())
+        await pool.stopService()
+    assert_reaped(pids)

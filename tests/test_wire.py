@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gaspar_tw.wire import failures
 from gaspar_tw.wire import messages as wire
 
 U64 = st.integers(0, 2**64 - 1)
@@ -191,9 +192,9 @@ def test_replies_round_trip_with_their_busy_time(payloads, busy):
 
 
 def test_an_error_payload_round_trips_and_a_malformed_one_is_still_read():
-    info = wire.decode_error(wire.encode_error(ValueError("bad"), "Traceback ..."))
+    info = failures.decode_error(failures.encode_error(ValueError("bad"), "Traceback ..."))
     assert info == {"type": "ValueError", "message": "bad", "traceback": "Traceback ..."}
-    assert wire.decode_error(b"\xffnot json") == {
+    assert failures.decode_error(b"\xffnot json") == {
         "type": "Exception",
         "message": "\ufffdnot json",
         "traceback": "",

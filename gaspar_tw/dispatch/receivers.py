@@ -13,7 +13,8 @@ from gaspar_tw.dispatch.requests import Request
 from gaspar_tw.errors import RemoteError
 from gaspar_tw.stats import Stats, latency_bucket
 from gaspar_tw.wire.calls import CALL_RESULT, too_large, unpack_outcome
-from gaspar_tw.wire.messages import OK, decode_error
+from gaspar_tw.wire.failures import decode_error
+from gaspar_tw.wire.messages import OK
 
 log = Logger()
 

@@ -12,7 +12,6 @@ import copyreg
 import functools
 import inspect
 import io
-import json
 import pickle
 import re
 import threading
@@ -23,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gaspar_tw.errors import RemoteError
+from gaspar_tw.wire.failures import decode_error, encode_error
 
 #: The reply status of a call that returned: its frames are the pickled result and buffers.
 CALL_RESULT = 3
@@ -435,18 +435,8 @@ def _unpicklable(fn: Callable, error: Exception) -> pickle.PicklingError:
     )
 
 
-def _message(exc: BaseException) -> str:
-    """C{str(exc)}, or what C{traceback} prints when that raises."""
-    try:
-        return str(exc)
-    except Exception:
-        return "<exception str() failed>"
-
-
 def _raised(exc: BaseException, traceback_text: str) -> tuple[int, CallFrames]:
-    info = json.dumps(
-        {"type": type(exc).__name__, "message": _message(exc), "traceback": traceback_text}
-    ).encode()
+    info = encode_error(exc, traceback_text)
     try:
         pickled = pickle.dumps(exc, protocol=PROTOCOL)
     except Exception:
@@ -576,7 +566,7 @@ def raised_error(info_json: bytes, pickled: bytes) -> BaseException:
     """The exception a worker reported as C{[error JSON, pickled exception or b""]}: of its
     original type with the traceback text as C{__cause__} and C{remote_traceback}, or a
     L{RemoteError} (see L{unpack_outcome})."""
-    info = json.loads(info_json)
+    info = decode_error(info_json)
     text = info["traceback"]
     try:
         exc = pickle.loads(pickled) if pickled else None

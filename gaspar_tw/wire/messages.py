@@ -20,14 +20,15 @@ Every integer is little-endian, whatever the byte order of the host that sends o
 C{token} is a worker process's unique number (u64), C{busy} the microseconds the handler
 spent on these requests (u32, so the producer can size its batches), C{n} the number of
 requests (u32), C{ids} their ids (n u64s), C{sizes} each payload's length (n u32s),
-C{statuses} one byte a reply (L{OK} or L{ERROR}; an error payload is L{encode_error}'s JSON),
-C{pid} the worker's process id in decimal ASCII. The small fields share the first frame:
-every ZeroMQ frame has a fixed cost to send and another to receive, so a message of small
-payloads is two frames. Small payloads travel packed in one frame (k = 1: copying small
-payloads together costs less than a frame each); a message holding a payload of
-L{PACK_LIMIT} bytes or more carries one frame per payload (k = n), sent without a copy.
-L{encode_work} cuts a batch into messages of about L{MESSAGE_BYTES}, so a worker can start
-on the first requests while the rest are on their way.
+C{statuses} one byte a reply (L{OK} or L{ERROR}; an error payload is the JSON of
+L{gaspar_tw.wire.failures.encode_error}), C{pid} the worker's process id in decimal ASCII.
+The small fields share the first frame: every ZeroMQ frame has a fixed cost to send and
+another to receive, so a message of small payloads is two frames. Small payloads travel
+packed in one frame (k = 1: copying small payloads together costs less than a frame each); a
+message holding a payload of L{PACK_LIMIT} bytes or more carries one frame per payload (k =
+n), sent without a copy. L{encode_work} cuts a batch into messages of about
+L{MESSAGE_BYTES}, so a worker can start on the first requests while the rest are on their
+way.
 
 Function calls (L{gaspar_tw.calls}) travel in I{mixed} messages, whose count has the
 L{MIXED_BIT} bit set; the plain layouts above are untouched, so bytes requests pay nothing for
@@ -45,7 +46,6 @@ Twisted: the worker process uses this module too.
 
 from __future__ import annotations
 
-import json
 import struct
 import sys
 from array import array
@@ -348,21 +348,3 @@ def _decode_mixed_replies(head: bytes, n: int, frames: Sequence[Any]) -> tuple:
 def frame_kind(head: bytes) -> tuple[bytes, int]:
     """Split a producer-bound message's first frame into its kind and worker token."""
     return head[:1], _TOKEN.unpack_from(head, 1)[0]
-
-
-def encode_error(exc: BaseException, traceback_text: str) -> bytes:
-    return json.dumps(
-        {"type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
-    ).encode()
-
-
-def decode_error(payload: bytes) -> dict:
-    try:
-        info = json.loads(payload)
-        return {
-            "type": str(info.get("type", "Exception")),
-            "message": str(info.get("message", "")),
-            "traceback": str(info.get("traceback", "")),
-        }
-    except (ValueError, AttributeError):
-        return {"type": "Exception", "message": payload.decode("utf-8", "replace"), "traceback": ""}

@@ -20,6 +20,7 @@ from gaspar_tw.handler import Handler
 from gaspar_tw.wire import messages
 from gaspar_tw.wire.calls import CallFrames, run_call
 from gaspar_tw.wire.control import STOP_GRACE_SECONDS, resident_bytes
+from gaspar_tw.wire.failures import encode_error
 from gaspar_tw.wire.running import RunningRequest
 from gaspar_tw.zeromq.multipart import BLOCK, recv_frames, send_frames, waiting
 
@@ -48,7 +49,7 @@ def call_handler(handler: Handler, payload: bytes) -> tuple[int, bytes]:
             return messages.OK, bytes(result)
         raise TypeError(f"handler returned {type(result).__name__}, expected bytes or str")
     except Exception as e:
-        return messages.ERROR, messages.encode_error(e, traceback.format_exc())
+        return messages.ERROR, encode_error(e, traceback.format_exc())
 
 
 def call_handler_or_run_call(

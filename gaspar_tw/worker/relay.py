@@ -42,6 +42,7 @@ from gaspar_tw.wire.control import (
     PING,
     WHO,
 )
+from gaspar_tw.wire.failures import encode_error
 from gaspar_tw.worker.crash import crashed
 from gaspar_tw.worker.loop import Worker, call_handler
 from gaspar_tw.zeromq.curve import HANDSHAKE_FAILED, HandshakeFailures
@@ -88,7 +89,7 @@ class RemoteWorker(Worker):
         )
         if self._refusedCalls == 1:
             _say(f"pid {os.getpid()} answers calls with an error, unread: {why}")
-        return messages.ERROR, messages.encode_error(ValueError(why), "")
+        return messages.ERROR, encode_error(ValueError(why), "")
 
     def openSockets(self, work_address: str, reply_address: str):
         relayReplies = self.context.socket(zmq.PULL)
