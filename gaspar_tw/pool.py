@@ -153,9 +153,9 @@ class ProcessPool(service.Service):
         C{remote_traceback}), or with L{gaspar_tw.RemoteError} if it cannot be unpickled
         here; a result over C{max_call_bytes} fails the call with C{ValueError}. Otherwise
         as L{submit}: crashes, C{timeout}, C{max_pending}, stopping. Workers import from
-        C{pythonpath}, then this process's C{sys.path} (as it was when the pool started), in
-        its order, as C{multiprocessing} does; if one cannot import C{fn}'s module, the call
-        fails saying so.
+        C{pythonpath}, then this process's C{sys.path} (as it was when the pool was built:
+        made, or started), in its order, as C{multiprocessing} does; if one cannot import
+        C{fn}'s module, the call fails saying so.
 
         Cancelling the Deferred (C{d.cancel()}, or C{d.addTimeout(t, reactor)} when C{t}
         passes) fails it with C{CancelledError} (C{TimeoutError}): a call still queued never
@@ -167,11 +167,10 @@ class ProcessPool(service.Service):
         the log; bytes requests still go to every worker), and fail at once with
         C{ValueError} if the pool has no local workers.
         """
-        if self._callsLocalOnly is False:  # the usual case, from the first call on
-            return submit_call(self.dispatcher, fn, args, kwargs)
-        refusal = self._prepareCalls()
-        if refusal:
-            return fail(ValueError(refusal))
+        if self._callsLocalOnly is not False:  # the first call, or calls kept local
+            refusal = self._prepareCalls()
+            if refusal:
+                return fail(ValueError(refusal))
         return submit_call(self.dispatcher, fn, args, kwargs)
 
     def _prepareCalls(self) -> str:

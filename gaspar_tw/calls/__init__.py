@@ -84,8 +84,8 @@ chunk of items each, a few per worker in flight within the room left under max_p
 each chunk's results come back pickled by run_chunk, so that automatic chunks are sized by
 their bytes too (a quarter of max_call_bytes) and a chunk over it is said by item.
 
-A pool's workers have on their path its pythonpath, its handler's import root, then the
-directory of the caller's script (C{__main__}): they import a function where the caller did.
+A pool's workers import from its pythonpath, then the caller's own sys.path in its order
+(L{gaspar_tw.consumer.worker_path}): they import a function where the caller would.
 """
 
 from __future__ import annotations

@@ -412,9 +412,7 @@ class Scheduler:
         retried as a crash's are); those before it had finished, their replies held back
         (lost with the worker, so they run again) or on their way (which still answer
         them)."""
-        finished = self.finishedBefore(link, rid)
-        self.forget(link)
-        held = self.held(link)
+        _, held, finished = self.giveUp(link, rid)
         log.info(
             "killing worker pid {pid}: the call it was running was cancelled (its Deferred's"
             " cancel(), or addTimeout); it is replaced, and the {n} requests it held behind"
@@ -504,6 +502,15 @@ class Scheduler:
         held = [requests[rid] for rid in link.outstanding if rid in requests]
         link.outstanding.clear()
         return held
+
+    def giveUp(self, link: WorkerLink, rid: int) -> tuple[Request | None, list[Request], int]:
+        """Stop giving work to C{link}, whose worker runs C{rid}, before it is killed:
+        C{rid}'s request (C{None} if it has left the table), the others it held in the order
+        sent, and how many of those it had finished (L{finishedBefore}: they run again)."""
+        finished = self.finishedBefore(link, rid)
+        self.forget(link)
+        running = self.requests.pop(rid, None)
+        return running, self.held(link), finished
 
     def finishedBefore(self, link: WorkerLink, rid: int) -> int:
         """How many pending requests C{link} holds ahead of C{rid}, the one its worker runs:

@@ -60,10 +60,7 @@ class Timeouts:
         run again)."""
         scheduler = self._scheduler
         timeout = self._sweep.timeout
-        finished = scheduler.finishedBefore(link, running)
-        scheduler.forget(link)
-        stuck = scheduler.requests.pop(running, None)
-        others = scheduler.held(link)
+        stuck, others, finished = scheduler.giveUp(link, running)
         log.warn(
             "worker pid {pid} ran one request for over {timeout}s (--timeout): killing it,"
             " failing that request and retrying the {n} queued behind it{rerun}",
