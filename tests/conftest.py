@@ -166,3 +166,26 @@ def daemon_factory(tmp_path):
 def daemon(daemon_factory):
     """A running ``twistd gaspar`` with the echo handler and 2 workers."""
     return daemon_factory("--handler", "gaspar_tw.examples:echo")
+
+
+class LogLines:
+    """The log lines emitted while it is open (C{with LogLines() as log: ...; log.lines})."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, event) -> None:
+        from twisted.logger import formatEvent
+
+        self.lines.append(formatEvent(event))
+
+    def __enter__(self):
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.removeObserver(self)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import call_targets as targets
 import pytest
 import pytest_twisted
-from conftest import TESTS, assert_reaped, pid_alive
+from conftest import TESTS, LogLines, assert_reaped, pid_alive
 from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, gatherResults
 from twisted.internet.task import deferLater
-from twisted.logger import formatEvent, globalLogPublisher
 
 from gaspar_tw import ProcessPool
 from gaspar_tw.config import Config
@@ -31,23 +30,6 @@ async def pool():
     seen.update(pool.workerPids())
     await pool.stopService()
     assert_reaped(seen)
-
-
-class Logged:
-    """The log lines written while in a C{with} block."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, event) -> None:
-        self.lines.append(formatEvent(event))
-
-    def __enter__(self):
-        globalLogPublisher.addObserver(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        globalLogPublisher.removeObserver(self)
 
 
 def call(pool, fn, *args, **kwargs):
@@ -102,7 +84,7 @@ async def test_cancelling_a_running_call_replaces_that_worker_only(pool, tmp_pat
     # behind the running call, on its worker.
     behind = [pool.call(targets.pid).addTimeout(WAIT, reactor) for _ in range(3)]
     await until(lambda: held_by(pool, victim) & {d.rid for d in behind})
-    with Logged() as logged:
+    with LogLines() as logged:
         running.cancel()
         with pytest.raises(CancelledError):
             await running

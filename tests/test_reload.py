@@ -8,11 +8,10 @@ from collections import Counter
 
 import pytest
 import pytest_twisted
-from conftest import TESTS, assert_reaped
+from conftest import TESTS, LogLines, assert_reaped
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
 
 from gaspar_tw import ProcessPool
 from gaspar_tw.options import Options
@@ -84,25 +83,6 @@ class Load:
         self.stopAfter = self._next + more
 
 
-class Captured:
-    """The log lines emitted while it is open."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, event) -> None:
-        from twisted.logger import formatEvent
-
-        self.lines.append(formatEvent(event))
-
-    def __enter__(self):
-        globalLogPublisher.addObserver(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        globalLogPublisher.removeObserver(self)
-
-
 def pids_of(replies) -> set[int]:
     return {int(reply.split(b":")[1]) for reply in replies}
 
@@ -151,7 +131,7 @@ async def test_a_reload_with_a_broken_handler_keeps_the_old_workers(deployed):
         await pool.whenReady().addTimeout(15, reactor)
         before = set(pool.workerPids())
         deploy(tmp_path, "v2", broken=True)
-        with Captured() as log:
+        with LogLines() as log:
             assert pool.reload()
             await until(lambda: pool.stats.reloads["failed"] == 1)
         reply = await pool.submit(b"after").addTimeout(10, reactor)
