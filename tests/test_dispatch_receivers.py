@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 from dispatch_fakes import Outcomes, link, tick
-from gaspar_tw.wire.failures import encode_error
 from twisted.internet.task import Clock
 
 from gaspar_tw.dispatch import Dispatcher
 from gaspar_tw.errors import RemoteError, RequestTimeout
 from gaspar_tw.wire import messages as wire
+from gaspar_tw.wire.failures import encode_error
 
 
 def serving() -> tuple[Clock, Dispatcher, object, object]:
